@@ -1,0 +1,14 @@
+//! The SimplePush protocol as a pure, deterministic state machine.
+//!
+//! No sockets, clocks, threads or storage live here: the server feeds parsed client messages,
+//! the time and storage answers in, and carries out the [`session::Effect`]s that come out.
+
+pub mod ids;
+pub mod message;
+pub mod reply;
+pub mod session;
+pub mod update;
+
+pub use ids::{ChannelId, Id, IdForm, Uaid};
+pub use message::{parse, Inbound, Refused, Rejection, Request};
+pub use session::{Effect, Limits, Session, StoreOp, StoreReply};

@@ -1,0 +1,351 @@
+//! Configuration: a TOML file, then `SIMPLEPUSH_<SECTION>_<KEY>` environment overrides, then validation.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the server can be told.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, URLs and connection limits.
+    pub server: ServerConfig,
+    /// The device-facing WebSocket protocol.
+    pub websocket: WebSocketConfig,
+    /// The app-server HTTP endpoint.
+    pub endpoint: EndpointConfig,
+    /// Where pending versions are kept.
+    pub storage: StorageConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// WebSocket (and, unless `endpoint_listen` is set, HTTP) listener.
+    pub listen: String,
+    /// A separate listener for app-server HTTP requests; empty = share `listen`.
+    pub endpoint_listen: String,
+    /// Base of handed-out endpoints; empty = `http://<endpoint listener address>`.
+    pub public_url: String,
+    /// Open connections (WebSocket and HTTP) above which new ones are refused.
+    pub max_connections: usize,
+    /// Time to finish a WebSocket handshake or an HTTP request once it has started.
+    pub request_timeout_ms: u64,
+    /// Idle time allowed between two requests on a kept-alive HTTP connection.
+    pub keep_alive_timeout_ms: u64,
+    /// How long to wait for the peer's close frame after sending ours.
+    pub close_timeout_ms: u64,
+    /// How long a SIGTERM/SIGINT shutdown may take before sockets are dropped.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            endpoint_listen: String::new(),
+            public_url: String::new(),
+            max_connections: 100_000,
+            request_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 30_000,
+            close_timeout_ms: 2_000,
+            shutdown_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// `[websocket]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Largest accepted client message in bytes (at least 1 MiB).
+    pub max_message_size: usize,
+    /// Sockets that have not completed hello this long after the upgrade are closed.
+    pub hello_timeout_ms: u64,
+    /// Pings closer together than this close the socket with 401; 0 = no limit.
+    pub min_ping_interval_ms: u64,
+    /// More channelIDs than this in a hello resets the UAID.
+    pub max_channels: usize,
+    /// Initial read buffer per socket (grows for large messages).
+    pub read_buffer_size: usize,
+    /// Unsent output above this drops the connection (a client that does not read).
+    pub max_output_buffer: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> WebSocketConfig {
+        WebSocketConfig {
+            max_message_size: 1 << 20,
+            hello_timeout_ms: 30_000,
+            min_ping_interval_ms: 20_000,
+            max_channels: 200,
+            read_buffer_size: 512,
+            max_output_buffer: 256 * 1024,
+        }
+    }
+}
+
+/// `[endpoint]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Longest `data` accepted with an update, in bytes.
+    pub max_data_len: usize,
+    /// Longest request body, in bytes.
+    pub max_body_size: usize,
+    /// Longest request head (request line and headers), in bytes.
+    pub max_header_size: usize,
+    /// Keys for endpoint tokens: base64url of 32 bytes. The first makes tokens, all are accepted.
+    pub token_keys: Vec<String>,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> EndpointConfig {
+        EndpointConfig {
+            max_data_len: 4096,
+            max_body_size: 64 * 1024,
+            max_header_size: 8 * 1024,
+            token_keys: Vec::new(),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `"memory"`: embedded, lost on restart.
+    pub backend: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            backend: "memory".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the file, key or variable at fault.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ENV_PREFIX: &str = "SIMPLEPUSH_";
+
+impl Config {
+    /// Loads the file (if any), applies environment overrides and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(p) => read_table(p)?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        // Through text, so that a type error shows the offending line and key.
+        let text = toml::to_string(&table).map_err(|e| ConfigError(format!("config: {e}")))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError(format!("config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("config: {key}: {why}")));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return bad("server.listen", "not an address like 127.0.0.1:8080");
+        }
+        if !self.server.endpoint_listen.is_empty()
+            && self.server.endpoint_listen.parse::<SocketAddr>().is_err()
+        {
+            return bad(
+                "server.endpoint_listen",
+                "not an address like 127.0.0.1:8081",
+            );
+        }
+        let url = &self.server.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return bad("server.public_url", "must start with http:// or https://");
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be at least 1");
+        }
+        if self.websocket.max_message_size < 1 << 20 {
+            return bad(
+                "websocket.max_message_size",
+                "must be at least 1048576 (1 MiB)",
+            );
+        }
+        if self.websocket.read_buffer_size < 64 {
+            return bad("websocket.read_buffer_size", "must be at least 64");
+        }
+        if self.websocket.max_output_buffer < 64 * 1024 {
+            return bad("websocket.max_output_buffer", "must be at least 65536");
+        }
+        if self.endpoint.max_body_size < 1024 {
+            return bad("endpoint.max_body_size", "must be at least 1024");
+        }
+        if self.endpoint.max_header_size < 1024 {
+            return bad("endpoint.max_header_size", "must be at least 1024");
+        }
+        if self.storage.backend != "memory" {
+            return bad("storage.backend", "must be \"memory\"");
+        }
+        Ok(())
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+}
+
+/// Maps `SIMPLEPUSH_SERVER_LISTEN=…` onto `[server] listen`, typed like the default value.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError(format!("config defaults: {e}")))?;
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let found = defaults.iter().find_map(|(section, keys)| {
+            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let default = keys.as_table()?.get(key)?;
+            Some((section.clone(), key.to_string(), default.clone()))
+        });
+        let Some((section, key, default)) = found else {
+            return Err(ConfigError(format!(
+                "environment variable {name}: no such setting"
+            )));
+        };
+        let value = env_value(&default, &raw).ok_or_else(|| {
+            ConfigError(format!("environment variable {name}: bad value {raw:?}"))
+        })?;
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(sec) = entry.as_table_mut() else {
+            return Err(ConfigError(format!("config: {section} must be a table")));
+        };
+        sec.insert(key, value);
+    }
+    Ok(())
+}
+
+fn env_value(default: &toml::Value, raw: &str) -> Option<toml::Value> {
+    Some(match default {
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn write(text: &str) -> std::path::PathBuf {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!("sp-cfg-{}-{n}.toml", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.websocket.hello_timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn the_sample_file_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.sample.toml");
+        let c = Config::load(Some(&p), env(&[])).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            toml::Table::try_from(&c).unwrap(),
+            toml::Table::try_from(&d).unwrap(),
+            "config.sample.toml must state the defaults"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let p = write("[server]\nlisten = \"127.0.0.1:9000\"\n");
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("SIMPLEPUSH_SERVER_LISTEN", "127.0.0.1:9001"),
+                ("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS", "7"),
+                ("SIMPLEPUSH_ENDPOINT_TOKEN_KEYS", "a, b"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9001");
+        assert_eq!(c.websocket.max_channels, 7);
+        assert_eq!(c.endpoint.token_keys, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let p = write("[server]\nlisten = \"127.0.0.1:9000\"\nbogus = 1\n");
+        let e = Config::load(Some(&p), env(&[])).unwrap_err().0;
+        assert!(e.contains("bogus"), "{e}");
+        let p = write("[server]\nmax_connections = \"many\"\n");
+        let e = Config::load(Some(&p), env(&[])).unwrap_err().0;
+        assert!(e.contains("max_connections"), "{e}");
+        let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_NOPE", "1")]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("SIMPLEPUSH_SERVER_NOPE"), "{e}");
+        let e = Config::load(None, env(&[("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS", "x")]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS"), "{e}");
+        let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("server.listen"), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/x.toml")), env(&[]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+}

@@ -1,0 +1,114 @@
+//! simplepush: a SimplePush server. One WebSocket per device; app servers wake devices with
+//! `PUT /update/<token>`.
+
+mod config;
+mod endpoint;
+mod http;
+mod registry;
+mod server;
+mod store;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use log::{info, warn};
+
+use crate::config::Config;
+use crate::server::Server;
+use crate::store::memory::MemoryStore;
+use crate::token::Tokens;
+
+const HELP: &str = "\
+simplepush: a SimplePush server (Mozilla's push protocol over WebSocket)
+
+USAGE:
+    simplepush [--config FILE]
+
+OPTIONS:
+    -c, --config FILE   TOML configuration (see config.sample.toml; every key is optional)
+    -h, --help          print this help
+    -V, --version       print the version
+
+Every key can also be set by an environment variable SIMPLEPUSH_<SECTION>_<KEY>,
+e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated.
+Logging: RUST_LOG=info (default), debug or trace.
+Exit codes: 0 after a clean SIGTERM/SIGINT shutdown, 1 on a runtime failure,
+2 on a usage or configuration error.
+";
+
+enum Cli {
+    Run(Option<PathBuf>),
+    Help,
+    Version,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Cli, String> {
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Cli::Help),
+            "-V" | "--version" => return Ok(Cli::Version),
+            "-c" | "--config" => {
+                let file = args.next().ok_or("--config needs a file")?;
+                config = Some(PathBuf::from(file));
+            }
+            other => match other.strip_prefix("--config=") {
+                Some(file) => config = Some(PathBuf::from(file)),
+                None => return Err(format!("unknown argument {other:?} (try --help)")),
+            },
+        }
+    }
+    Ok(Cli::Run(config))
+}
+
+fn main() -> ExitCode {
+    let path = match parse_args(std::env::args().skip(1)) {
+        Ok(Cli::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Cli::Version) => {
+            println!("simplepush {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Cli::Run(path)) => path,
+        Err(e) => {
+            eprintln!("simplepush: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cfg = match Config::load(path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("simplepush: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tokens = match Tokens::new(&cfg.endpoint.token_keys) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("simplepush: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cfg.endpoint.token_keys.is_empty() {
+        warn!("no endpoint.token_keys configured: using a random key, so endpoints die with this process");
+    }
+    let mut server = match Server::bind(cfg, Box::new(MemoryStore::new()), tokens) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("simplepush: cannot listen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    info!(
+        "simplepush {} listening on {} (endpoints at {}/update/...)",
+        env!("CARGO_PKG_VERSION"),
+        addrs.join(" and "),
+        server.public_url()
+    );
+    ExitCode::from(server::report(server.run()) as u8)
+}

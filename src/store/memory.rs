@@ -1,0 +1,152 @@
+//! The embedded store: everything in one process's memory, lost on restart.
+
+use std::collections::HashMap;
+
+use sm::{ChannelId, Uaid};
+
+use super::{PutResult, Store, Unavailable};
+
+/// Registrations and pending versions in hash maps.
+#[derive(Default)]
+pub struct MemoryStore {
+    /// UAID → (channel → pending version, if any).
+    users: HashMap<Uaid, HashMap<ChannelId, Option<u64>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn hello(
+        &mut self,
+        uaid: &Uaid,
+        forget: bool,
+    ) -> Result<(bool, Vec<(ChannelId, u64)>), Unavailable> {
+        if forget {
+            self.users.remove(uaid);
+            return Ok((false, Vec::new()));
+        }
+        let Some(channels) = self.users.get(uaid) else {
+            return Ok((false, Vec::new()));
+        };
+        let pending = channels
+            .iter()
+            .filter_map(|(c, v)| v.map(|v| (*c, v)))
+            .collect();
+        Ok((true, pending))
+    }
+
+    fn register(&mut self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
+        self.users
+            .entry(*uaid)
+            .or_default()
+            .entry(*channel)
+            .or_insert(None);
+        Ok(())
+    }
+
+    fn unregister(&mut self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
+        if let Some(channels) = self.users.get_mut(uaid) {
+            channels.remove(channel);
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable> {
+        let Some(channels) = self.users.get_mut(uaid) else {
+            return Ok(());
+        };
+        for (channel, version) in items {
+            if let Some(pending) = channels.get_mut(channel) {
+                if *pending == Some(*version) {
+                    *pending = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put(
+        &mut self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<PutResult, Unavailable> {
+        let slot = self.users.get_mut(uaid).and_then(|c| c.get_mut(channel));
+        Ok(match slot {
+            Some(pending) => {
+                *pending = Some(version);
+                PutResult::Stored
+            }
+            None => PutResult::UnknownChannel,
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sm::Id;
+
+    fn u(n: u8) -> Uaid {
+        Uaid(Id::fresh([n; 16]))
+    }
+
+    fn c(n: u8) -> ChannelId {
+        ChannelId(Id::fresh([n; 16]))
+    }
+
+    #[test]
+    fn unknown_until_registered() {
+        let mut s = MemoryStore::new();
+        assert_eq!(s.hello(&u(1), false), Ok((false, vec![])));
+        assert_eq!(s.put(&u(1), &c(1), 5), Ok(PutResult::UnknownChannel));
+        s.register(&u(1), &c(1)).unwrap();
+        assert_eq!(s.hello(&u(1), false), Ok((true, vec![])));
+    }
+
+    #[test]
+    fn put_overwrites_and_ack_removes_only_the_same_version() {
+        let mut s = MemoryStore::new();
+        s.register(&u(1), &c(1)).unwrap();
+        s.put(&u(1), &c(1), 5).unwrap();
+        s.put(&u(1), &c(1), 3).unwrap();
+        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![(c(1), 3)]);
+        s.ack(&u(1), &[(c(1), 5)]).unwrap();
+        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![(c(1), 3)]);
+        s.ack(&u(1), &[(c(1), 3)]).unwrap();
+        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![]);
+    }
+
+    #[test]
+    fn register_again_keeps_pending_and_unregister_drops_it() {
+        let mut s = MemoryStore::new();
+        s.register(&u(1), &c(1)).unwrap();
+        s.put(&u(1), &c(1), 5).unwrap();
+        s.register(&u(1), &c(1)).unwrap();
+        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![(c(1), 5)]);
+        s.unregister(&u(1), &c(1)).unwrap();
+        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![]);
+        assert_eq!(s.put(&u(1), &c(1), 6), Ok(PutResult::UnknownChannel));
+    }
+
+    #[test]
+    fn channels_are_scoped_per_uaid_and_forget_drops_all() {
+        let mut s = MemoryStore::new();
+        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(2), &c(1)).unwrap();
+        s.put(&u(1), &c(1), 5).unwrap();
+        assert_eq!(s.hello(&u(2), false).unwrap().1, vec![]);
+        assert_eq!(s.hello(&u(1), true), Ok((false, vec![])));
+        assert_eq!(s.hello(&u(1), false), Ok((false, vec![])));
+        assert_eq!(s.hello(&u(2), false), Ok((true, vec![])));
+    }
+}

@@ -1,0 +1,209 @@
+//! Endpoint tokens: `uaid+chid` sealed with XChaCha20-Poly1305, so they can be neither forged nor read.
+//!
+//! A token is base64url (no padding) of `nonce(24) ‖ ciphertext(33) ‖ tag(16)`. The plaintext is
+//! the two 16-byte ids and one byte with both spellings. The first key seals; every key opens,
+//! so keys can be rotated by prepending a new one.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sm::{ChannelId, Id, IdForm, Uaid};
+
+const NONCE_LEN: usize = 24;
+const PLAIN_LEN: usize = 33;
+const TAG_LEN: usize = 16;
+const TOKEN_LEN: usize = NONCE_LEN + PLAIN_LEN + TAG_LEN;
+/// Binds tokens to this use, so a ciphertext made for something else never opens here.
+const AAD: &[u8] = b"simplepush endpoint v1";
+
+/// Why the token keys could not be set up.
+#[derive(Debug)]
+pub enum TokenKeyError {
+    /// Key number `n` (from 0) is not base64url of 32 bytes.
+    BadKey(usize),
+    /// The system random source failed.
+    Random,
+}
+
+impl std::fmt::Display for TokenKeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenKeyError::BadKey(n) => write!(
+                f,
+                "config: endpoint.token_keys[{n}]: must be base64url of 32 bytes (try: head -c32 /dev/urandom | basenc --base64url)"
+            ),
+            TokenKeyError::Random => f.write_str("no system randomness for a token key"),
+        }
+    }
+}
+
+impl std::error::Error for TokenKeyError {}
+
+/// The keys that seal and open endpoint tokens.
+pub struct Tokens {
+    ciphers: Vec<XChaCha20Poly1305>,
+}
+
+fn decode_key(text: &str) -> Option<[u8; 32]> {
+    let t = text.trim().trim_end_matches('=');
+    URL_SAFE_NO_PAD.decode(t).ok()?.try_into().ok()
+}
+
+impl Tokens {
+    /// Keys from config; with none, one random key (tokens then die with the process).
+    pub fn new(keys: &[String]) -> Result<Tokens, TokenKeyError> {
+        let mut raw = Vec::with_capacity(keys.len().max(1));
+        for (n, k) in keys.iter().enumerate() {
+            raw.push(decode_key(k).ok_or(TokenKeyError::BadKey(n))?);
+        }
+        if raw.is_empty() {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).map_err(|_| TokenKeyError::Random)?;
+            raw.push(k);
+        }
+        let ciphers = raw
+            .iter()
+            .map(|k| XChaCha20Poly1305::new(&(*k).into()))
+            .collect();
+        Ok(Tokens { ciphers })
+    }
+
+    /// Seals a token for this channel.
+    pub fn seal(&self, uaid: &Uaid, channel: &ChannelId) -> String {
+        let mut plain = [0u8; PLAIN_LEN];
+        plain[..16].copy_from_slice(uaid.0.bytes());
+        plain[16..32].copy_from_slice(channel.0.bytes());
+        plain[32] = uaid.0.form().to_byte() << 2 | channel.0.form().to_byte();
+        let mut nonce = [0u8; NONCE_LEN];
+        if getrandom::fill(&mut nonce).is_err() {
+            // A repeated nonce must never happen; the clock and address make this one unique enough
+            // for the rare case the system source fails after start.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            nonce[..16].copy_from_slice(&t.to_le_bytes());
+        }
+        let payload = Payload {
+            msg: &plain,
+            aad: AAD,
+        };
+        let sealed = match self.ciphers[0].encrypt(&XNonce::from(nonce), payload) {
+            Ok(c) => c,
+            // Only fails on absurd lengths, which a 33-byte message is not.
+            Err(_) => return String::new(),
+        };
+        let mut out = Vec::with_capacity(TOKEN_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// Opens a token; `None` for anything not sealed by one of our keys.
+    pub fn open(&self, token: &str) -> Option<(Uaid, ChannelId)> {
+        if token.len() > 2 * TOKEN_LEN {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
+        if raw.len() != TOKEN_LEN {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let plain = self.ciphers.iter().find_map(|c| {
+            c.decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: AAD,
+                },
+            )
+            .ok()
+        })?;
+        if plain.len() != PLAIN_LEN {
+            return None;
+        }
+        let uaid: [u8; 16] = plain[..16].try_into().ok()?;
+        let chid: [u8; 16] = plain[16..32].try_into().ok()?;
+        let uform = IdForm::from_byte(plain[32] >> 2)?;
+        let cform = IdForm::from_byte(plain[32] & 3)?;
+        Some((
+            Uaid(Id::from_parts(uaid, uform)),
+            ChannelId(Id::from_parts(chid, cform)),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (Uaid, ChannelId) {
+        (
+            Uaid(Id::parse("9F3C0B6E5D2A4C8E9B7A6D5C4B3A2F1E").unwrap()),
+            ChannelId(Id::parse("0cb8a613-8e2b-4b47-b370-51098daa8401").unwrap()),
+        )
+    }
+
+    fn key(byte: u8) -> String {
+        URL_SAFE_NO_PAD.encode([byte; 32])
+    }
+
+    #[test]
+    fn round_trip_keeps_ids_and_spelling() {
+        let t = Tokens::new(&[key(1)]).unwrap();
+        let (u, c) = ids();
+        let tok = t.seal(&u, &c);
+        let (u2, c2) = t.open(&tok).unwrap();
+        assert_eq!(u2.to_string(), u.to_string());
+        assert_eq!(c2.to_string(), c.to_string());
+        assert!(!tok.contains("9f3c") && !tok.to_lowercase().contains("9f3c0b6e"));
+    }
+
+    #[test]
+    fn tokens_differ_each_time_and_hide_the_ids() {
+        let t = Tokens::new(&[key(1)]).unwrap();
+        let (u, c) = ids();
+        assert_ne!(t.seal(&u, &c), t.seal(&u, &c));
+    }
+
+    #[test]
+    fn tampered_or_foreign_tokens_do_not_open() {
+        let t = Tokens::new(&[key(1)]).unwrap();
+        let (u, c) = ids();
+        let tok = t.seal(&u, &c);
+        let mut bytes = URL_SAFE_NO_PAD.decode(&tok).unwrap();
+        bytes[30] ^= 1;
+        assert!(t.open(&URL_SAFE_NO_PAD.encode(&bytes)).is_none());
+        let other = Tokens::new(&[key(2)]).unwrap();
+        assert!(other.open(&tok).is_none());
+        for junk in ["", "abc", "!!!!", &"A".repeat(98), &"A".repeat(5000)] {
+            assert!(t.open(junk).is_none(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn rotation_opens_old_tokens() {
+        let old = Tokens::new(&[key(1)]).unwrap();
+        let (u, c) = ids();
+        let tok = old.seal(&u, &c);
+        let rotated = Tokens::new(&[key(2), key(1)]).unwrap();
+        assert!(rotated.open(&tok).is_some());
+        let fresh = rotated.seal(&u, &c);
+        assert!(old.open(&fresh).is_none());
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(matches!(
+            Tokens::new(&["short".into()]),
+            Err(TokenKeyError::BadKey(0))
+        ));
+        assert!(matches!(
+            Tokens::new(&[key(1), "!!".into()]),
+            Err(TokenKeyError::BadKey(1))
+        ));
+        assert!(Tokens::new(&[]).is_ok());
+    }
+}

@@ -1,0 +1,368 @@
+//! Test harness: the real `simplepush` binary on a free loopback port, and real WebSocket and HTTP clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// A running server process, killed on drop.
+pub struct Server {
+    child: Child,
+    /// The WebSocket listener (and endpoint, unless split).
+    pub addr: SocketAddr,
+    /// The endpoint listener when split.
+    pub endpoint_addr: Option<SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts with defaults on an ephemeral port.
+    pub fn start() -> Server {
+        Server::start_with("", "")
+    }
+
+    /// Starts with extra `[server]` keys and extra sections appended.
+    pub fn start_with(server_keys: &str, sections: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!(
+            "sp-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n{sections}\n"),
+        )
+        .unwrap();
+        Server::spawn(&["--config", cfg.to_str().unwrap()], &[])
+    }
+
+    /// Spawns the binary with these arguments and environment.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_simplepush"));
+        cmd.args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn simplepush");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let _ = tx.send(rest.to_string());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+        let addrs: Vec<SocketAddr> = line
+            .split(" (")
+            .next()
+            .unwrap()
+            .split(" and ")
+            .map(|a| a.parse().unwrap())
+            .collect();
+        Server {
+            child,
+            addr: addrs[0],
+            endpoint_addr: addrs.get(1).copied(),
+            log,
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A new WebSocket client.
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        unsafe_kill(self.child.id(), 15);
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What one read from the socket produced.
+#[derive(Debug, PartialEq)]
+pub enum Got {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+    /// The server's close frame (code, if any).
+    Close(Option<u16>),
+    /// Nothing within the wait.
+    Nothing,
+    /// The TCP connection ended without a close frame.
+    Eof,
+}
+
+/// A blocking WebSocket client.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    /// Connects and completes the upgrade.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("upgrade");
+        Client { ws }
+    }
+
+    /// Sends a text frame.
+    pub fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub fn send_json(&mut self, v: Value) {
+        self.send(&v.to_string());
+    }
+
+    /// Reads one frame, waiting at most `wait`.
+    pub fn next(&mut self, wait: Duration) -> Got {
+        self.ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Got::Text(t.to_string()),
+                Ok(Message::Binary(b)) => return Got::Binary(b.to_vec()),
+                Ok(Message::Close(f)) => {
+                    return Got::Close(f.map(|f: CloseFrame| u16::from(f.code)))
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Got::Nothing
+                }
+                Err(_) => return Got::Eof,
+            }
+        }
+    }
+
+    /// Reads one JSON message (panics on anything else within 5 s).
+    pub fn recv(&mut self) -> Value {
+        match self.next(Duration::from_secs(5)) {
+            Got::Text(t) => serde_json::from_str(&t).unwrap_or_else(|_| panic!("not JSON: {t}")),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Reads one raw text frame.
+    pub fn recv_text(&mut self) -> String {
+        match self.next(Duration::from_secs(5)) {
+            Got::Text(t) => t,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives within `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        let got = self.next(wait);
+        assert_eq!(got, Got::Nothing, "expected no message");
+    }
+
+    /// Asserts the server closes with a close frame next (no other message first).
+    pub fn expect_close(&mut self) -> Option<u16> {
+        match self.next(Duration::from_secs(5)) {
+            Got::Close(code) => code,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    /// hello; returns the reply.
+    pub fn hello(&mut self, uaid: &str, channels: &[&str]) -> Value {
+        self.send_json(json!({"messageType":"hello","uaid":uaid,"channelIDs":channels}));
+        let reply = self.recv();
+        assert_eq!(reply["status"], 200, "hello failed: {reply}");
+        reply
+    }
+
+    /// hello with a new UAID; returns it.
+    pub fn hello_new(&mut self) -> String {
+        self.hello("", &[])["uaid"].as_str().unwrap().to_string()
+    }
+
+    /// register; returns the endpoint URL.
+    pub fn register(&mut self, chid: &str) -> String {
+        self.send_json(json!({"messageType":"register","channelID":chid}));
+        let reply = self.recv();
+        assert_eq!(reply["status"], 200, "register failed: {reply}");
+        assert_eq!(reply["channelID"], chid);
+        reply["pushEndpoint"].as_str().unwrap().to_string()
+    }
+
+    /// ack one version.
+    pub fn ack(&mut self, chid: &str, version: u64) {
+        self.send_json(
+            json!({"messageType":"ack","updates":[{"channelID":chid,"version":version}]}),
+        );
+    }
+
+    /// Sends a close frame.
+    pub fn close(&mut self) {
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+    }
+}
+
+/// A fresh random-looking dashed channel ID.
+pub fn chid(n: u32) -> String {
+    format!("{n:08x}-8e2b-4b47-b370-51098daa8401")
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends raw request bytes and reads the whole response (the request should say Connection: close).
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpReply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_reply(&String::from_utf8_lossy(&buf))
+}
+
+/// Parses one response.
+pub fn parse_reply(text: &str) -> HttpReply {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    HttpReply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// A request with a body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> HttpReply {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw_http(addr, req.as_bytes())
+}
+
+/// PUT a form body to an endpoint URL.
+pub fn put(endpoint: &str, body: &str) -> HttpReply {
+    let (addr, path) = split_url(endpoint);
+    request(
+        addr,
+        "PUT",
+        &path,
+        &["Content-Type: application/x-www-form-urlencoded"],
+        body,
+    )
+}
+
+/// `http://host:port/path` → (address, path).
+pub fn split_url(url: &str) -> (SocketAddr, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    (host.parse().unwrap(), path.to_string())
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
