@@ -323,15 +323,18 @@ impl Server {
                 Ok((stream, _)) => self.admit(stream, roles),
                 Err(e) if would_block(&e) => return,
                 Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
-                    // EMFILE/ENFILE: free the spare descriptor to take the connection off the backlog
-                    // and close it, so that the listener does not spin on it.
+                    // EMFILE/ENFILE: free the spare descriptor to take one connection off the backlog
+                    // and close it. Linux reports EMFILE even with an empty backlog, so stop as soon
+                    // as that second accept finds nothing.
                     self.log_refusal("out of file descriptors");
                     self.spare_fd = None;
-                    if let Some(l) = self.listeners.get(index) {
-                        drop(l.socket.accept());
-                    }
+                    // The accepted stream is closed here, before the spare is reopened in its place.
+                    let took_one = self
+                        .listeners
+                        .get(index)
+                        .is_some_and(|l| l.socket.accept().is_ok());
                     self.spare_fd = File::open("/dev/null").ok();
-                    if self.spare_fd.is_none() {
+                    if !took_one || self.spare_fd.is_none() {
                         return;
                     }
                 }
@@ -757,6 +760,9 @@ impl Server {
                     debug!("conn {key}: {e}");
                     return self.begin_close(key, CloseCode::Size, "message too big");
                 }
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => return self.drop_conn(key),
                 Err(tungstenite::Error::Protocol(e)) => {
                     debug!("conn {key}: protocol error: {e}");
                     return self.begin_close(key, CloseCode::Protocol, "protocol error");

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chid, put, Client, Got, Server};
+use common::{chid, put, Got, Server};
 use serde_json::{json, Value};
 use tungstenite::Message;
 

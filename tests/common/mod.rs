@@ -46,7 +46,16 @@ impl Server {
 
     /// Spawns the binary with these arguments and environment.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_simplepush"));
+        Server::spawn_env(env!("CARGO_BIN_EXE_simplepush"), args, env)
+    }
+
+    /// Spawns another program (a wrapper that execs the server).
+    pub fn spawn_program(program: &str, args: &[&str]) -> Server {
+        Server::spawn_env(program, args, &[])
+    }
+
+    fn spawn_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -177,6 +186,10 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).unwrap();
+        // A server that never answers fails the test instead of hanging it.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("upgrade");
         Client { ws }
     }
@@ -365,4 +378,18 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+impl Server {
+    /// Starts the binary under `sh -c 'ulimit -n LIMIT; exec …'`, with defaults on an ephemeral port.
+    pub fn start_with_fd_limit(limit: u32) -> Server {
+        let cfg = std::env::temp_dir().join(format!("sp-fd-{}.toml", std::process::id()));
+        std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let script = format!(
+            "ulimit -n {limit} && exec {} --config {}",
+            env!("CARGO_BIN_EXE_simplepush"),
+            cfg.display()
+        );
+        Server::spawn_program("sh", &["-c", &script])
+    }
 }

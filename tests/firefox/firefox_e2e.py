@@ -472,6 +472,11 @@ class Harness:
         lines = [l.strip() for l in read_from(self.firefox_log or "").splitlines() if any(k in l for k in keys)]
         return " | ".join(l[:300] for l in lines[-n:]) or "<no WebSocket activity in the Firefox log>"
 
+    def saved_uaid(self):
+        m = re.search(r'user_pref\("dom\.push\.userAgentID",\s*"([^"]*)"\)',
+                      read_from(os.path.join(self.profile, "prefs.js")))
+        return m.group(1) if m else None
+
     def put(self, endpoint, version):
         st, body = http("PUT", endpoint, body=f"version={version}".encode(),
                         headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -525,7 +530,13 @@ class Harness:
         uaid1, chid1 = self.wait_ack(N, off)
         log(f"step d: OK, ack uaid={uaid1} channel={chid1}")
 
-        log("step e: stopping Firefox")
+        # Firefox keeps the uaid in the pref dom.push.userAgentID and writes prefs.js lazily. SIGTERM
+        # does not flush it: stopped too early, the relaunched Firefox sends a hello without uaid,
+        # gets a new one and drops its subscription. So wait until prefs.js holds the uaid.
+        t = time.monotonic()
+        self.wait_until(f"Firefox to save dom.push.userAgentID={uaid1} to PROFILE/prefs.js",
+                        lambda: self.saved_uaid() == uaid1)
+        log(f"step e: prefs.js holds the uaid ({time.monotonic() - t:.2f} s after the ack); stopping Firefox")
         self.stop_firefox()
         self.wait_until("GET /status to show clients == 0 after Firefox stopped",
                         lambda: self.clients() == 0, firefox=False)
@@ -555,7 +566,7 @@ class Harness:
             raise Fail(f"after the restart the page got {json.dumps(sub2)}, want the old "
                        f"subscription (existing: true, endpoint {endpoint})")
         log("step f: the page's getSubscription() returned the old subscription")
-        hellos = re.findall(r"hello\b[^\n]*?uaid=\"?([0-9A-Fa-f-]{32,36})", read_from(self.server_log, off))
+        hellos = re.findall(r"\bhello uaid=([0-9A-Fa-f-]{32,36})\b", read_from(self.server_log, off))
         if hellos:
             if hellos[0] != uaid1:
                 raise Fail(f"second hello used uaid {hellos[0]}, want {uaid1}")
@@ -583,11 +594,14 @@ class Harness:
                 time.sleep(0.25)
             if seen_at is None:
                 log("step g: NOTE: Firefox did not send broadcast_subscribe in time; the check below is weaker")
-            self.wait_until("clients == 1", lambda: self.clients() == 1, timeout=3)
+            n = self.clients()
+            if n != 1:
+                raise Fail(f"GET {self.status_path} shows clients == {n} at the end of the second run, want 1. "
+                           f"Firefox's side: {self.firefox_ws_summary()}")
             lines = read_from(self.firefox_log).replace("\\", "").splitlines()
             opens = sum("wsOnStart()" in l for l in lines)
             hello_sends = sum("Sending message" in l and '"messageType":"hello"' in l for l in lines)
-            closes = [l for l in lines if "wsOnStop()" in l or "_reconnect" in l]
+            closes = [l for l in lines if "wsOnStop()" in l or "reconnect()" in l]
             if opens != 1 or hello_sends != 1 or closes:
                 raise Fail(f"Firefox's socket did not stay up during the second run: wsOnStart x{opens}, "
                            f"hello sent x{hello_sends}, stop/reconnect lines {closes[:3]}; "

@@ -1,0 +1,110 @@
+//! The command line, configuration errors and shutdown, against the real binary.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{chid, Got, Server};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_simplepush"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> String {
+    let p = std::env::temp_dir().join(format!("sp-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().to_string()
+}
+
+#[test]
+fn help_and_version() {
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--config") && out.contains("SIMPLEPUSH_"));
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("simplepush "));
+}
+
+#[test]
+fn usage_and_config_errors_exit_2_naming_the_problem() {
+    let (code, _, err) = run(&["--frobnicate"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--frobnicate"));
+    let (code, _, err) = run(&["--config", "/no/such/file.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/file.toml"), "{err}");
+    let f = temp_file(
+        "unknown.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
+    );
+    let (code, _, err) = run(&["--config", &f], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("lisen"), "{err}");
+    let f = temp_file("type.toml", "[websocket]\nmax_channels = \"lots\"\n");
+    let (code, _, err) = run(&["--config", &f], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("max_channels"), "{err}");
+    let f = temp_file("small.toml", "[websocket]\nmax_message_size = 1000\n");
+    let (code, _, err) = run(&["--config", &f], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("websocket.max_message_size"), "{err}");
+    let (code, _, err) = run(&[], &[("SIMPLEPUSH_SERVER_LISTEN", "nowhere")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("server.listen"), "{err}");
+    let (code, _, err) = run(&[], &[("SIMPLEPUSH_ENDPOINT_TOKEN_KEYS", "tooshort")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("token_keys"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let f = temp_file("env.toml", "[server]\nlisten = \"127.0.0.1:1\"\n");
+    let mut s = Server::spawn(
+        &["--config", &f],
+        &[
+            ("SIMPLEPUSH_SERVER_LISTEN", "127.0.0.1:0"),
+            ("SIMPLEPUSH_SERVER_PUBLIC_URL", "https://push.example.com/"),
+        ],
+    );
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert!(ep.starts_with("https://push.example.com/update/"), "{ep}");
+    assert!(s.log().contains("no endpoint.token_keys configured"));
+    assert_eq!(
+        s.terminate(Duration::from_secs(5)).and_then(|st| st.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn sigterm_closes_clients_and_exits_promptly() {
+    let mut s = Server::start();
+    let mut clients: Vec<common::Client> = (0..20).map(|_| s.client()).collect();
+    for c in &mut clients {
+        c.hello_new();
+    }
+    let status = s
+        .terminate(Duration::from_secs(5))
+        .expect("exited within 5 s");
+    assert_eq!(status.code(), Some(0));
+    for c in &mut clients {
+        assert!(
+            matches!(c.next(Duration::from_secs(1)), Got::Close(Some(1001))),
+            "every client gets a going-away close frame"
+        );
+    }
+    assert!(s.log().contains("shutdown complete"));
+}
