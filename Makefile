@@ -1,5 +1,5 @@
 # simplepush: common tasks. `make run` and `make test` work on a fresh machine with Rust installed
-# (the Firefox end-to-end test also wants Debian's firefox-esr: see .ci/run).
+# (the tests also want Debian's memcached and firefox-esr: see .ci/run).
 
 CARGO ?= cargo
 CONFIG ?= config.sample.toml
@@ -20,8 +20,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The integration suites run twice: on the embedded store, and on a real memcached that each test
+# starts for itself (tests/memcached.rs and tests/cluster.rs always use memcached).
 unit:
 	$(CARGO) test --workspace
+	PUSH_TEST_BACKEND=memcached $(CARGO) test --test protocol --test endpoint --test concurrency
 
 firefox-test:
 	$(CARGO) build --bin simplepush

@@ -18,6 +18,8 @@ pub struct Config {
     pub endpoint: EndpointConfig,
     /// Where pending versions are kept.
     pub storage: StorageConfig,
+    /// Several nodes sharing one memcached pool.
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`
@@ -117,14 +119,54 @@ impl Default for EndpointConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `"memory"`: embedded, lost on restart.
+    /// `"memory"` (embedded, lost on restart) or `"memcached"`.
     pub backend: String,
+    /// memcached servers, `host:port`; keys are spread over them by consistent hashing.
+    pub servers: Vec<String>,
+    /// memcached connect, read and write timeout.
+    pub timeout_ms: u64,
+    /// Storage worker threads, and connections per memcached server.
+    pub pool_size: usize,
+    /// Lifetime of a stored version not yet acked, in seconds.
+    pub pending_ttl_secs: u64,
+    /// Lifetime of a registration without use (hello, register, update), in seconds; 0 = no expiry.
+    pub registration_ttl_secs: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> StorageConfig {
         StorageConfig {
             backend: "memory".into(),
+            servers: vec!["127.0.0.1:11211".into()],
+            timeout_ms: 500,
+            pool_size: 4,
+            pending_ttl_secs: 259_200,
+            registration_ttl_secs: 10_800,
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Listener for updates forwarded by other nodes; empty = no cluster.
+    pub router_listen: String,
+    /// How other nodes reach this one; empty = `http://<router listener address>`.
+    pub router_url: String,
+    /// Shared secret that authenticates forwarded updates (at least 16 characters).
+    pub secret: String,
+    /// Connect, read and write timeout for a forward to another node.
+    pub timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            router_listen: String::new(),
+            router_url: String::new(),
+            secret: String::new(),
+            timeout_ms: 1000,
         }
     }
 }
@@ -199,8 +241,74 @@ impl Config {
         if self.endpoint.max_header_size < 1024 {
             return bad("endpoint.max_header_size", "must be at least 1024");
         }
-        if self.storage.backend != "memory" {
-            return bad("storage.backend", "must be \"memory\"");
+        self.validate_storage()?;
+        self.validate_cluster()
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("config: {key}: {why}")));
+        let st = &self.storage;
+        if st.backend != "memory" && st.backend != "memcached" {
+            return bad("storage.backend", "must be \"memory\" or \"memcached\"");
+        }
+        if st.backend == "memcached" && st.servers.is_empty() {
+            return bad("storage.servers", "needs at least one host:port");
+        }
+        if let Some(s) = st.servers.iter().find(|s| {
+            s.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            return bad("storage.servers", &format!("{s:?} is not host:port"));
+        }
+        if st.timeout_ms == 0 {
+            return bad("storage.timeout_ms", "must be at least 1");
+        }
+        if st.pool_size == 0 || st.pool_size > 256 {
+            return bad("storage.pool_size", "must be 1 to 256");
+        }
+        // memcached reads larger expiry times as absolute Unix times.
+        const MAX_TTL: u64 = 30 * 24 * 3600;
+        if st.pending_ttl_secs == 0 || st.pending_ttl_secs > MAX_TTL {
+            return bad("storage.pending_ttl_secs", "must be 1 to 2592000 (30 days)");
+        }
+        if st.registration_ttl_secs > MAX_TTL {
+            return bad(
+                "storage.registration_ttl_secs",
+                "must be at most 2592000 (30 days)",
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("config: {key}: {why}")));
+        let c = &self.cluster;
+        if c.router_listen.is_empty() {
+            return Ok(());
+        }
+        if c.router_listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "cluster.router_listen",
+                "not an address like 127.0.0.1:3000",
+            );
+        }
+        if !(c.router_url.is_empty() || c.router_url.starts_with("http://")) {
+            return bad("cluster.router_url", "must start with http://");
+        }
+        if c.secret.len() < 16 {
+            return bad(
+                "cluster.secret",
+                "needs at least 16 characters when router_listen is set",
+            );
+        }
+        if self.storage.backend != "memcached" {
+            return bad(
+                "cluster.router_listen",
+                "a cluster needs storage.backend = \"memcached\"",
+            );
+        }
+        if c.timeout_ms == 0 {
+            return bad("cluster.timeout_ms", "must be at least 1");
         }
         Ok(())
     }
@@ -343,6 +451,31 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("server.listen"), "{e}");
+        let e = Config::load(None, env(&[("SIMPLEPUSH_STORAGE_BACKEND", "redis")]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("storage.backend"), "{e}");
+        let e = Config::load(None, env(&[("SIMPLEPUSH_STORAGE_SERVERS", "nohost")]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("storage.servers"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("SIMPLEPUSH_CLUSTER_ROUTER_LISTEN", "127.0.0.1:0")]),
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("cluster.secret"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("SIMPLEPUSH_CLUSTER_ROUTER_LISTEN", "127.0.0.1:0"),
+                ("SIMPLEPUSH_CLUSTER_SECRET", "0123456789abcdef"),
+            ]),
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("memcached"), "{e}");
         let e = Config::load(Some(Path::new("/nonexistent/x.toml")), env(&[]))
             .unwrap_err()
             .0;

@@ -7,6 +7,8 @@ pub enum Method {
     Get,
     /// PUT
     Put,
+    /// DELETE
+    Delete,
     /// Any other method.
     Other,
 }
@@ -33,6 +35,10 @@ pub struct Head {
     pub content_type: Option<String>,
     /// `Content-Length` (0 if absent).
     pub content_length: usize,
+    /// `Authorization`, if sent.
+    pub authorization: Option<String>,
+    /// `Expect: 100-continue`: the client waits for a go-ahead before the body.
+    pub expect_continue: bool,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
     /// Present when the request asks for a WebSocket (`Upgrade: websocket`).
@@ -105,6 +111,7 @@ pub fn reason(status: u16) -> &'static str {
         200 => "OK",
         202 => "Accepted",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         410 => "Gone",
@@ -162,6 +169,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Parsed {
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
         "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
         _ => Method::Other,
     };
     let target = req.path.unwrap_or("/");
@@ -190,7 +198,9 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Parsed {
         path: path.to_string(),
         query: query.to_string(),
         content_type: h.content_type,
-        content_length: h.content_length,
+        content_length: h.content_length.unwrap_or(0),
+        authorization: h.authorization,
+        expect_continue: h.expect_continue,
         keep_alive,
         upgrade,
         head_len,
@@ -201,7 +211,9 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Parsed {
 #[derive(Default)]
 struct Fields {
     content_type: Option<String>,
-    content_length: usize,
+    content_length: Option<usize>,
+    authorization: Option<String>,
+    expect_continue: bool,
     connection: Option<String>,
     chunked: bool,
     upgrade_websocket: bool,
@@ -216,13 +228,24 @@ impl Fields {
         if is("content-type") {
             self.content_type = Some(value.to_string());
         } else if is("content-length") {
-            self.content_length = value
-                .parse()
-                .map_err(|_| Response::json(400, "\"Invalid Content-Length\"").closing())?;
+            // Digits only, and no second, different length: either could smuggle a request past a proxy.
+            let invalid = || Response::json(400, "\"Invalid Content-Length\"").closing();
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let n: usize = value.parse().map_err(|_| invalid())?;
+            if self.content_length.is_some_and(|old| old != n) {
+                return Err(invalid());
+            }
+            self.content_length = Some(n);
+        } else if is("expect") {
+            self.expect_continue = value.eq_ignore_ascii_case("100-continue");
+        } else if is("authorization") {
+            self.authorization = Some(value.to_string());
         } else if is("connection") {
             self.connection = Some(value.to_string());
         } else if is("transfer-encoding") {
-            self.chunked = !value.eq_ignore_ascii_case("identity");
+            self.chunked |= !value.eq_ignore_ascii_case("identity");
         } else if is("upgrade") {
             self.upgrade_websocket = has_token(value, "websocket");
         } else if is("sec-websocket-key") {
@@ -261,6 +284,9 @@ impl Fields {
         })
     }
 }
+
+/// The interim answer to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The 101 response completing a WebSocket handshake.
 pub fn switching_protocols(upgrade: &Upgrade) -> Vec<u8> {
@@ -326,6 +352,15 @@ mod tests {
             refused("PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").status,
             411
         );
+        for bad in [
+            "PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            "PUT /x HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "PUT /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        ] {
+            assert!(refused(bad).status >= 400, "{bad}");
+        }
+        let twice = "PUT /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(complete(twice).content_length, 5);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod config;
 mod endpoint;
 mod http;
 mod registry;
+mod router;
 mod server;
 mod store;
 mod token;
@@ -16,7 +17,6 @@ use log::{info, warn};
 
 use crate::config::Config;
 use crate::server::Server;
-use crate::store::memory::MemoryStore;
 use crate::token::Tokens;
 
 const HELP: &str = "\
@@ -78,7 +78,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,r2d2=off"))
+        .init();
     let cfg = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
     if cfg.endpoint.token_keys.is_empty() {
         warn!("no endpoint.token_keys configured: using a random key, so endpoints die with this process");
     }
-    let mut server = match Server::bind(cfg, Box::new(MemoryStore::new()), tokens) {
+    let mut server = match Server::bind(cfg, tokens) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("simplepush: cannot listen: {e}");

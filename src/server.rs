@@ -14,7 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use sm::update::Outcome;
-use sm::{ChannelId, Effect, Inbound, Limits, Session, Uaid};
+use sm::{ChannelId, Effect, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
@@ -23,18 +23,26 @@ use crate::config::Config;
 use crate::endpoint::{self, Route};
 use crate::http::{self, Head, Parsed, Response};
 use crate::registry::Registry;
-use crate::store::{self, PutResult, Store};
+use crate::router::{self, RouteRequest};
+use crate::store::memcached::{self, MemcachedStore};
+use crate::store::memory::MemoryStore;
+use crate::store::workers::Pool;
+use crate::store::{ConnRef, Done, Job, PutResult, Runner, Unavailable};
 use crate::token::Tokens;
 
 const SIGNALS: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
 const LISTENER_BASE: usize = usize::MAX - 16;
 const READ_CHUNK: usize = 4096;
+/// Messages or requests handled per connection per wakeup, so that one busy peer cannot starve the rest.
+const BUDGET: usize = 64;
 
 /// What a listener serves.
 #[derive(Clone, Copy, Debug)]
 struct Roles {
     websocket: bool,
     endpoint: bool,
+    router: bool,
 }
 
 struct Listener {
@@ -49,6 +57,10 @@ struct HttpConn {
     out: Vec<u8>,
     written: usize,
     close_after: bool,
+    /// `Some(keep_alive)` while the request's answer waits on storage or another node.
+    waiting: Option<bool>,
+    /// `100 Continue` was sent for the request being read.
+    continued: bool,
 }
 
 /// A 101 response being written; then the socket becomes a WebSocket.
@@ -63,6 +75,10 @@ struct Upgrading {
 struct WsConn {
     ws: WebSocket<TcpStream>,
     session: Session,
+    /// The UAID this socket is registered for, kept here because a closed session forgets it.
+    bound: Option<Uaid>,
+    /// Our close frame is out (or the peer's was read): only waiting for the end.
+    closing: bool,
 }
 
 // The WebSocket variant is the long-lived, common one: boxing it would add an allocation and a
@@ -80,8 +96,18 @@ struct Conn {
     gen: u32,
     /// Monotonic ms at which the current timer fires; 0 = none.
     deadline: u64,
+    /// The time of this connection's entry in the timer heap; 0 = none. A later deadline reuses
+    /// it (re-armed when it fires), so the heap holds about one entry per connection.
+    queued: u64,
     roles: Roles,
     state: State,
+}
+
+/// This node's place in a cluster.
+struct Cluster {
+    url: String,
+    secret: String,
+    timeout: Duration,
 }
 
 /// The server: listeners, connections and everything they share. Runs on one thread.
@@ -91,7 +117,8 @@ pub struct Server {
     signals: Signals,
     conns: Slab<Conn>,
     registry: Registry,
-    store: Box<dyn Store>,
+    store: Runner,
+    cluster: Option<Cluster>,
     tokens: Tokens,
     cfg: Config,
     public_url: String,
@@ -103,6 +130,10 @@ pub struct Server {
     spare_fd: Option<File>,
     shutdown_at: Option<u64>,
     last_refusal_log: u64,
+    /// Connections that used up their budget with input left: served again after the next poll.
+    again: Vec<usize>,
+    /// An accept failed for a reason other than file descriptors: retry soon.
+    accept_retry: bool,
 }
 
 fn wall_secs() -> u64 {
@@ -149,8 +180,10 @@ fn write_out(stream: &mut TcpStream, out: &[u8], written: &mut usize) -> io::Res
 
 impl Server {
     /// Binds the listeners and prepares the loop.
-    pub fn bind(cfg: Config, store: Box<dyn Store>, tokens: Tokens) -> io::Result<Server> {
+    pub fn bind(cfg: Config, tokens: Tokens) -> io::Result<Server> {
         let poll = Poll::new()?;
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let store = open_store(&cfg, waker)?;
         let mut listeners = Vec::new();
         let main_addr: SocketAddr = cfg
             .server
@@ -163,6 +196,7 @@ impl Server {
             roles: Roles {
                 websocket: true,
                 endpoint: !split,
+                router: false,
             },
         });
         if split {
@@ -175,9 +209,38 @@ impl Server {
                 roles: Roles {
                     websocket: false,
                     endpoint: true,
+                    router: false,
                 },
             });
         }
+        let endpoint_addr = listeners[listeners.len() - 1].socket.local_addr()?;
+        let cluster = if cfg.cluster.router_listen.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr =
+                cfg.cluster.router_listen.parse().map_err(|_| {
+                    io::Error::new(ErrorKind::InvalidInput, "cluster.router_listen")
+                })?;
+            let socket = TcpListener::bind(addr)?;
+            let url = if cfg.cluster.router_url.is_empty() {
+                format!("http://{}", socket.local_addr()?)
+            } else {
+                cfg.cluster.router_url.trim_end_matches('/').to_string()
+            };
+            listeners.push(Listener {
+                socket,
+                roles: Roles {
+                    websocket: false,
+                    endpoint: false,
+                    router: true,
+                },
+            });
+            Some(Cluster {
+                url,
+                secret: cfg.cluster.secret.clone(),
+                timeout: Duration::from_millis(cfg.cluster.timeout_ms),
+            })
+        };
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry().register(
                 &mut l.socket,
@@ -188,7 +251,6 @@ impl Server {
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let endpoint_addr = listeners[listeners.len() - 1].socket.local_addr()?;
         let public_url = if cfg.server.public_url.is_empty() {
             format!("http://{endpoint_addr}")
         } else {
@@ -211,6 +273,7 @@ impl Server {
             conns: Slab::with_capacity(1024),
             registry: Registry::default(),
             store,
+            cluster,
             tokens,
             cfg,
             public_url,
@@ -222,10 +285,13 @@ impl Server {
             spare_fd: File::open("/dev/null").ok(),
             shutdown_at: None,
             last_refusal_log: 0,
+            again: Vec::new(),
+            accept_retry: false,
         })
     }
 
-    /// The bound addresses: the WebSocket listener first, then the endpoint listener if split.
+    /// The bound addresses: the WebSocket listener first, then the endpoint listener if split,
+    /// then the router listener of a cluster node.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
@@ -256,8 +322,20 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signal(),
+                    WAKER => {}
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                     Token(key) => self.conn_event(key),
+                }
+                self.finish_jobs();
+            }
+            self.finish_jobs();
+            for key in std::mem::take(&mut self.again) {
+                self.conn_event(key);
+                self.finish_jobs();
+            }
+            if std::mem::take(&mut self.accept_retry) {
+                for i in 0..self.listeners.len() {
+                    self.accept(i);
                 }
             }
             self.fire_timers();
@@ -274,6 +352,12 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Duration {
+        if !self.again.is_empty() {
+            return Duration::ZERO;
+        }
+        if self.accept_retry {
+            return Duration::from_millis(50);
+        }
         let now = self.now_ms();
         let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let wait = next.map_or(1000, |at| at.saturating_sub(now).min(1000));
@@ -340,7 +424,10 @@ impl Server {
                 }
                 Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
                 Err(e) => {
+                    // ENOBUFS, ENOMEM and the like: the backlog is not drained, so try again soon
+                    // rather than wait for the next connection to signal the listener.
                     warn!("accept: {e}");
+                    self.accept_retry = true;
                     return;
                 }
             }
@@ -375,6 +462,7 @@ impl Server {
         entry.insert(Conn {
             gen: self.next_gen,
             deadline: 0,
+            queued: 0,
             roles,
             state: State::Http(HttpConn {
                 stream,
@@ -382,6 +470,8 @@ impl Server {
                 out: Vec::new(),
                 written: 0,
                 close_after: false,
+                waiting: None,
+                continued: false,
             }),
         });
         let at = self.now_ms() + self.cfg.server.request_timeout_ms;
@@ -391,11 +481,13 @@ impl Server {
     // ---- timers ----
 
     fn set_deadline(&mut self, key: usize, at: u64) {
-        if let Some(c) = self.conns.get_mut(key) {
-            c.deadline = at;
-            if at != 0 {
-                self.timers.push(Reverse((at, key, c.gen)));
-            }
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.deadline = at;
+        if at != 0 && (c.queued == 0 || at < c.queued) {
+            c.queued = at;
+            self.timers.push(Reverse((at, key, c.gen)));
         }
     }
 
@@ -406,12 +498,22 @@ impl Server {
                 return;
             }
             self.timers.pop();
-            let live = self
-                .conns
-                .get(key)
-                .is_some_and(|c| c.gen == gen && c.deadline == at);
-            if live {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.gen != gen || c.queued != at {
+                continue;
+            }
+            c.queued = 0;
+            if c.deadline == 0 {
+                continue;
+            }
+            if c.deadline <= now {
                 self.expire(key);
+            } else {
+                // Pushed later since this entry was queued: wait for the new time.
+                c.queued = c.deadline;
+                self.timers.push(Reverse((c.deadline, key, gen)));
             }
         }
     }
@@ -421,7 +523,7 @@ impl Server {
             return;
         };
         match &conn.state {
-            State::Ws(w) if !w.session.is_closed() => {
+            State::Ws(w) if !w.closing => {
                 debug!("conn {key}: no hello in time");
                 self.begin_close(key, CloseCode::Policy, "hello timeout");
             }
@@ -444,10 +546,10 @@ impl Server {
             State::Http(mut h) => drop(registry.deregister(&mut h.stream)),
             State::Upgrading(mut u) => drop(registry.deregister(&mut u.stream)),
             State::Ws(mut w) => {
-                if let Some(uaid) = w.session.uaid() {
-                    self.registry.unbind(&uaid, key);
-                }
                 drop(registry.deregister(w.ws.get_mut()));
+                if let Some(uaid) = w.bound {
+                    self.unbind(&uaid, key);
+                }
             }
             State::Moving => {}
         }
@@ -465,6 +567,7 @@ impl Server {
     // ---- HTTP ----
 
     fn http_event(&mut self, key: usize) {
+        let mut handled = 0;
         loop {
             let max_head = self.cfg.endpoint.max_header_size;
             let Some(Conn {
@@ -479,6 +582,9 @@ impl Server {
                 Ok(false) => return,
                 Err(_) => return self.drop_conn(key),
             }
+            if h.waiting.is_some() {
+                return;
+            }
             if !h.out.is_empty() {
                 h.out = Vec::new();
                 h.written = 0;
@@ -486,8 +592,10 @@ impl Server {
                     let _ = h.stream.shutdown(std::net::Shutdown::Write);
                     return self.drop_conn(key);
                 }
-                let at = self.now_ms() + self.cfg.server.keep_alive_timeout_ms;
-                self.set_deadline(key, at);
+                if !h.continued {
+                    let at = self.now_ms() + self.cfg.server.keep_alive_timeout_ms;
+                    self.set_deadline(key, at);
+                }
                 continue;
             }
             match http::parse_head(&h.buf, max_head) {
@@ -499,13 +607,29 @@ impl Server {
                         continue;
                     }
                     if head.upgrade.is_none() && h.buf.len() < need {
+                        if head.expect_continue && !h.continued && h.out.is_empty() {
+                            // curl waits a second for this before sending a body over 1 KiB.
+                            h.continued = true;
+                            h.out = http::CONTINUE.to_vec();
+                            h.written = 0;
+                            continue;
+                        }
                         if !self.read_more(key) {
                             return;
                         }
                         continue;
                     }
+                    handled += 1;
+                    if handled > BUDGET {
+                        self.again.push(key);
+                        return;
+                    }
                     self.request(key, head);
-                    if !matches!(self.conns.get(key).map(|c| &c.state), Some(State::Http(_))) {
+                    let still_http = matches!(
+                        self.conns.get(key).map(|c| &c.state),
+                        Some(State::Http(h)) if h.waiting.is_none()
+                    );
+                    if !still_http {
                         return;
                     }
                 }
@@ -569,6 +693,8 @@ impl Server {
             return;
         };
         let keep = keep_alive && !resp.close && self.shutdown_at.is_none();
+        h.waiting = None;
+        h.continued = false;
         h.out = resp.to_bytes(keep);
         h.written = 0;
         h.close_after |= !keep;
@@ -600,8 +726,14 @@ impl Server {
         if h.buf.is_empty() {
             h.buf = Vec::new();
         }
+        if roles.router {
+            return self.route_request(key, &head, &body);
+        }
         let resp = match endpoint::route(&head) {
-            Route::Update(token) if roles.endpoint => self.update(&head, token, &body),
+            Route::Update(token) if roles.endpoint => match self.update(key, &head, token, &body) {
+                Some(r) => r,
+                None => return,
+            },
             Route::Status => Response::json(
                 200,
                 format!(
@@ -619,7 +751,8 @@ impl Server {
 
     // ---- app-server updates ----
 
-    fn update(&mut self, head: &Head, token: &str, body: &[u8]) -> Response {
+    /// Starts storing an update; `Some` is an immediate answer, `None` means the answer will follow.
+    fn update(&mut self, key: usize, head: &Head, token: &str, body: &[u8]) -> Option<Response> {
         let parsed = endpoint::parse_update(
             head,
             token,
@@ -630,20 +763,215 @@ impl Server {
         );
         let (uaid, channel, upd) = match parsed {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(r) => return Some(r),
         };
-        match self.store.put(&uaid, &channel, upd.version) {
-            Ok(PutResult::Stored) => {}
-            Ok(PutResult::UnknownChannel) => return endpoint::gone(),
-            Err(_) => return endpoint::unavailable(),
+        let conn = self.conn_ref(key)?;
+        if let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            h.waiting = Some(head.keep_alive);
         }
-        let outcome = self.deliver(&uaid, &channel, upd.version, upd.data.as_deref());
+        self.store.submit(Job::Put {
+            conn,
+            uaid,
+            channel,
+            version: upd.version,
+            data: upd.data,
+        });
+        None
+    }
+
+    /// The UAID a WebSocket connection is registered for.
+    fn bound_to(&self, key: usize) -> Option<Uaid> {
+        match self.conns.get(key).map(|c| &c.state) {
+            Some(State::Ws(w)) => w.bound,
+            _ => None,
+        }
+    }
+
+    fn conn_ref(&self, key: usize) -> Option<ConnRef> {
+        self.conns.get(key).map(|c| ConnRef { key, gen: c.gen })
+    }
+
+    fn is_current(&self, conn: ConnRef) -> bool {
+        self.conns.get(conn.key).is_some_and(|c| c.gen == conn.gen)
+    }
+
+    /// Answers a request that waited, then goes on with the connection's next request.
+    fn answer(&mut self, conn: ConnRef, resp: Response) {
+        if !self.is_current(conn) {
+            return;
+        }
+        let keep = match self.conns.get(conn.key).map(|c| &c.state) {
+            Some(State::Http(h)) => h.waiting.unwrap_or(false),
+            _ => return,
+        };
+        self.respond(conn.key, resp, keep);
+        self.http_event(conn.key);
+    }
+
+    /// Handles every finished storage job and forward.
+    fn finish_jobs(&mut self) {
+        loop {
+            let done = self.store.take_done();
+            if done.is_empty() {
+                return;
+            }
+            for d in done {
+                self.finish(d);
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        match done {
+            Done::Session { conn, op, reply } => self.session_done(conn, &op, reply),
+            Done::Put {
+                conn,
+                uaid,
+                channel,
+                version,
+                data,
+                result,
+            } => self.put_done(conn, uaid, channel, version, data, result),
+            Done::Forwarded { conn, delivered } => {
+                let outcome = if delivered {
+                    Outcome::Delivered
+                } else {
+                    Outcome::Stored
+                };
+                self.answer(conn, endpoint::outcome(outcome));
+            }
+            Done::Bound { uaid, previous } => self.kick_elsewhere(uaid, previous),
+            Done::Nothing => {}
+        }
+    }
+
+    fn put_done(
+        &mut self,
+        conn: ConnRef,
+        uaid: Uaid,
+        channel: ChannelId,
+        version: u64,
+        data: Option<String>,
+        result: Result<PutResult, Unavailable>,
+    ) {
+        let node = match result {
+            Ok(PutResult::Stored { node }) => node,
+            Ok(PutResult::UnknownChannel) => return self.answer(conn, endpoint::gone()),
+            Err(Unavailable) => return self.answer(conn, endpoint::unavailable()),
+        };
+        let outcome = self.deliver(&uaid, &channel, version, data.as_deref());
         debug!(
-            "update uaid={uaid} channel={channel} version={} -> {}",
-            upd.version,
+            "update uaid={uaid} channel={channel} version={version} -> {}",
             outcome.status()
         );
-        endpoint::outcome(outcome)
+        let remote = match (&self.cluster, node) {
+            (Some(c), Some(n)) if outcome == Outcome::Stored && n != c.url => Some((c, n)),
+            _ => None,
+        };
+        let Some((cluster, node)) = remote else {
+            return self.answer(conn, endpoint::outcome(outcome));
+        };
+        let (secret, timeout) = (cluster.secret.clone(), cluster.timeout);
+        self.store.forward(Box::new(move || {
+            let delivered = router::forward(
+                &node,
+                &secret,
+                timeout,
+                &uaid,
+                &channel,
+                version,
+                data.as_deref(),
+            );
+            debug!("forwarded uaid={uaid} version={version} to {node}: delivered={delivered}");
+            Done::Forwarded { conn, delivered }
+        }));
+    }
+
+    /// Tells the node that held the UAID before to close its socket.
+    fn kick_elsewhere(&mut self, uaid: Uaid, previous: Option<String>) {
+        let (Some(c), Some(node)) = (&self.cluster, previous) else {
+            return;
+        };
+        let (secret, timeout) = (c.secret.clone(), c.timeout);
+        self.store.forward(Box::new(move || {
+            router::kick(&node, &secret, timeout, &uaid);
+            Done::Nothing
+        }));
+    }
+
+    fn route_request(&mut self, key: usize, head: &Head, body: &[u8]) {
+        let Some(secret) = self.cluster.as_ref().map(|c| c.secret.clone()) else {
+            return self.respond(key, endpoint::not_found(), head.keep_alive);
+        };
+        let resp = match router::parse(head, body, &secret) {
+            Err(r) => r,
+            Ok(RouteRequest::Deliver {
+                uaid,
+                channel,
+                version,
+                data,
+            }) => match self.deliver(&uaid, &channel, version, data.as_deref()) {
+                Outcome::Delivered => Response::json(200, "{}"),
+                Outcome::Stored => Response::json(404, "\"Not connected\""),
+            },
+            Ok(RouteRequest::Kick(uaid)) => {
+                if let Some(old) = self.registry.get(&uaid) {
+                    if self.bound_to(old) == Some(uaid) {
+                        debug!("conn {old}: uaid={uaid} connected to another node");
+                        self.begin_close(old, CloseCode::Normal, "connected elsewhere");
+                    }
+                }
+                Response::json(200, "{}")
+            }
+        };
+        self.respond(key, resp, head.keep_alive);
+    }
+
+    /// Forgets that `key` is the UAID's socket; in a cluster, also the node record.
+    fn unbind(&mut self, uaid: &Uaid, key: usize) {
+        self.registry.unbind(uaid, key);
+        if self.registry.get(uaid).is_some() {
+            return;
+        }
+        if let Some(c) = &self.cluster {
+            self.store.submit(Job::Unbound {
+                uaid: *uaid,
+                node: c.url.clone(),
+            });
+        }
+    }
+
+    fn session_done(&mut self, conn: ConnRef, op: &StoreOp, reply: StoreReply) {
+        if !self.is_current(conn) {
+            return;
+        }
+        let reply = match (op, reply) {
+            (StoreOp::Register { uaid, channel }, StoreReply::Registered { .. }) => {
+                StoreReply::Registered {
+                    endpoint: format!(
+                        "{}/update/{}",
+                        self.public_url,
+                        self.tokens.seal(uaid, channel)
+                    ),
+                }
+            }
+            (_, r) => r,
+        };
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(conn.key)
+        else {
+            return;
+        };
+        let effects = w.session.on_store(reply);
+        self.apply(conn.key, effects);
+        // Input may have waited behind the storage call; the socket will not signal it again.
+        self.ws_event(conn.key);
     }
 
     /// Writes a live notification if the UAID has a socket here that can take it.
@@ -669,6 +997,9 @@ impl Server {
         else {
             return Outcome::Stored;
         };
+        if w.bound != Some(*uaid) {
+            return Outcome::Stored;
+        }
         let Some(frame) = w.session.notify(channel, version, data) else {
             return Outcome::Stored;
         };
@@ -730,6 +1061,8 @@ impl Server {
         conn.state = State::Ws(WsConn {
             ws,
             session: Session::new(),
+            bound: None,
+            closing: false,
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
@@ -739,6 +1072,7 @@ impl Server {
     // ---- WebSocket traffic ----
 
     fn ws_event(&mut self, key: usize) {
+        let mut handled = 0;
         loop {
             let Some(Conn {
                 state: State::Ws(w),
@@ -748,6 +1082,11 @@ impl Server {
                 return;
             };
             if w.session.is_busy() {
+                break;
+            }
+            handled += 1;
+            if handled > BUDGET {
+                self.again.push(key);
                 break;
             }
             match w.ws.read() {
@@ -798,10 +1137,11 @@ impl Server {
             ..
         }) = self.conns.get_mut(key)
         {
-            if let Some(uaid) = w.session.uaid() {
-                self.registry.unbind(&uaid, key);
-            }
             w.session.close();
+            w.closing = true;
+            if let Some(uaid) = w.bound.take() {
+                self.unbind(&uaid, key);
+            }
         }
         let at = self.now_ms() + self.cfg.server.close_timeout_ms;
         self.set_deadline(key, at);
@@ -816,18 +1156,26 @@ impl Server {
         else {
             return self.drop_conn(key);
         };
-        if let Some(uaid) = w.session.uaid() {
-            self.registry.unbind(&uaid, key);
+        if w.closing {
+            // Already closing: its deadline stands, whatever the peer sends meanwhile.
+            return;
         }
+        w.closing = true;
+        let uaid = w.bound.take();
         w.session.close();
         let frame = CloseFrame {
             code,
             reason: reason.into(),
         };
-        match w.ws.close(Some(frame)) {
-            Ok(()) => {}
-            Err(e) if ws_would_block(&e) => {}
-            Err(_) => return self.drop_conn(key),
+        let closed = match w.ws.close(Some(frame)) {
+            Ok(()) => true,
+            Err(e) => ws_would_block(&e),
+        };
+        if let Some(uaid) = uaid {
+            self.unbind(&uaid, key);
+        }
+        if !closed {
+            return self.drop_conn(key);
         }
         let at = self.now_ms() + self.cfg.server.close_timeout_ms;
         self.set_deadline(key, at);
@@ -880,28 +1228,36 @@ impl Server {
                 }
                 Effect::Close => self.begin_close(key, CloseCode::Normal, ""),
                 Effect::Store(op) => {
-                    let tokens = &self.tokens;
-                    let base = &self.public_url;
-                    let answer = store::execute(&mut *self.store, &op, |u, c| {
-                        format!("{base}/update/{}", tokens.seal(u, c))
-                    });
-                    let Some(Conn {
-                        state: State::Ws(w),
-                        ..
-                    }) = self.conns.get_mut(key)
-                    else {
-                        return;
-                    };
-                    for e in w.session.on_store(answer).into_iter().rev() {
-                        queue.push_front(e);
+                    // The session is busy until the answer arrives (`session_done`).
+                    if let Some(conn) = self.conn_ref(key) {
+                        self.store.submit(Job::Session { conn, op });
                     }
                 }
                 Effect::Bind(uaid) => {
                     debug!("conn {key}: hello uaid={uaid}");
                     self.set_deadline(key, 0);
+                    if let Some(Conn {
+                        state: State::Ws(w),
+                        ..
+                    }) = self.conns.get_mut(key)
+                    {
+                        w.bound = Some(uaid);
+                    }
                     if let Some(old) = self.registry.bind(uaid, key) {
-                        debug!("conn {old}: replaced by conn {key} for uaid={uaid}");
-                        self.begin_close(old, CloseCode::Normal, "replaced by a newer connection");
+                        if self.bound_to(old) == Some(uaid) {
+                            debug!("conn {old}: replaced by conn {key} for uaid={uaid}");
+                            self.begin_close(
+                                old,
+                                CloseCode::Normal,
+                                "replaced by a newer connection",
+                            );
+                        }
+                    }
+                    if let Some(c) = &self.cluster {
+                        self.store.submit(Job::Bound {
+                            uaid,
+                            node: c.url.clone(),
+                        });
                     }
                 }
             }
@@ -937,4 +1293,28 @@ pub fn report(result: io::Result<()>) -> i32 {
             1
         }
     }
+}
+
+/// The storage runner the configuration asks for.
+fn open_store(cfg: &Config, waker: std::sync::Arc<mio::Waker>) -> io::Result<Runner> {
+    if cfg.storage.backend != "memcached" {
+        return Ok(Runner::inline(Box::new(MemoryStore::new())));
+    }
+    let st = &cfg.storage;
+    let settings = memcached::Settings {
+        servers: st.servers.clone(),
+        timeout: Duration::from_millis(st.timeout_ms),
+        pool_size: st.pool_size as u32,
+        pending_ttl: st.pending_ttl_secs as u32,
+        registration_ttl: st.registration_ttl_secs as u32,
+    };
+    let backend =
+        MemcachedStore::start(settings).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+    if !backend.healthy_now() {
+        warn!(
+            "memcached not reachable yet at {}; answering 503 until it is",
+            st.servers.join(", ")
+        );
+    }
+    Ok(Runner::Pool(Pool::start(backend, st.pool_size, waker)))
 }

@@ -443,3 +443,28 @@ fn connections_above_the_cap_are_refused_and_held_ones_keep_working() {
         assert_eq!(c.recv()["updates"][0]["version"], 77);
     }
 }
+
+#[test]
+fn expect_100_continue_gets_the_go_ahead() {
+    let s = Server::start();
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    let (addr, path) = split_url(&ep);
+    let body = format!("version=5&data={}", "d".repeat(2000));
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = conn.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue\r\n\r\n"));
+    conn.write_all(body.as_bytes()).unwrap();
+    let mut rest = String::new();
+    let _ = conn.read_to_string(&mut rest);
+    assert_eq!(parse_reply(&rest).status, 200, "{rest}");
+    assert_eq!(c.recv()["updates"][0]["data"].as_str().unwrap().len(), 2000);
+}

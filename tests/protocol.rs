@@ -468,3 +468,109 @@ fn status_counts_clients_after_hello() {
     ));
     assert_eq!(status()["clients"], 0);
 }
+
+#[test]
+fn a_session_closed_by_an_error_is_offline_at_once() {
+    let s = Server::start();
+    let mut a = s.client();
+    let uaid = a.hello_new();
+    let ep = a.register(&chid(1));
+    a.send("banana");
+    a.expect_close();
+    drop(a);
+    std::thread::sleep(Duration::from_millis(100));
+    // Another device, quite possibly in the slot the closed one left.
+    let mut b = s.client();
+    b.hello_new();
+    assert_eq!(put(&ep, "version=5").status, 202);
+    b.expect_silence(SHORT);
+    let r = common::request(s.addr, "GET", "/status", &[], "");
+    assert!(r.body.contains("\"clients\":1"), "{}", r.body);
+    // The first device comes back and gets its version; the other one is left alone.
+    let mut a = s.client();
+    a.hello(&uaid, &[&chid(1)]);
+    assert_eq!(a.recv()["updates"][0]["version"], 5);
+    b.send("{}");
+    assert_eq!(b.recv_text(), "{}");
+}
+
+#[test]
+fn a_closing_socket_cannot_extend_its_life_with_bad_frames() {
+    use std::io::{Read, Write};
+    let s = Server::start_with("close_timeout_ms = 500", "");
+    let mut c = s.client();
+    c.send("banana");
+    assert!(matches!(c.next(Duration::from_secs(5)), Got::Close(_)));
+    let raw = c.ws.get_mut();
+    raw.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(5) {
+        // A masked, empty text frame with all three reserved bits set: a protocol error each time.
+        if raw.write_all(&[0xF1, 0x80, 1, 2, 3, 4]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match raw.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "still open after 5 s");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_flooding_client_does_not_starve_the_others() {
+    let s = Server::start();
+    let mut flooder = s.client();
+    flooder.send(r#"{"messageType":"hello","use_webpush":true}"#);
+    flooder.recv();
+    let frame = r#"{"messageType":"broadcast_subscribe","broadcasts":{}}"#;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..1000 {
+                if flooder.ws.write(Message::text(frame)).is_err() {
+                    return;
+                }
+            }
+            if flooder.ws.flush().is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let r = common::request(s.addr, "GET", "/status", &[], "");
+        assert_eq!(r.status, 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "status took {:?}",
+            t.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+}

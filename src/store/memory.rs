@@ -1,16 +1,19 @@
 //! The embedded store: everything in one process's memory, lost on restart.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use sm::{ChannelId, Uaid};
 
-use super::{PutResult, Store, Unavailable};
+use super::{Backend, PutResult, Unavailable};
 
-/// Registrations and pending versions in hash maps.
+type Users = HashMap<Uaid, HashMap<ChannelId, Option<u64>>>;
+
+/// Registrations and pending versions in hash maps; used from the loop's thread only.
 #[derive(Default)]
 pub struct MemoryStore {
     /// UAID → (channel → pending version, if any).
-    users: HashMap<Uaid, HashMap<ChannelId, Option<u64>>>,
+    users: RefCell<Users>,
 }
 
 impl MemoryStore {
@@ -20,17 +23,18 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+impl Backend for MemoryStore {
     fn hello(
-        &mut self,
+        &self,
         uaid: &Uaid,
         forget: bool,
     ) -> Result<(bool, Vec<(ChannelId, u64)>), Unavailable> {
         if forget {
-            self.users.remove(uaid);
+            self.users.borrow_mut().remove(uaid);
             return Ok((false, Vec::new()));
         }
-        let Some(channels) = self.users.get(uaid) else {
+        let users = self.users.borrow();
+        let Some(channels) = users.get(uaid) else {
             return Ok((false, Vec::new()));
         };
         let pending = channels
@@ -40,8 +44,9 @@ impl Store for MemoryStore {
         Ok((true, pending))
     }
 
-    fn register(&mut self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
+    fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
         self.users
+            .borrow_mut()
             .entry(*uaid)
             .or_default()
             .entry(*channel)
@@ -49,15 +54,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn unregister(&mut self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
-        if let Some(channels) = self.users.get_mut(uaid) {
+    fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
+        if let Some(channels) = self.users.borrow_mut().get_mut(uaid) {
             channels.remove(channel);
         }
         Ok(())
     }
 
-    fn ack(&mut self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable> {
-        let Some(channels) = self.users.get_mut(uaid) else {
+    fn ack(&self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable> {
+        let mut users = self.users.borrow_mut();
+        let Some(channels) = users.get_mut(uaid) else {
             return Ok(());
         };
         for (channel, version) in items {
@@ -71,19 +77,29 @@ impl Store for MemoryStore {
     }
 
     fn put(
-        &mut self,
+        &self,
         uaid: &Uaid,
         channel: &ChannelId,
         version: u64,
     ) -> Result<PutResult, Unavailable> {
-        let slot = self.users.get_mut(uaid).and_then(|c| c.get_mut(channel));
+        let mut users = self.users.borrow_mut();
+        let slot = users.get_mut(uaid).and_then(|c| c.get_mut(channel));
         Ok(match slot {
             Some(pending) => {
                 *pending = Some(version);
-                PutResult::Stored
+                PutResult::Stored { node: None }
             }
             None => PutResult::UnknownChannel,
         })
+    }
+
+    fn bind_node(&self, _uaid: &Uaid, _node: &str) -> Result<Option<String>, Unavailable> {
+        // One process, no cluster: there is no other node.
+        Ok(None)
+    }
+
+    fn unbind_node(&self, _uaid: &Uaid, _node: &str) -> Result<(), Unavailable> {
+        Ok(())
     }
 
     fn healthy(&self) -> bool {
@@ -106,7 +122,7 @@ mod tests {
 
     #[test]
     fn unknown_until_registered() {
-        let mut s = MemoryStore::new();
+        let s = MemoryStore::new();
         assert_eq!(s.hello(&u(1), false), Ok((false, vec![])));
         assert_eq!(s.put(&u(1), &c(1), 5), Ok(PutResult::UnknownChannel));
         s.register(&u(1), &c(1)).unwrap();
@@ -115,7 +131,7 @@ mod tests {
 
     #[test]
     fn put_overwrites_and_ack_removes_only_the_same_version() {
-        let mut s = MemoryStore::new();
+        let s = MemoryStore::new();
         s.register(&u(1), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         s.put(&u(1), &c(1), 3).unwrap();
@@ -128,7 +144,7 @@ mod tests {
 
     #[test]
     fn register_again_keeps_pending_and_unregister_drops_it() {
-        let mut s = MemoryStore::new();
+        let s = MemoryStore::new();
         s.register(&u(1), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         s.register(&u(1), &c(1)).unwrap();
@@ -140,7 +156,7 @@ mod tests {
 
     #[test]
     fn channels_are_scoped_per_uaid_and_forget_drops_all() {
-        let mut s = MemoryStore::new();
+        let s = MemoryStore::new();
         s.register(&u(1), &c(1)).unwrap();
         s.register(&u(2), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();

@@ -1,72 +1,271 @@
-//! Storage of registrations and pending versions, behind one trait.
+//! Storage of registrations and pending versions, and how the event loop reaches it without blocking.
 //!
-//! The event loop calls these methods directly, so an implementation must answer without blocking;
-//! the embedded memory store does. A networked store answers through a queue (memcached issue).
+//! A [`Backend`] does the storage work with plain blocking calls. The loop never calls it directly:
+//! it submits [`Job`]s to a [`Runner`] and handles the [`Done`]s that come back. The memory backend
+//! runs jobs inline (it never blocks); the memcached backend runs them on worker threads, which wake
+//! the loop through a `mio::Waker`. Jobs of one UAID always run in submission order.
 
+pub mod memcached;
 pub mod memory;
+pub mod ring;
+pub mod workers;
+
+use std::cell::RefCell;
 
 use sm::{ChannelId, StoreOp, StoreReply, Uaid};
 
-/// A store that could not do what was asked.
+/// A backend that could not do what was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
 
 /// What became of a stored update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutResult {
-    /// The version is stored for the channel.
-    Stored,
-    /// No such channel under that UAID (never registered, unregistered, or forgotten).
+    /// The version is stored; `node` is the router URL of the node holding the UAID's socket, if recorded.
+    Stored {
+        /// Where the UAID was last seen live (cluster only).
+        node: Option<String>,
+    },
+    /// No such channel under that UAID (never registered, unregistered, expired or forgotten).
     UnknownChannel,
 }
 
-/// Registrations and pending versions, one per (UAID, channel).
-pub trait Store {
+/// Registrations and pending versions, one per (UAID, channel), with blocking calls.
+pub trait Backend {
     /// Whether the UAID is known, and its pending versions; with `forget`, drop it first.
     fn hello(
-        &mut self,
+        &self,
         uaid: &Uaid,
         forget: bool,
     ) -> Result<(bool, Vec<(ChannelId, u64)>), Unavailable>;
     /// Records a channel; an existing one keeps its pending version.
-    fn register(&mut self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
+    fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
     /// Forgets a channel and its pending version.
-    fn unregister(&mut self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
+    fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
     /// Drops each pending version that equals the acked one.
-    fn ack(&mut self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable>;
+    fn ack(&self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable>;
     /// Stores a version for a registered channel, overwriting any older or newer one.
-    fn put(
-        &mut self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<PutResult, Unavailable>;
-    /// Whether the store can serve requests now.
+    fn put(&self, uaid: &Uaid, channel: &ChannelId, version: u64)
+        -> Result<PutResult, Unavailable>;
+    /// Records that `node` now holds the UAID's socket; returns the node recorded before, if another.
+    fn bind_node(&self, uaid: &Uaid, node: &str) -> Result<Option<String>, Unavailable>;
+    /// Clears the UAID's node record if it still names `node`.
+    fn unbind_node(&self, uaid: &Uaid, node: &str) -> Result<(), Unavailable>;
+    /// Whether the backend can serve requests now.
     fn healthy(&self) -> bool;
 }
 
-/// Runs a session's storage operation; `endpoint` mints the URL for a register.
-pub fn execute(
-    store: &mut dyn Store,
-    op: &StoreOp,
-    endpoint: impl FnOnce(&Uaid, &ChannelId) -> String,
-) -> StoreReply {
+/// Which connection a job answers to; a reused slab slot has another `gen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    /// Slab key.
+    pub key: usize,
+    /// Generation of the connection in that slot.
+    pub gen: u32,
+}
+
+/// A unit of storage work.
+#[derive(Debug)]
+pub enum Job {
+    /// A session's operation; the answer goes back to the session.
+    Session {
+        /// The WebSocket connection waiting.
+        conn: ConnRef,
+        /// What it asked.
+        op: StoreOp,
+    },
+    /// An app-server update to store.
+    Put {
+        /// The HTTP connection waiting.
+        conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The channel.
+        channel: ChannelId,
+        /// The version.
+        version: u64,
+        /// Data for a live delivery only.
+        data: Option<String>,
+    },
+    /// Cluster: this node now holds the UAID's socket.
+    Bound {
+        /// The UAID.
+        uaid: Uaid,
+        /// This node's router URL.
+        node: String,
+    },
+    /// Cluster: this node no longer holds the UAID's socket.
+    Unbound {
+        /// The UAID.
+        uaid: Uaid,
+        /// This node's router URL.
+        node: String,
+    },
+}
+
+impl Job {
+    /// The UAID whose jobs must stay in order.
+    pub fn uaid(&self) -> Uaid {
+        match self {
+            Job::Session { op, .. } => match op {
+                StoreOp::Hello { uaid, .. }
+                | StoreOp::Register { uaid, .. }
+                | StoreOp::Unregister { uaid, .. }
+                | StoreOp::Ack { uaid, .. } => *uaid,
+            },
+            Job::Put { uaid, .. } | Job::Bound { uaid, .. } | Job::Unbound { uaid, .. } => *uaid,
+        }
+    }
+}
+
+/// A finished job.
+#[derive(Debug)]
+pub enum Done {
+    /// For [`Job::Session`]; a `Registered` reply carries no endpoint yet (the loop mints it).
+    Session {
+        /// The connection.
+        conn: ConnRef,
+        /// The operation.
+        op: StoreOp,
+        /// The answer.
+        reply: StoreReply,
+    },
+    /// For [`Job::Put`].
+    Put {
+        /// The connection.
+        conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The channel.
+        channel: ChannelId,
+        /// The version.
+        version: u64,
+        /// Data for a live delivery.
+        data: Option<String>,
+        /// The store's answer.
+        result: Result<PutResult, Unavailable>,
+    },
+    /// For [`Job::Bound`]: the node that held the UAID before, to be told to close its socket.
+    Bound {
+        /// The UAID.
+        uaid: Uaid,
+        /// The other node, if any.
+        previous: Option<String>,
+    },
+    /// For [`Job::Unbound`], and for jobs whose answer needs no action.
+    Nothing,
+    /// A cluster forward finished: whether the other node delivered it live.
+    Forwarded {
+        /// The HTTP connection waiting.
+        conn: ConnRef,
+        /// Delivered live there.
+        delivered: bool,
+    },
+}
+
+/// Runs one job against a backend.
+pub fn run(backend: &dyn Backend, job: Job) -> Done {
+    match job {
+        Job::Session { conn, op } => {
+            let reply = session_op(backend, &op);
+            Done::Session { conn, op, reply }
+        }
+        Job::Put {
+            conn,
+            uaid,
+            channel,
+            version,
+            data,
+        } => Done::Put {
+            conn,
+            uaid,
+            channel,
+            version,
+            data,
+            result: backend.put(&uaid, &channel, version),
+        },
+        Job::Bound { uaid, node } => Done::Bound {
+            uaid,
+            previous: backend.bind_node(&uaid, &node).ok().flatten(),
+        },
+        Job::Unbound { uaid, node } => {
+            let _ = backend.unbind_node(&uaid, &node);
+            Done::Nothing
+        }
+    }
+}
+
+fn session_op(backend: &dyn Backend, op: &StoreOp) -> StoreReply {
     let done = |r: Result<(), Unavailable>| match r {
         Ok(()) => StoreReply::Done,
         Err(Unavailable) => StoreReply::Unavailable,
     };
     match op {
-        StoreOp::Hello { uaid, forget } => match store.hello(uaid, *forget) {
+        StoreOp::Hello { uaid, forget } => match backend.hello(uaid, *forget) {
             Ok((known, pending)) => StoreReply::Hello { known, pending },
             Err(Unavailable) => StoreReply::Unavailable,
         },
-        StoreOp::Register { uaid, channel } => match store.register(uaid, channel) {
+        StoreOp::Register { uaid, channel } => match backend.register(uaid, channel) {
             Ok(()) => StoreReply::Registered {
-                endpoint: endpoint(uaid, channel),
+                endpoint: String::new(),
             },
             Err(Unavailable) => StoreReply::Unavailable,
         },
-        StoreOp::Unregister { uaid, channel } => done(store.unregister(uaid, channel)),
-        StoreOp::Ack { uaid, items } => done(store.ack(uaid, items)),
+        StoreOp::Unregister { uaid, channel } => done(backend.unregister(uaid, channel)),
+        StoreOp::Ack { uaid, items } => done(backend.ack(uaid, items)),
+    }
+}
+
+/// Where jobs run.
+pub enum Runner {
+    /// On the loop's thread, at once (a backend that never blocks).
+    Inline {
+        /// The backend.
+        backend: Box<dyn Backend>,
+        /// Finished jobs not yet taken.
+        done: RefCell<Vec<Done>>,
+    },
+    /// On worker threads.
+    Pool(workers::Pool),
+}
+
+impl Runner {
+    /// Runs jobs inline on this backend.
+    pub fn inline(backend: Box<dyn Backend>) -> Runner {
+        Runner::Inline {
+            backend,
+            done: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Starts a job; its [`Done`] comes from [`Runner::take_done`].
+    pub fn submit(&self, job: Job) {
+        match self {
+            Runner::Inline { backend, done } => done.borrow_mut().push(run(&**backend, job)),
+            Runner::Pool(p) => p.submit(job),
+        }
+    }
+
+    /// Starts a cluster forward (worker threads only; inline runners never forward).
+    pub fn forward(&self, f: Box<dyn FnOnce() -> Done + Send>) {
+        if let Runner::Pool(p) = self {
+            p.spawn(f);
+        }
+    }
+
+    /// The jobs finished so far.
+    pub fn take_done(&self) -> Vec<Done> {
+        match self {
+            Runner::Inline { done, .. } => std::mem::take(&mut *done.borrow_mut()),
+            Runner::Pool(p) => p.take_done(),
+        }
+    }
+
+    /// Whether the backend can serve requests now.
+    pub fn healthy(&self) -> bool {
+        match self {
+            Runner::Inline { backend, .. } => backend.healthy(),
+            Runner::Pool(p) => p.healthy(),
+        }
     }
 }

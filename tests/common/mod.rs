@@ -18,7 +18,16 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The endpoint listener when split.
     pub endpoint_addr: Option<SocketAddr>,
+    /// Every listener, in the order the server logs them (WebSocket, endpoint if split, router).
+    pub addrs: Vec<SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// The memcached this server uses, when the test backend is memcached.
+    pub memcached: Option<Memcached>,
+}
+
+/// Whether the suite runs against memcached (`PUSH_TEST_BACKEND=memcached`).
+pub fn memcached_backend() -> bool {
+    std::env::var("PUSH_TEST_BACKEND").as_deref() == Ok("memcached")
 }
 
 impl Server {
@@ -36,12 +45,19 @@ impl Server {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("config.toml");
+        let memcached = memcached_backend().then(Memcached::start);
+        let storage = memcached
+            .as_ref()
+            .map(|m| memcached_section(&[m.addr]))
+            .unwrap_or_default();
         std::fs::write(
             &cfg,
-            format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n{sections}\n"),
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n{sections}\n{storage}\n"),
         )
         .unwrap();
-        Server::spawn(&["--config", cfg.to_str().unwrap()], &[])
+        let mut s = Server::spawn(&["--config", cfg.to_str().unwrap()], &[]);
+        s.memcached = memcached;
+        s
     }
 
     /// Spawns the binary with these arguments and environment.
@@ -93,7 +109,9 @@ impl Server {
             child,
             addr: addrs[0],
             endpoint_addr: addrs.get(1).copied(),
+            addrs,
             log,
+            memcached: None,
         }
     }
 
@@ -392,4 +410,122 @@ impl Server {
         );
         Server::spawn_program("sh", &["-c", &script])
     }
+}
+
+/// A memcached process on a free loopback port, killed on drop.
+pub struct Memcached {
+    child: Child,
+    /// `127.0.0.1:port`.
+    pub addr: SocketAddr,
+}
+
+/// Whether the memcached binary is here; under CI its absence is a failure, elsewhere a loud skip.
+pub fn have_memcached() -> bool {
+    let found = Command::new("memcached")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "memcached is not installed (apt-get install memcached)"
+        );
+        eprintln!("SKIP: memcached is not installed (apt-get install memcached)");
+    }
+    found
+}
+
+impl Memcached {
+    /// Starts memcached on a free port.
+    pub fn start() -> Memcached {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(m) = Memcached::start_on(port) {
+                return m;
+            }
+        }
+        panic!("could not start memcached");
+    }
+
+    /// Starts memcached on this port (`None` if it did not come up).
+    pub fn start_on(port: u16) -> Option<Memcached> {
+        let child = Command::new("memcached")
+            .args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-m",
+                "64",
+                "-u",
+                "root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut m = Memcached { child, addr };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if TcpStream::connect(addr).is_ok() {
+                return Some(m);
+            }
+            if let Ok(Some(_)) = m.child.try_wait() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = m.child.kill();
+        None
+    }
+
+    /// The number of items it holds.
+    pub fn items(&self) -> u64 {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"stats\r\n").unwrap();
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        while !all.ends_with("END\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        all.lines()
+            .find_map(|l| l.strip_prefix("STAT curr_items "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Stops it now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `[storage]` section for these memcached servers.
+pub fn memcached_section(servers: &[SocketAddr]) -> String {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[storage]\nbackend = \"memcached\"\nservers = [{}]\ntimeout_ms = 300\n",
+        list.join(", ")
+    )
 }

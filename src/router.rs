@@ -1,0 +1,192 @@
+//! The cluster router: updates forwarded between nodes that share memcached.
+//!
+//! A node that stores an update for a UAID whose socket is on another node sends
+//! `PUT /route/<uaid>` with `{"channelID","version","data"}` to that node's router listener; it
+//! answers 200 if it wrote the update to the socket, 404 if the UAID is not connected there. A node
+//! that takes over a UAID sends `DELETE /route/<uaid>` to the previous one, which closes its socket.
+//! Both carry `Authorization: Bearer <secret>`. The requests are made on worker threads, never on
+//! the event loop.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sm::{ChannelId, Id, Uaid};
+
+use crate::http::{Head, Response};
+
+/// What the router listener is asked to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteRequest {
+    /// Deliver this update live if the UAID is connected here.
+    Deliver {
+        /// The owner.
+        uaid: Uaid,
+        /// The channel.
+        channel: ChannelId,
+        /// The version.
+        version: u64,
+        /// Live-only data.
+        data: Option<String>,
+    },
+    /// Close the UAID's socket here: it connected elsewhere.
+    Kick(Uaid),
+}
+
+fn secret_matches(given: &str, secret: &str) -> bool {
+    // Compare every byte so that the time taken does not tell how much of a guess was right.
+    given.len() == secret.len()
+        && given
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Checks and parses a request on the router listener.
+pub fn parse(head: &Head, body: &[u8], secret: &str) -> Result<RouteRequest, Response> {
+    let auth = head.authorization.as_deref().unwrap_or("");
+    let token = auth.strip_prefix("Bearer ").unwrap_or("");
+    if !secret_matches(token, secret) {
+        return Err(Response::json(401, "\"Unauthorized\""));
+    }
+    let Some(raw) = head.path.strip_prefix("/route/") else {
+        return Err(Response::json(404, "\"Not Found\""));
+    };
+    let Some(uaid) = Id::parse(raw).map(Uaid) else {
+        return Err(Response::json(400, "\"Invalid UAID\""));
+    };
+    match head.method {
+        crate::http::Method::Delete => return Ok(RouteRequest::Kick(uaid)),
+        crate::http::Method::Put => {}
+        _ => return Err(Response::json(405, "\"Method Not Allowed\"").header("Allow: PUT, DELETE")),
+    }
+    let bad = || Response::json(400, "\"Invalid body\"");
+    let v: Value = serde_json::from_slice(body).map_err(|_| bad())?;
+    let channel = v["channelID"]
+        .as_str()
+        .and_then(Id::parse)
+        .map(ChannelId)
+        .ok_or_else(bad)?;
+    let version = v["version"].as_u64().ok_or_else(bad)?;
+    let data = v["data"].as_str().map(str::to_string);
+    Ok(RouteRequest::Deliver {
+        uaid,
+        channel,
+        version,
+        data,
+    })
+}
+
+/// Sends one request to another node; `Some(status)` if it answered.
+fn send(
+    url: &str,
+    method: &str,
+    path: &str,
+    secret: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<u16> {
+    let host = url.strip_prefix("http://")?.trim_end_matches('/');
+    let addr = host.to_socket_addrs().ok()?.next()?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    std::str::from_utf8(got.get(9..12)?).ok()?.parse().ok()
+}
+
+/// Forwards an update; true if the other node wrote it to the UAID's socket.
+pub fn forward(
+    url: &str,
+    secret: &str,
+    timeout: Duration,
+    uaid: &Uaid,
+    channel: &ChannelId,
+    version: u64,
+    data: Option<&str>,
+) -> bool {
+    let body =
+        json!({"channelID": channel.to_string(), "version": version, "data": data}).to_string();
+    send(
+        url,
+        "PUT",
+        &format!("/route/{uaid}"),
+        secret,
+        &body,
+        timeout,
+    ) == Some(200)
+}
+
+/// Tells another node to close its socket for the UAID.
+pub fn kick(url: &str, secret: &str, timeout: Duration, uaid: &Uaid) {
+    let _ = send(
+        url,
+        "DELETE",
+        &format!("/route/{uaid}"),
+        secret,
+        "",
+        timeout,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_head, Parsed};
+
+    const SECRET: &str = "0123456789abcdef";
+
+    fn head(raw: &str) -> Head {
+        match parse_head(raw.as_bytes(), 8192) {
+            Parsed::Complete(h) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn needs_the_secret() {
+        let h = head("DELETE /route/9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e HTTP/1.1\r\nAuthorization: Bearer wrong-wrong-wrong\r\n\r\n");
+        assert_eq!(parse(&h, b"", SECRET).unwrap_err().status, 401);
+        let h = head("DELETE /route/9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e HTTP/1.1\r\n\r\n");
+        assert_eq!(parse(&h, b"", SECRET).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn parses_deliver_and_kick() {
+        let auth = format!("Authorization: Bearer {SECRET}");
+        let h = head(&format!(
+            "DELETE /route/9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e HTTP/1.1\r\n{auth}\r\n\r\n"
+        ));
+        assert!(matches!(parse(&h, b"", SECRET), Ok(RouteRequest::Kick(_))));
+        let h = head(&format!(
+            "PUT /route/9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e HTTP/1.1\r\n{auth}\r\n\r\n"
+        ));
+        let body =
+            br#"{"channelID":"0cb8a613-8e2b-4b47-b370-51098daa8401","version":5,"data":"x"}"#;
+        match parse(&h, body, SECRET).unwrap() {
+            RouteRequest::Deliver { version, data, .. } => {
+                assert_eq!(version, 5);
+                assert_eq!(data.as_deref(), Some("x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse(&h, b"{}", SECRET).unwrap_err().status, 400);
+        let h = head(&format!("PUT /route/nope HTTP/1.1\r\n{auth}\r\n\r\n"));
+        assert_eq!(parse(&h, b"{}", SECRET).unwrap_err().status, 400);
+    }
+}

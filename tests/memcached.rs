@@ -1,0 +1,185 @@
+//! The memcached backend against real memcached processes: restarts, spreading, outages.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{chid, have_memcached, memcached_section, put, request, Memcached, Server};
+
+const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
+
+fn node(mc: &[&Memcached]) -> Server {
+    let addrs: Vec<_> = mc.iter().map(|m| m.addr).collect();
+    Server::start_with(
+        "",
+        &format!(
+            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}",
+            memcached_section(&addrs)
+        ),
+    )
+}
+
+#[test]
+fn a_stored_version_survives_a_node_restart() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node(&[&mc]);
+    assert!(s.wait_log("memcached reachable"));
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let ep = c.register(&chid(1));
+    c.close();
+    assert_eq!(put(&ep, "version=41").status, 202);
+    drop(s);
+    let s = node(&[&mc]);
+    let ep2 = format!("http://{}{}", s.addr, common::split_url(&ep).1);
+    assert_eq!(
+        put(&ep2, "version=42").status,
+        202,
+        "the endpoint still works"
+    );
+    let mut c = s.client();
+    c.hello(&uaid, &[&chid(1)]);
+    assert_eq!(c.recv()["updates"][0]["version"], 42);
+    c.ack(&chid(1), 42);
+    c.close();
+    let mut c = s.client();
+    c.hello(&uaid, &[&chid(1)]);
+    c.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn keys_spread_over_two_servers() {
+    if !have_memcached() {
+        return;
+    }
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let s = node(&[&a, &b]);
+    for i in 0..20 {
+        let mut c = s.client();
+        c.hello_new();
+        for j in 0..5 {
+            c.register(&chid(i * 10 + j));
+        }
+    }
+    let (na, nb) = (a.items(), b.items());
+    assert_eq!(na + nb, 20 * 6, "a list and five channel records per UAID");
+    assert!(na >= 30 && nb >= 30, "both servers hold keys: {na} / {nb}");
+}
+
+#[test]
+fn memcached_outage_gives_503_and_recovers_without_restart() {
+    if !have_memcached() {
+        return;
+    }
+    let mut mc = Memcached::start();
+    let port = mc.addr.port();
+    let s = node(&[&mc]);
+    assert!(s.wait_log("memcached reachable"));
+    let mut live = s.client();
+    live.hello_new();
+    let ep = live.register(&chid(1));
+    assert_eq!(put(&ep, "version=1").status, 200);
+    live.recv();
+
+    mc.kill();
+    let r = put(&ep, "version=2");
+    assert_eq!(r.status, 503);
+    assert!(r.head.contains("Retry-After:"), "{}", r.head);
+    assert_eq!(put(&ep, "version=3").status, 503);
+    assert_eq!(request(s.addr, "GET", "/health", &[], "").status, 503);
+    let mut c = s.client();
+    c.send(r#"{"messageType":"hello","uaid":"9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e","channelIDs":[]}"#);
+    let reply = c.recv();
+    assert_eq!(reply["status"], 503);
+    assert_eq!(reply["error"], "Service Unavailable");
+    c.expect_close();
+    // A client that needs no storage still gets served; the held socket is untouched.
+    live.send("{}");
+    assert_eq!(live.recv_text(), "{}");
+
+    let _mc = Memcached::start_on(port).expect("memcached back on its port");
+    let end = Instant::now() + Duration::from_secs(10);
+    while request(s.addr, "GET", "/health", &[], "").status != 200 {
+        assert!(Instant::now() < end, "no recovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The restarted memcached is empty: the old channel is gone, new ones work.
+    assert_eq!(put(&ep, "version=4").status, 410);
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(2));
+    assert_eq!(put(&ep, "version=5").status, 200);
+    assert_eq!(c.recv()["updates"][0]["version"], 5);
+    let log = s.log();
+    assert_eq!(
+        log.matches("memcached unavailable").count(),
+        1,
+        "logged once"
+    );
+    assert_eq!(
+        log.matches("memcached reachable").count(),
+        2,
+        "up at start, up again"
+    );
+}
+
+#[test]
+fn a_node_starts_while_memcached_is_down_and_serves_once_it_is_up() {
+    if !have_memcached() {
+        return;
+    }
+    let mut mc = Memcached::start();
+    let port = mc.addr.port();
+    mc.kill();
+    let s = node(&[&mc]);
+    assert!(s.wait_log("memcached not reachable yet"));
+    assert_eq!(request(s.addr, "GET", "/health", &[], "").status, 503);
+    let _mc = Memcached::start_on(port).expect("memcached up");
+    assert!(s.wait_log("memcached reachable"));
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert_eq!(put(&ep, "version=9").status, 200);
+}
+
+#[test]
+fn acks_racing_updates_never_drop_a_newer_version() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node(&[&mc]);
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let ep = c.register(&chid(1));
+    // The app server sends 300 versions as fast as it can while the device acks each one it sees.
+    let sender = {
+        let ep = ep.clone();
+        std::thread::spawn(move || {
+            for v in 1..=300u64 {
+                let st = put(&ep, &format!("version={v}")).status;
+                assert!(st == 200 || st == 202, "{st}");
+            }
+        })
+    };
+    // Each ack is for the version before the one just received, so it reaches the store after a
+    // newer version was stored: it must not clear that one.
+    let mut last = 0;
+    while last < 300 {
+        let n = c.recv();
+        let v = n["updates"][0]["version"].as_u64().unwrap();
+        if last > 0 {
+            c.ack(&chid(1), last);
+        }
+        last = v;
+    }
+    sender.join().unwrap();
+    c.close();
+    // 300 was never acked: the acks of older versions that landed after it was stored left it there.
+    let mut c = s.client();
+    c.hello(&uaid, &[&chid(1)]);
+    assert_eq!(c.recv()["updates"][0]["version"], 300);
+}
