@@ -183,3 +183,126 @@ fn acks_racing_updates_never_drop_a_newer_version() {
     c.hello(&uaid, &[&chid(1)]);
     assert_eq!(c.recv()["updates"][0]["version"], 300);
 }
+
+#[test]
+fn a_slow_memcached_gives_503_within_the_timeout_and_recovers() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node(&[&mc]);
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    mc.signal("STOP");
+    let t = Instant::now();
+    let r = put(&ep, "version=1");
+    assert_eq!(r.status, 503);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    mc.signal("CONT");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = put(&ep, "version=2").status;
+        if st == 200 {
+            break;
+        }
+        assert!(Instant::now() < end, "no recovery, last status {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.recv()["updates"][0]["version"], 2);
+}
+
+#[test]
+fn traffic_through_a_memcached_restart_gets_defined_answers() {
+    if !have_memcached() {
+        return;
+    }
+    let mut mc = Memcached::start();
+    let port = mc.addr.port();
+    let s = node(&[&mc]);
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let traffic = std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeMap::new();
+        let mut v = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && v < 20_000 {
+            v += 1;
+            *seen
+                .entry(put(&ep, &format!("version={v}")).status)
+                .or_insert(0) += 1;
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    mc.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let _mc = Memcached::start_on(port).expect("memcached back");
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = traffic.join().unwrap();
+    // Before: 200. During: 503. After: the restarted memcached lost the channel, so 410.
+    assert!(
+        seen.keys().all(|st| [200, 503, 410].contains(st)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains_key(&200) && seen.contains_key(&503) && seen.contains_key(&410),
+        "{seen:?}"
+    );
+    assert_eq!(request(s.addr, "GET", "/health", &[], "").status, 200);
+    assert!(!s.log().contains("panicked"));
+}
+
+#[test]
+fn unused_registrations_expire_and_use_refreshes_them() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = Server::start_with(
+        "",
+        &format!(
+            "{}registration_ttl_secs = 2\n",
+            memcached_section(&[mc.addr])
+        ),
+    );
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let first = c.register(&chid(1));
+    let second = c.register(&chid(2));
+    c.close();
+    // Another device registers and is never seen again.
+    let mut d = s.client();
+    d.hello_new();
+    let unused = d.register(&chid(3));
+    d.close();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(900));
+        let mut c = s.client();
+        c.hello(&uaid, &[&chid(1), &chid(2)]);
+        c.close();
+    }
+    // Both channels of the device that keeps saying hello outlive the 2 s lifetime.
+    assert_eq!(
+        put(&first, "version=1").status,
+        202,
+        "refreshed by each hello"
+    );
+    assert_eq!(
+        put(&second, "version=1").status,
+        202,
+        "refreshed by each hello"
+    );
+    assert_eq!(
+        put(&unused, "version=1").status,
+        410,
+        "expired after 2 s unused"
+    );
+}

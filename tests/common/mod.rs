@@ -508,6 +508,14 @@ impl Memcached {
             .unwrap_or(0)
     }
 
+    /// Sends a signal (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
     /// Stops it now.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
