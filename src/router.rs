@@ -30,8 +30,13 @@ pub enum RouteRequest {
         /// Live-only data.
         data: Option<String>,
     },
-    /// Close the UAID's socket here: it connected elsewhere.
-    Kick(Uaid),
+    /// Close the UAID's socket here, if it is still the one named: it connected elsewhere.
+    Kick {
+        /// The UAID.
+        uaid: Uaid,
+        /// The socket's id (`<key>.<generation>`) from the node record.
+        conn: String,
+    },
 }
 
 fn secret_matches(given: &str, secret: &str) -> bool {
@@ -58,7 +63,10 @@ pub fn parse(head: &Head, body: &[u8], secret: &str) -> Result<RouteRequest, Res
         return Err(Response::json(400, "\"Invalid UAID\""));
     };
     match head.method {
-        crate::http::Method::Delete => return Ok(RouteRequest::Kick(uaid)),
+        crate::http::Method::Delete => {
+            let conn = head.query.strip_prefix("conn=").unwrap_or("").to_string();
+            return Ok(RouteRequest::Kick { uaid, conn });
+        }
         crate::http::Method::Put => {}
         _ => return Err(Response::json(405, "\"Method Not Allowed\"").header("Allow: PUT, DELETE")),
     }
@@ -79,7 +87,7 @@ pub fn parse(head: &Head, body: &[u8], secret: &str) -> Result<RouteRequest, Res
     })
 }
 
-/// Sends one request to another node; `Some(status)` if it answered.
+/// Sends one request to another node; `Some(status)` if it answered within `timeout` in all.
 fn send(
     url: &str,
     method: &str,
@@ -88,11 +96,16 @@ fn send(
     body: &str,
     timeout: Duration,
 ) -> Option<u16> {
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+    };
     let host = url.strip_prefix("http://")?.trim_end_matches('/');
     let addr = host.to_socket_addrs().ok()?.next()?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, left()?).ok()?;
+    s.set_write_timeout(left()).ok()?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -101,6 +114,7 @@ fn send(
     let mut buf = [0u8; 64];
     let mut got = Vec::new();
     while got.len() < 12 {
+        s.set_read_timeout(Some(left()?)).ok()?;
         let n = s.read(&mut buf).ok()?;
         if n == 0 {
             break;
@@ -132,16 +146,10 @@ pub fn forward(
     ) == Some(200)
 }
 
-/// Tells another node to close its socket for the UAID.
-pub fn kick(url: &str, secret: &str, timeout: Duration, uaid: &Uaid) {
-    let _ = send(
-        url,
-        "DELETE",
-        &format!("/route/{uaid}"),
-        secret,
-        "",
-        timeout,
-    );
+/// Tells another node to close its socket `conn` for the UAID.
+pub fn kick(url: &str, secret: &str, timeout: Duration, uaid: &Uaid, conn: &str) {
+    let path = format!("/route/{uaid}?conn={conn}");
+    let _ = send(url, "DELETE", &path, secret, "", timeout);
 }
 
 #[cfg(test)]
@@ -172,7 +180,10 @@ mod tests {
         let h = head(&format!(
             "DELETE /route/9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e HTTP/1.1\r\n{auth}\r\n\r\n"
         ));
-        assert!(matches!(parse(&h, b"", SECRET), Ok(RouteRequest::Kick(_))));
+        assert!(matches!(
+            parse(&h, b"", SECRET),
+            Ok(RouteRequest::Kick { .. })
+        ));
         let h = head(&format!(
             "PUT /route/9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e HTTP/1.1\r\n{auth}\r\n\r\n"
         ));

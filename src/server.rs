@@ -548,7 +548,7 @@ impl Server {
             State::Ws(mut w) => {
                 drop(registry.deregister(w.ws.get_mut()));
                 if let Some(uaid) = w.bound {
-                    self.unbind(&uaid, key);
+                    self.unbind(&uaid, key, conn.gen);
                 }
             }
             State::Moving => {}
@@ -827,7 +827,31 @@ impl Server {
 
     fn finish(&mut self, done: Done) {
         match done {
-            Done::Session { conn, op, reply } => self.session_done(conn, &op, reply),
+            Done::Session {
+                conn,
+                op,
+                reply,
+                previous_node,
+            } => self.session_done(conn, &op, reply, previous_node),
+            Done::Checked {
+                conn,
+                uaid,
+                channel,
+                version,
+                data,
+                current,
+            } => {
+                let resp = match current {
+                    Ok(true) => match self.deliver(&uaid, &channel, version, data.as_deref()) {
+                        Outcome::Delivered => Response::json(200, "{}"),
+                        Outcome::Stored => Response::json(404, "\"Not connected\""),
+                    },
+                    // Acked, replaced by a newer version, or unregistered meanwhile.
+                    Ok(false) => Response::json(404, "\"Not pending\""),
+                    Err(Unavailable) => endpoint::unavailable(),
+                };
+                self.answer(conn, resp);
+            }
             Done::Put {
                 conn,
                 uaid,
@@ -868,8 +892,10 @@ impl Server {
             "update uaid={uaid} channel={channel} version={version} -> {}",
             outcome.status()
         );
-        let remote = match (&self.cluster, node) {
-            (Some(c), Some(n)) if outcome == Outcome::Stored && n != c.url => Some((c, n)),
+        let remote = match (&self.cluster, node.as_deref().map(node_url)) {
+            (Some(c), Some(url)) if outcome == Outcome::Stored && url != c.url => {
+                Some((c, url.to_string()))
+            }
             _ => None,
         };
         let Some((cluster, node)) = remote else {
@@ -891,16 +917,32 @@ impl Server {
         }));
     }
 
-    /// Tells the node that held the UAID before to close its socket.
+    /// Tells the node that held the UAID before to close that socket (only that one: by then the
+    /// device may have connected there again).
     fn kick_elsewhere(&mut self, uaid: Uaid, previous: Option<String>) {
-        let (Some(c), Some(node)) = (&self.cluster, previous) else {
+        let (Some(c), Some(record)) = (&self.cluster, previous) else {
             return;
         };
+        let (url, conn) = (
+            node_url(&record).to_string(),
+            node_conn(&record).to_string(),
+        );
+        if url == c.url {
+            // Our own older socket: the registry closed it already.
+            return;
+        }
         let (secret, timeout) = (c.secret.clone(), c.timeout);
         self.store.forward(Box::new(move || {
-            router::kick(&node, &secret, timeout, &uaid);
+            router::kick(&url, &secret, timeout, &uaid, &conn);
             Done::Nothing
         }));
+    }
+
+    /// This socket's node record: `<router url> <key>.<gen>`.
+    fn node_id(&self, key: usize, gen: u32) -> Option<String> {
+        self.cluster
+            .as_ref()
+            .map(|c| format!("{} {key}.{gen}", c.url))
     }
 
     fn route_request(&mut self, key: usize, head: &Head, body: &[u8]) {
@@ -914,16 +956,37 @@ impl Server {
                 channel,
                 version,
                 data,
-            }) => match self.deliver(&uaid, &channel, version, data.as_deref()) {
-                Outcome::Delivered => Response::json(200, "{}"),
-                Outcome::Stored => Response::json(404, "\"Not connected\""),
-            },
-            Ok(RouteRequest::Kick(uaid)) => {
-                if let Some(old) = self.registry.get(&uaid) {
-                    if self.bound_to(old) == Some(uaid) {
-                        debug!("conn {old}: uaid={uaid} connected to another node");
-                        self.begin_close(old, CloseCode::Normal, "connected elsewhere");
-                    }
+            }) => {
+                // Check the version is still pending (not acked, not unregistered) before writing
+                // it: it was stored on another node, possibly before an unregister handled here.
+                let Some(conn) = self.conn_ref(key) else {
+                    return;
+                };
+                if let Some(Conn {
+                    state: State::Http(h),
+                    ..
+                }) = self.conns.get_mut(key)
+                {
+                    h.waiting = Some(head.keep_alive);
+                }
+                return self.store.submit(Job::Check {
+                    conn,
+                    uaid,
+                    channel,
+                    version,
+                    data,
+                });
+            }
+            Ok(RouteRequest::Kick { uaid, conn }) => {
+                let target = self.registry.get(&uaid).filter(|&old| {
+                    self.bound_to(old) == Some(uaid)
+                        && self
+                            .conn_ref(old)
+                            .is_some_and(|r| format!("{}.{}", r.key, r.gen) == conn)
+                });
+                if let Some(old) = target {
+                    debug!("conn {old}: uaid={uaid} connected to another node");
+                    self.begin_close(old, CloseCode::Normal, "connected elsewhere");
                 }
                 Response::json(200, "{}")
             }
@@ -931,24 +994,47 @@ impl Server {
         self.respond(key, resp, head.keep_alive);
     }
 
-    /// Forgets that `key` is the UAID's socket; in a cluster, also the node record.
-    fn unbind(&mut self, uaid: &Uaid, key: usize) {
+    /// Forgets that connection `key` (of generation `gen`) is the UAID's socket; in a cluster, also
+    /// the node record if it still names that socket.
+    fn unbind(&mut self, uaid: &Uaid, key: usize, gen: u32) {
         self.registry.unbind(uaid, key);
-        if self.registry.get(uaid).is_some() {
-            return;
-        }
-        if let Some(c) = &self.cluster {
-            self.store.submit(Job::Unbound {
-                uaid: *uaid,
-                node: c.url.clone(),
-            });
+        if let Some(node) = self.node_id(key, gen) {
+            self.store.submit(Job::Unbound { uaid: *uaid, node });
         }
     }
 
-    fn session_done(&mut self, conn: ConnRef, op: &StoreOp, reply: StoreReply) {
+    fn unbind_current(&mut self, uaid: &Uaid, key: usize) {
+        let gen = self.conns.get(key).map_or(0, |c| c.gen);
+        self.unbind(uaid, key, gen);
+    }
+
+    fn session_done(
+        &mut self,
+        conn: ConnRef,
+        op: &StoreOp,
+        reply: StoreReply,
+        previous_node: Option<String>,
+    ) {
         if !self.is_current(conn) {
+            // The socket is gone; if its hello claimed the UAID, release the claim.
+            if let (StoreOp::Hello { uaid, .. }, Some(node)) =
+                (op, self.node_id(conn.key, conn.gen))
+            {
+                self.store.submit(Job::Unbound { uaid: *uaid, node });
+            }
             return;
         }
+        // A known UAID's hello recorded this socket in the node record already.
+        let claimed = match (op, &reply) {
+            (
+                StoreOp::Hello {
+                    uaid,
+                    forget: false,
+                },
+                StoreReply::Hello { known: true, .. },
+            ) => Some(*uaid),
+            _ => None,
+        };
         let reply = match (op, reply) {
             (StoreOp::Register { uaid, channel }, StoreReply::Registered { .. }) => {
                 StoreReply::Registered {
@@ -969,7 +1055,10 @@ impl Server {
             return;
         };
         let effects = w.session.on_store(reply);
-        self.apply(conn.key, effects);
+        self.apply(conn.key, effects, claimed);
+        if let Some(uaid) = claimed {
+            self.kick_elsewhere(uaid, previous_node);
+        }
         // Input may have waited behind the storage call; the socket will not signal it again.
         self.ws_event(conn.key);
     }
@@ -1140,7 +1229,7 @@ impl Server {
             w.session.close();
             w.closing = true;
             if let Some(uaid) = w.bound.take() {
-                self.unbind(&uaid, key);
+                self.unbind_current(&uaid, key);
             }
         }
         let at = self.now_ms() + self.cfg.server.close_timeout_ms;
@@ -1172,7 +1261,7 @@ impl Server {
             Err(e) => ws_would_block(&e),
         };
         if let Some(uaid) = uaid {
-            self.unbind(&uaid, key);
+            self.unbind_current(&uaid, key);
         }
         if !closed {
             return self.drop_conn(key);
@@ -1201,11 +1290,12 @@ impl Server {
                 w.session.refused(refused)
             }
         };
-        self.apply(key, effects);
+        self.apply(key, effects, None);
     }
 
-    /// Carries out the session's effects in order, feeding storage answers back.
-    fn apply(&mut self, key: usize, effects: Vec<Effect>) {
+    /// Carries out the session's effects in order. `claimed`: a UAID whose node record the hello
+    /// job already set for this socket.
+    fn apply(&mut self, key: usize, effects: Vec<Effect>, claimed: Option<Uaid>) {
         let mut queue: VecDeque<Effect> = effects.into();
         while let Some(effect) = queue.pop_front() {
             match effect {
@@ -1230,7 +1320,11 @@ impl Server {
                 Effect::Store(op) => {
                     // The session is busy until the answer arrives (`session_done`).
                     if let Some(conn) = self.conn_ref(key) {
-                        self.store.submit(Job::Session { conn, op });
+                        let node = match op {
+                            StoreOp::Hello { .. } => self.node_id(key, conn.gen),
+                            _ => None,
+                        };
+                        self.store.submit(Job::Session { conn, op, node });
                     }
                 }
                 Effect::Bind(uaid) => {
@@ -1253,11 +1347,9 @@ impl Server {
                             );
                         }
                     }
-                    if let Some(c) = &self.cluster {
-                        self.store.submit(Job::Bound {
-                            uaid,
-                            node: c.url.clone(),
-                        });
+                    let node = self.conn_ref(key).and_then(|r| self.node_id(key, r.gen));
+                    if let Some(node) = node.filter(|_| claimed != Some(uaid)) {
+                        self.store.submit(Job::Bound { uaid, node });
                     }
                 }
             }
@@ -1316,5 +1408,20 @@ fn open_store(cfg: &Config, waker: std::sync::Arc<mio::Waker>) -> io::Result<Run
             st.servers.join(", ")
         );
     }
-    Ok(Runner::Pool(Pool::start(backend, st.pool_size, waker)))
+    Ok(Runner::Pool(Pool::start(
+        backend,
+        st.pool_size,
+        st.pool_size,
+        waker,
+    )))
+}
+
+/// The router URL of a node record (`<url> <connection id>`).
+fn node_url(record: &str) -> &str {
+    record.split_once(' ').map_or(record, |(url, _)| url)
+}
+
+/// The connection id of a node record.
+fn node_conn(record: &str) -> &str {
+    record.split_once(' ').map_or("", |(_, id)| id)
 }

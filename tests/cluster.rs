@@ -107,23 +107,110 @@ fn the_router_listener_needs_the_shared_secret() {
     let n1 = node(&mc);
     let mut c = n1.client();
     let uaid = c.hello_new();
-    c.register(&chid(1));
-    let body = format!(r#"{{"channelID":"{}","version":66}}"#, chid(1));
-    for auth in ["", "Authorization: Bearer wrong-secret-wrong-secret\r\n"] {
+    let ep = c.register(&chid(1));
+    // Version 66 is stored (and delivered once), not acked: a forward of it is genuine.
+    assert_eq!(put(&ep, "version=66").status, 200);
+    c.recv();
+    let route = |auth: &str, version: u64| {
+        let body = format!(r#"{{"channelID":"{}","version":{version}}}"#, chid(1));
         let req = format!(
             "PUT /route/{uaid} HTTP/1.1\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        assert_eq!(raw_http(router(&n1), req.as_bytes()).status, 401);
-    }
-    c.expect_silence(Duration::from_millis(300));
-    let req = format!(
-        "PUT /route/{uaid} HTTP/1.1\r\nAuthorization: Bearer {SECRET}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        raw_http(router(&n1), req.as_bytes()).status
+    };
+    assert_eq!(route("", 66), 401);
+    assert_eq!(
+        route("Authorization: Bearer wrong-secret-wrong-secret\r\n", 66),
+        401
     );
-    assert_eq!(raw_http(router(&n1), req.as_bytes()).status, 200);
+    c.expect_silence(Duration::from_millis(300));
+    let auth = format!("Authorization: Bearer {SECRET}\r\n");
+    assert_eq!(route(&auth, 66), 200);
     assert_eq!(c.recv()["updates"][0]["version"], 66);
+    // A version that is not the stored one (acked, replaced or unregistered meanwhile) is not written.
+    assert_eq!(route(&auth, 67), 404);
+    c.expect_silence(Duration::from_millis(300));
     // The router is not an endpoint or WebSocket listener.
     let r = common::request(router(&n1), "GET", "/status", &[], "");
     assert_eq!(r.status, 401);
+}
+
+/// Writes one key straight into memcached.
+fn mc_set(mc: &Memcached, key: &str, value: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(mc.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write!(s, "set {key} 0 0 {}\r\n{value}\r\n", value.len()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STORED\r\n");
+}
+
+#[test]
+fn a_hung_node_does_not_hold_up_storage() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let n1 = Server::start_with(
+        "",
+        &format!(
+            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}pool_size = 1\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntimeout_ms = 1500\n",
+            memcached_section(&[mc.addr])
+        ),
+    );
+    // A "node" that accepts connections and never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut a = n1.client();
+    let ua = a.hello_new();
+    let ea = a.register(&chid(1));
+    let mut b = n1.client();
+    b.hello_new();
+    let eb = b.register(&chid(2));
+    a.close();
+    b.close();
+    std::thread::sleep(Duration::from_millis(200));
+    mc_set(
+        &mc,
+        &format!("n/{ua}"),
+        &format!("http://{} 1.1", hung.local_addr().unwrap()),
+    );
+    let slow = std::thread::spawn(move || {
+        let t = Instant::now();
+        (put(&ea, "version=1").status, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(put(&eb, "version=1").status, 202);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "blocked {:?}",
+        t.elapsed()
+    );
+    let (status, took) = slow.join().unwrap();
+    assert_eq!(status, 202, "stored, the hung node timed out");
+    assert!(
+        took < Duration::from_millis(2500),
+        "the whole forward is bounded: {took:?}"
+    );
+}
+
+#[test]
+fn a_kick_for_another_socket_leaves_the_current_one_alone() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let n1 = node(&mc);
+    let mut c = n1.client();
+    let uaid = c.hello_new();
+    c.register(&chid(1));
+    let req = format!(
+        "DELETE /route/{uaid}?conn=999.999 HTTP/1.1\r\nAuthorization: Bearer {SECRET}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw_http(router(&n1), req.as_bytes()).status, 200);
+    c.expect_silence(Duration::from_millis(300));
+    c.send("{}");
+    assert_eq!(c.recv_text(), "{}");
 }

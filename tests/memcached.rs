@@ -306,3 +306,33 @@ fn unused_registrations_expire_and_use_refreshes_them() {
         "expired after 2 s unused"
     );
 }
+
+#[test]
+fn a_pending_version_outlives_the_registration_lifetime() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = Server::start_with(
+        "",
+        &format!(
+            "{}registration_ttl_secs = 2\npending_ttl_secs = 600\n",
+            memcached_section(&[mc.addr])
+        ),
+    );
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let ep = c.register(&chid(1));
+    c.close();
+    for v in 1..=4 {
+        assert_eq!(put(&ep, &format!("version={v}")).status, 202);
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let mut c = s.client();
+    assert_eq!(
+        c.hello(&uaid, &[&chid(1)])["uaid"],
+        uaid.as_str(),
+        "still known"
+    );
+    assert_eq!(c.recv()["updates"][0]["version"], 4);
+}

@@ -13,7 +13,7 @@
 //! unhealthy and fails fast (503 upstream) until a probe thread reaches every server again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use log::{info, warn};
@@ -21,7 +21,7 @@ use memcache::{Client, MemcacheError};
 use sm::{ChannelId, Id, Uaid};
 
 use super::ring::Ring;
-use super::{Backend, PutResult, Unavailable};
+use super::{Backend, HelloFound, PutResult, Unavailable};
 
 /// How many times a `cas` write is retried when another writer got there first.
 const CAS_RETRIES: usize = 16;
@@ -45,7 +45,9 @@ pub struct Settings {
 
 /// The memcached backend.
 pub struct MemcachedStore {
-    clients: Vec<Client>,
+    /// One client (a connection pool) per server, replaced after an error: a connection that timed
+    /// out mid-command could otherwise hand its late reply to the next command.
+    clients: Vec<RwLock<Client>>,
     ring: Ring,
     settings: Settings,
     healthy: AtomicBool,
@@ -83,26 +85,29 @@ fn pending_version(record: &str) -> Option<u64> {
 
 type Cas = (String, u32, Option<u64>);
 
+/// A client for one server. Its pool is built unchecked: no connection is made now, so a node starts
+/// even while memcached is down; each connection gets the read/write timeout from the URL.
+fn connect(server: &str, settings: &Settings) -> Result<Client, String> {
+    let url = format!(
+        "memcache://{server}?tcp_nodelay=true&timeout={}",
+        settings.timeout.as_secs_f64()
+    );
+    let url = memcache::Url::parse(&url)
+        .map_err(|e| format!("config: storage.servers: {server}: {e}"))?;
+    let pool = r2d2::Pool::builder()
+        .max_size(settings.pool_size.max(1))
+        .min_idle(Some(0))
+        .connection_timeout(settings.timeout)
+        .build_unchecked(memcache::ConnectionManager::new(url));
+    Client::with_pool(pool).map_err(|e| format!("config: storage.servers: {server}: {e}"))
+}
+
 impl MemcachedStore {
     /// Sets up the clients (no connection is made yet) and starts the health probe.
     pub fn start(settings: Settings) -> Result<Arc<MemcachedStore>, String> {
         let mut clients = Vec::new();
-        for s in &settings.servers {
-            let url = format!(
-                "memcache://{s}?tcp_nodelay=true&timeout={}",
-                settings.timeout.as_secs_f64()
-            );
-            let url = memcache::Url::parse(&url)
-                .map_err(|e| format!("config: storage.servers: {s}: {e}"))?;
-            // Unchecked: no connection is made now, so a node starts even while memcached is down.
-            let pool = r2d2::Pool::builder()
-                .max_size(settings.pool_size.max(1))
-                .min_idle(Some(0))
-                .connection_timeout(settings.timeout)
-                .build_unchecked(memcache::ConnectionManager::new(url));
-            let client = Client::with_pool(pool)
-                .map_err(|e| format!("config: storage.servers: {s}: {e}"))?;
-            clients.push(client);
+        for server in &settings.servers {
+            clients.push(RwLock::new(connect(server, &settings)?));
         }
         let store = Arc::new(MemcachedStore {
             ring: Ring::new(&settings.servers),
@@ -124,22 +129,37 @@ impl MemcachedStore {
         self.healthy.load(Ordering::SeqCst)
     }
 
-    fn client(&self, key: &str) -> &Client {
-        &self.clients[self.ring.pick(key)]
+    /// The server index for a key, and its client.
+    fn client(&self, key: &str) -> (usize, Client) {
+        let i = self.ring.pick(key);
+        (i, self.client_at(i))
+    }
+
+    fn client_at(&self, i: usize) -> Client {
+        match self.clients[i].read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Checks every server; flips (and logs) the health state when it changes.
     fn probe(&self) -> bool {
-        let ok = self.clients.iter().all(|c| c.version().is_ok());
+        let ok = (0..self.clients.len()).all(|i| self.client_at(i).version().is_ok());
         if ok && !self.healthy.swap(true, Ordering::SeqCst) {
             info!("memcached reachable: {}", self.settings.servers.join(", "));
         }
         ok
     }
 
-    fn fail(&self, e: &MemcacheError) -> Unavailable {
+    fn fail(&self, server: usize, e: &MemcacheError) -> Unavailable {
         if self.healthy.swap(false, Ordering::SeqCst) {
             warn!("memcached unavailable ({e}); answering 503 until it is back");
+        }
+        if let Ok(fresh) = connect(&self.settings.servers[server], &self.settings) {
+            match self.clients[server].write() {
+                Ok(mut c) => *c = fresh,
+                Err(poisoned) => *poisoned.into_inner() = fresh,
+            }
         }
         Unavailable
     }
@@ -153,38 +173,34 @@ impl MemcachedStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<String>, Unavailable> {
-        self.client(key).get(key).map_err(|e| self.fail(&e))
+        let (i, c) = self.client(key);
+        c.get(key).map_err(|e| self.fail(i, &e))
     }
 
     fn gets(&self, key: &str) -> Result<Option<(String, u64)>, Unavailable> {
-        let v: Option<Cas> = self.client(key).get(key).map_err(|e| self.fail(&e))?;
+        let (i, c) = self.client(key);
+        let v: Option<Cas> = c.get(key).map_err(|e| self.fail(i, &e))?;
         Ok(v.and_then(|(value, _, cas)| Some((value, cas?))))
     }
 
     fn set(&self, key: &str, value: &str, ttl: u32) -> Result<(), Unavailable> {
-        self.client(key)
-            .set(key, value, ttl)
-            .map_err(|e| self.fail(&e))
+        let (i, c) = self.client(key);
+        c.set(key, value, ttl).map_err(|e| self.fail(i, &e))
     }
 
     fn cas(&self, key: &str, value: &str, ttl: u32, cas: u64) -> Result<bool, Unavailable> {
-        self.client(key)
-            .cas(key, value, ttl, cas)
-            .map_err(|e| self.fail(&e))
+        let (i, c) = self.client(key);
+        c.cas(key, value, ttl, cas).map_err(|e| self.fail(i, &e))
     }
 
     fn delete(&self, key: &str) -> Result<(), Unavailable> {
-        self.client(key)
-            .delete(key)
-            .map(|_| ())
-            .map_err(|e| self.fail(&e))
+        let (i, c) = self.client(key);
+        c.delete(key).map(|_| ()).map_err(|e| self.fail(i, &e))
     }
 
     fn touch(&self, key: &str, ttl: u32) -> Result<(), Unavailable> {
-        self.client(key)
-            .touch(key, ttl)
-            .map(|_| ())
-            .map_err(|e| self.fail(&e))
+        let (i, c) = self.client(key);
+        c.touch(key, ttl).map(|_| ()).map_err(|e| self.fail(i, &e))
     }
 
     fn pending_ttl(&self) -> u32 {
@@ -226,13 +242,12 @@ impl MemcachedStore {
             by_server[self.ring.pick(k)].push(k);
         }
         let mut out = Vec::new();
-        for (i, ks) in by_server
-            .iter()
-            .enumerate()
-            .filter(|(_, ks)| !ks.is_empty())
-        {
+        for (i, ks) in by_server.iter().enumerate() {
+            if ks.is_empty() {
+                continue;
+            }
             let got: std::collections::HashMap<String, String> =
-                self.clients[i].gets(ks).map_err(|e| self.fail(&e))?;
+                self.client_at(i).gets(ks).map_err(|e| self.fail(i, &e))?;
             out.extend(got);
         }
         Ok(out)
@@ -265,20 +280,26 @@ impl Backend for MemcachedStore {
         &self,
         uaid: &Uaid,
         forget: bool,
-    ) -> Result<(bool, Vec<(ChannelId, u64)>), Unavailable> {
+        node: Option<&str>,
+    ) -> Result<HelloFound, Unavailable> {
         self.check()?;
         if forget {
             self.forget(uaid)?;
-            return Ok((false, Vec::new()));
+            return Ok(HelloFound::default());
         }
         let Some(list) = self.get(&list_key(uaid))? else {
-            return Ok((false, Vec::new()));
+            return Ok(HelloFound::default());
+        };
+        // Claim the UAID before reading what is pending: an update stored after the read then
+        // finds this socket in the record and is routed here.
+        let previous_node = match node {
+            Some(n) => self.bind_node(uaid, n)?,
+            None => None,
         };
         let channels = parse_list(&list);
         let keys: Vec<String> = channels.iter().map(|c| chan_key(uaid, c)).collect();
         let records = self.get_many(&keys)?;
         let ttl = self.settings.registration_ttl;
-        self.touch(&list_key(uaid), ttl)?;
         let mut pending = Vec::new();
         for (c, key) in channels.iter().zip(&keys) {
             let record = records
@@ -292,7 +313,26 @@ impl Backend for MemcachedStore {
                 None => {}
             }
         }
-        Ok((true, pending))
+        // The list lives as long as the longest-lived record it leads to.
+        let list_ttl = if pending.is_empty() {
+            ttl
+        } else {
+            self.pending_ttl()
+        };
+        self.touch(&list_key(uaid), list_ttl)?;
+        Ok(HelloFound {
+            known: true,
+            pending,
+            previous_node,
+        })
+    }
+
+    fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable> {
+        self.check()?;
+        Ok(self
+            .get(&chan_key(uaid, channel))?
+            .as_deref()
+            .and_then(pending_version))
     }
 
     fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
@@ -367,6 +407,8 @@ impl Backend for MemcachedStore {
         if !stored {
             return Err(Unavailable);
         }
+        // The hello that flushes this version finds the channel through the list: keep it as long.
+        self.touch(&list_key(uaid), self.pending_ttl())?;
         let node = self.get(&node_key(uaid))?.filter(|n| n != "-");
         Ok(PutResult::Stored { node })
     }

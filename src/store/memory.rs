@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sm::{ChannelId, Uaid};
 
-use super::{Backend, PutResult, Unavailable};
+use super::{Backend, HelloFound, PutResult, Unavailable};
 
 type Users = HashMap<Uaid, HashMap<ChannelId, Option<u64>>>;
 
@@ -28,20 +28,34 @@ impl Backend for MemoryStore {
         &self,
         uaid: &Uaid,
         forget: bool,
-    ) -> Result<(bool, Vec<(ChannelId, u64)>), Unavailable> {
+        _node: Option<&str>,
+    ) -> Result<HelloFound, Unavailable> {
         if forget {
             self.users.borrow_mut().remove(uaid);
-            return Ok((false, Vec::new()));
+            return Ok(HelloFound::default());
         }
         let users = self.users.borrow();
         let Some(channels) = users.get(uaid) else {
-            return Ok((false, Vec::new()));
+            return Ok(HelloFound::default());
         };
         let pending = channels
             .iter()
             .filter_map(|(c, v)| v.map(|v| (*c, v)))
             .collect();
-        Ok((true, pending))
+        Ok(HelloFound {
+            known: true,
+            pending,
+            previous_node: None,
+        })
+    }
+
+    fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable> {
+        let users = self.users.borrow();
+        Ok(users
+            .get(uaid)
+            .and_then(|c| c.get(channel))
+            .copied()
+            .flatten())
     }
 
     fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
@@ -123,10 +137,16 @@ mod tests {
     #[test]
     fn unknown_until_registered() {
         let s = MemoryStore::new();
-        assert_eq!(s.hello(&u(1), false), Ok((false, vec![])));
+        assert_eq!(s.hello(&u(1), false, None), Ok(HelloFound::default()));
         assert_eq!(s.put(&u(1), &c(1), 5), Ok(PutResult::UnknownChannel));
         s.register(&u(1), &c(1)).unwrap();
-        assert_eq!(s.hello(&u(1), false), Ok((true, vec![])));
+        assert_eq!(
+            s.hello(&u(1), false, None),
+            Ok(HelloFound {
+                known: true,
+                ..HelloFound::default()
+            })
+        );
     }
 
     #[test]
@@ -135,11 +155,17 @@ mod tests {
         s.register(&u(1), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         s.put(&u(1), &c(1), 3).unwrap();
-        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![(c(1), 3)]);
+        assert_eq!(
+            s.hello(&u(1), false, None).unwrap().pending,
+            vec![(c(1), 3)]
+        );
         s.ack(&u(1), &[(c(1), 5)]).unwrap();
-        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![(c(1), 3)]);
+        assert_eq!(
+            s.hello(&u(1), false, None).unwrap().pending,
+            vec![(c(1), 3)]
+        );
         s.ack(&u(1), &[(c(1), 3)]).unwrap();
-        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![]);
+        assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
     }
 
     #[test]
@@ -148,9 +174,12 @@ mod tests {
         s.register(&u(1), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         s.register(&u(1), &c(1)).unwrap();
-        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![(c(1), 5)]);
+        assert_eq!(
+            s.hello(&u(1), false, None).unwrap().pending,
+            vec![(c(1), 5)]
+        );
         s.unregister(&u(1), &c(1)).unwrap();
-        assert_eq!(s.hello(&u(1), false).unwrap().1, vec![]);
+        assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
         assert_eq!(s.put(&u(1), &c(1), 6), Ok(PutResult::UnknownChannel));
     }
 
@@ -160,9 +189,15 @@ mod tests {
         s.register(&u(1), &c(1)).unwrap();
         s.register(&u(2), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
-        assert_eq!(s.hello(&u(2), false).unwrap().1, vec![]);
-        assert_eq!(s.hello(&u(1), true), Ok((false, vec![])));
-        assert_eq!(s.hello(&u(1), false), Ok((false, vec![])));
-        assert_eq!(s.hello(&u(2), false), Ok((true, vec![])));
+        assert_eq!(s.hello(&u(2), false, None).unwrap().pending, vec![]);
+        assert_eq!(s.hello(&u(1), true, None), Ok(HelloFound::default()));
+        assert_eq!(s.hello(&u(1), false, None), Ok(HelloFound::default()));
+        assert_eq!(
+            s.hello(&u(2), false, None),
+            Ok(HelloFound {
+                known: true,
+                ..HelloFound::default()
+            })
+        );
     }
 }

@@ -30,14 +30,30 @@ pub enum PutResult {
     UnknownChannel,
 }
 
+/// What a hello finds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelloFound {
+    /// The UAID has a channel list.
+    pub known: bool,
+    /// Stored versions.
+    pub pending: Vec<(ChannelId, u64)>,
+    /// Cluster: the node record that was replaced (another socket for this UAID).
+    pub previous_node: Option<String>,
+}
+
 /// Registrations and pending versions, one per (UAID, channel), with blocking calls.
 pub trait Backend {
     /// Whether the UAID is known, and its pending versions; with `forget`, drop it first.
+    /// With `node` (cluster), a known UAID's node record is set to it before the versions are read,
+    /// so that an update stored after that read is routed to this socket.
     fn hello(
         &self,
         uaid: &Uaid,
         forget: bool,
-    ) -> Result<(bool, Vec<(ChannelId, u64)>), Unavailable>;
+        node: Option<&str>,
+    ) -> Result<HelloFound, Unavailable>;
+    /// The version stored for a channel, if any.
+    fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable>;
     /// Records a channel; an existing one keeps its pending version.
     fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
     /// Forgets a channel and its pending version.
@@ -47,9 +63,10 @@ pub trait Backend {
     /// Stores a version for a registered channel, overwriting any older or newer one.
     fn put(&self, uaid: &Uaid, channel: &ChannelId, version: u64)
         -> Result<PutResult, Unavailable>;
-    /// Records that `node` now holds the UAID's socket; returns the node recorded before, if another.
+    /// Records that `node` (`<router url> <connection id>`) now holds the UAID's socket; returns the
+    /// record it replaced, if it named another socket.
     fn bind_node(&self, uaid: &Uaid, node: &str) -> Result<Option<String>, Unavailable>;
-    /// Clears the UAID's node record if it still names `node`.
+    /// Clears the UAID's node record if it still names `node` exactly.
     fn unbind_node(&self, uaid: &Uaid, node: &str) -> Result<(), Unavailable>;
     /// Whether the backend can serve requests now.
     fn healthy(&self) -> bool;
@@ -73,6 +90,21 @@ pub enum Job {
         conn: ConnRef,
         /// What it asked.
         op: StoreOp,
+        /// Cluster: this socket's node record, set by a hello of a known UAID.
+        node: Option<String>,
+    },
+    /// Cluster: is this version still the one pending (not acked, not unregistered)?
+    Check {
+        /// The router request waiting.
+        conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The channel.
+        channel: ChannelId,
+        /// The version forwarded.
+        version: u64,
+        /// Data for a live delivery.
+        data: Option<String>,
     },
     /// An app-server update to store.
     Put {
@@ -113,7 +145,51 @@ impl Job {
                 | StoreOp::Unregister { uaid, .. }
                 | StoreOp::Ack { uaid, .. } => *uaid,
             },
-            Job::Put { uaid, .. } | Job::Bound { uaid, .. } | Job::Unbound { uaid, .. } => *uaid,
+            Job::Put { uaid, .. }
+            | Job::Check { uaid, .. }
+            | Job::Bound { uaid, .. }
+            | Job::Unbound { uaid, .. } => *uaid,
+        }
+    }
+
+    /// The answer to give when the job could not run at all (its worker died or is gone).
+    pub fn failed(&self) -> Done {
+        match self {
+            Job::Session { conn, op, .. } => Done::Session {
+                conn: *conn,
+                op: op.clone(),
+                reply: StoreReply::Unavailable,
+                previous_node: None,
+            },
+            Job::Put {
+                conn,
+                uaid,
+                channel,
+                version,
+                ..
+            } => Done::Put {
+                conn: *conn,
+                uaid: *uaid,
+                channel: *channel,
+                version: *version,
+                data: None,
+                result: Err(Unavailable),
+            },
+            Job::Check {
+                conn,
+                uaid,
+                channel,
+                version,
+                ..
+            } => Done::Checked {
+                conn: *conn,
+                uaid: *uaid,
+                channel: *channel,
+                version: *version,
+                data: None,
+                current: Err(Unavailable),
+            },
+            Job::Bound { .. } | Job::Unbound { .. } => Done::Nothing,
         }
     }
 }
@@ -129,6 +205,23 @@ pub enum Done {
         op: StoreOp,
         /// The answer.
         reply: StoreReply,
+        /// Cluster: the node record a hello replaced, to be told to close its socket.
+        previous_node: Option<String>,
+    },
+    /// For [`Job::Check`].
+    Checked {
+        /// The router request.
+        conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The channel.
+        channel: ChannelId,
+        /// The version.
+        version: u64,
+        /// Data for a live delivery.
+        data: Option<String>,
+        /// Whether the version is still the pending one.
+        current: Result<bool, Unavailable>,
     },
     /// For [`Job::Put`].
     Put {
@@ -166,10 +259,29 @@ pub enum Done {
 /// Runs one job against a backend.
 pub fn run(backend: &dyn Backend, job: Job) -> Done {
     match job {
-        Job::Session { conn, op } => {
-            let reply = session_op(backend, &op);
-            Done::Session { conn, op, reply }
+        Job::Session { conn, op, node } => {
+            let (reply, previous_node) = session_op(backend, &op, node.as_deref());
+            Done::Session {
+                conn,
+                op,
+                reply,
+                previous_node,
+            }
         }
+        Job::Check {
+            conn,
+            uaid,
+            channel,
+            version,
+            data,
+        } => Done::Checked {
+            conn,
+            uaid,
+            channel,
+            version,
+            data,
+            current: backend.pending(&uaid, &channel).map(|p| p == Some(version)),
+        },
         Job::Put {
             conn,
             uaid,
@@ -195,14 +307,24 @@ pub fn run(backend: &dyn Backend, job: Job) -> Done {
     }
 }
 
-fn session_op(backend: &dyn Backend, op: &StoreOp) -> StoreReply {
+fn session_op(
+    backend: &dyn Backend,
+    op: &StoreOp,
+    node: Option<&str>,
+) -> (StoreReply, Option<String>) {
     let done = |r: Result<(), Unavailable>| match r {
         Ok(()) => StoreReply::Done,
         Err(Unavailable) => StoreReply::Unavailable,
     };
-    match op {
-        StoreOp::Hello { uaid, forget } => match backend.hello(uaid, *forget) {
-            Ok((known, pending)) => StoreReply::Hello { known, pending },
+    let reply = match op {
+        StoreOp::Hello { uaid, forget } => match backend.hello(uaid, *forget, node) {
+            Ok(found) => {
+                let reply = StoreReply::Hello {
+                    known: found.known,
+                    pending: found.pending,
+                };
+                return (reply, found.previous_node);
+            }
             Err(Unavailable) => StoreReply::Unavailable,
         },
         StoreOp::Register { uaid, channel } => match backend.register(uaid, channel) {
@@ -213,7 +335,8 @@ fn session_op(backend: &dyn Backend, op: &StoreOp) -> StoreReply {
         },
         StoreOp::Unregister { uaid, channel } => done(backend.unregister(uaid, channel)),
         StoreOp::Ack { uaid, items } => done(backend.ack(uaid, items)),
-    }
+    };
+    (reply, None)
 }
 
 /// Where jobs run.
@@ -246,7 +369,7 @@ impl Runner {
         }
     }
 
-    /// Starts a cluster forward (worker threads only; inline runners never forward).
+    /// Starts a cluster forward or kick on the forwarding threads (inline runners have no cluster).
     pub fn forward(&self, f: Box<dyn FnOnce() -> Done + Send>) {
         if let Runner::Pool(p) = self {
             p.spawn(f);

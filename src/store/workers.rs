@@ -1,90 +1,123 @@
-//! Worker threads that run storage jobs and cluster forwards off the event loop.
+//! Threads that run storage jobs and cluster forwards off the event loop.
 //!
-//! Each worker has its own queue and a job goes to the worker chosen by its UAID, so the jobs of one
-//! UAID run one after another, in the order the loop submitted them. Results come back on one
-//! channel, and a `mio::Waker` tells the loop to take them.
+//! Each storage worker has its own queue and a job goes to the worker chosen by its UAID, so the jobs
+//! of one UAID run one after another, in the order the loop submitted them. Forwards and kicks to
+//! other nodes run on separate threads, so a slow node never holds up storage. Results come back on
+//! one channel, and a `mio::Waker` tells the loop to take them. A job that panics, or that finds its
+//! worker gone, is answered as if the store were unavailable: nobody waits forever.
 
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-use log::warn;
+use log::{error, warn};
 use mio::Waker;
 
 use super::{ring, run, Backend, Done, Job};
 
-type Task = Box<dyn FnOnce() -> Done + Send>;
+/// A forward or kick: blocking network work whose result comes back as a [`Done`].
+pub type Task = Box<dyn FnOnce() -> Done + Send>;
 
-enum Work {
-    Job(Job),
-    Task(Task),
+/// Storage workers around one shared backend, plus forwarding threads.
+pub struct Pool {
+    queues: Vec<Sender<Job>>,
+    tasks: Option<Sender<Task>>,
+    done_rx: Mutex<Receiver<Done>>,
+    /// Answers for jobs that could not be queued.
+    lost: RefCell<Vec<Done>>,
+    backend: Arc<dyn Backend + Send + Sync>,
 }
 
-/// A fixed set of worker threads around one shared backend.
-pub struct Pool {
-    queues: Vec<Sender<Work>>,
-    done_rx: Mutex<Receiver<Done>>,
-    backend: Arc<dyn Backend + Send + Sync>,
-    next_task: std::cell::Cell<usize>,
-    _threads: Vec<JoinHandle<()>>,
+/// Sends a result back and wakes the loop.
+#[derive(Clone)]
+struct Reply {
+    tx: Sender<Done>,
+    waker: Arc<Waker>,
+}
+
+impl Reply {
+    fn send(&self, done: Done) -> bool {
+        if self.tx.send(done).is_err() {
+            return false;
+        }
+        let _ = self.waker.wake();
+        true
+    }
 }
 
 impl Pool {
-    /// Starts `size` workers (at least one) that wake the loop through `waker`.
-    pub fn start(backend: Arc<dyn Backend + Send + Sync>, size: usize, waker: Arc<Waker>) -> Pool {
+    /// Starts `size` storage workers and `forwarders` forwarding threads (at least one each).
+    pub fn start(
+        backend: Arc<dyn Backend + Send + Sync>,
+        size: usize,
+        forwarders: usize,
+        waker: Arc<Waker>,
+    ) -> Pool {
         let (done_tx, done_rx) = channel();
+        let reply = Reply { tx: done_tx, waker };
         let mut queues = Vec::new();
-        let mut threads = Vec::new();
         for i in 0..size.max(1) {
-            let (tx, rx) = channel::<Work>();
-            let backend = backend.clone();
-            let done_tx = done_tx.clone();
-            let waker = waker.clone();
+            let (tx, rx) = channel::<Job>();
+            let (backend, reply) = (backend.clone(), reply.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("store-{i}"))
-                .spawn(move || work(rx, &*backend, done_tx, waker));
+                .spawn(move || store_worker(rx, &*backend, reply));
             match spawned {
-                Ok(t) => {
-                    queues.push(tx);
-                    threads.push(t);
-                }
+                Ok(_) => queues.push(tx),
                 Err(e) => warn!("cannot start storage worker {i}: {e}"),
+            }
+        }
+        let (task_tx, task_rx) = channel::<Task>();
+        let task_rx = Arc::new(Mutex::new(task_rx));
+        let mut started = 0;
+        for i in 0..forwarders.max(1) {
+            let (rx, reply) = (task_rx.clone(), reply.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("forward-{i}"))
+                .spawn(move || forwarder(&rx, reply));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => warn!("cannot start forwarding thread {i}: {e}"),
             }
         }
         Pool {
             queues,
+            tasks: (started > 0).then_some(task_tx),
             done_rx: Mutex::new(done_rx),
+            lost: RefCell::new(Vec::new()),
             backend,
-            next_task: std::cell::Cell::new(0),
-            _threads: threads,
         }
     }
 
     /// Queues a job on the worker of its UAID.
     pub fn submit(&self, job: Job) {
         if self.queues.is_empty() {
+            self.lost.borrow_mut().push(job.failed());
             return;
         }
         let i = ring::hash(job.uaid().0.bytes()) as usize % self.queues.len();
-        let _ = self.queues[i].send(Work::Job(job));
+        if let Err(returned) = self.queues[i].send(job) {
+            error!("storage worker {i} is gone");
+            self.lost.borrow_mut().push(returned.0.failed());
+        }
     }
 
-    /// Queues a task that needs no ordering (round robin).
+    /// Queues a forward or kick.
     pub fn spawn(&self, task: Task) {
-        if self.queues.is_empty() {
-            return;
+        let sent = self.tasks.as_ref().map(|t| t.send(task));
+        if !matches!(sent, Some(Ok(()))) {
+            error!("no forwarding thread: a forward or kick was dropped");
         }
-        let i = self.next_task.get() % self.queues.len();
-        self.next_task.set(i + 1);
-        let _ = self.queues[i].send(Work::Task(task));
     }
 
     /// Everything finished so far.
     pub fn take_done(&self) -> Vec<Done> {
-        match self.done_rx.lock() {
-            Ok(rx) => rx.try_iter().collect(),
-            Err(_) => Vec::new(),
+        let mut out = std::mem::take(&mut *self.lost.borrow_mut());
+        if let Ok(rx) = self.done_rx.lock() {
+            out.extend(rx.try_iter());
         }
+        out
     }
 
     /// Whether the backend can serve requests now.
@@ -93,15 +126,35 @@ impl Pool {
     }
 }
 
-fn work(rx: Receiver<Work>, backend: &dyn Backend, done: Sender<Done>, waker: Arc<Waker>) {
-    while let Ok(w) = rx.recv() {
-        let result = match w {
-            Work::Job(job) => run(backend, job),
-            Work::Task(task) => task(),
-        };
-        if done.send(result).is_err() {
+fn store_worker(rx: Receiver<Job>, backend: &dyn Backend, reply: Reply) {
+    while let Ok(job) = rx.recv() {
+        let fallback = job.failed();
+        let done = catch_unwind(AssertUnwindSafe(|| run(backend, job))).unwrap_or_else(|_| {
+            error!("a storage job panicked; answered as unavailable");
+            fallback
+        });
+        if !reply.send(done) {
             return;
         }
-        let _ = waker.wake();
+    }
+}
+
+fn forwarder(rx: &Mutex<Receiver<Task>>, reply: Reply) {
+    loop {
+        let task = match rx.lock() {
+            Ok(r) => match r.recv() {
+                Ok(t) => t,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        match catch_unwind(AssertUnwindSafe(task)) {
+            Ok(done) => {
+                if !reply.send(done) {
+                    return;
+                }
+            }
+            Err(_) => error!("a forward panicked"),
+        }
     }
 }
