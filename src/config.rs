@@ -71,8 +71,6 @@ pub struct WebSocketConfig {
     pub min_ping_interval_ms: u64,
     /// More channelIDs than this in a hello resets the UAID.
     pub max_channels: usize,
-    /// Initial read buffer per socket (grows for large messages).
-    pub read_buffer_size: usize,
     /// Unsent output above this drops the connection (a client that does not read).
     pub max_output_buffer: usize,
 }
@@ -84,7 +82,6 @@ impl Default for WebSocketConfig {
             hello_timeout_ms: 30_000,
             min_ping_interval_ms: 20_000,
             max_channels: 200,
-            read_buffer_size: 512,
             max_output_buffer: 256 * 1024,
         }
     }
@@ -228,9 +225,6 @@ impl Config {
                 "websocket.max_message_size",
                 "must be at least 1048576 (1 MiB)",
             );
-        }
-        if self.websocket.read_buffer_size < 64 {
-            return bad("websocket.read_buffer_size", "must be at least 64");
         }
         if self.websocket.max_output_buffer < 64 * 1024 {
             return bad("websocket.max_output_buffer", "must be at least 65536");

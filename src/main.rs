@@ -4,11 +4,13 @@
 mod config;
 mod endpoint;
 mod http;
+mod random;
 mod registry;
 mod router;
 mod server;
 mod store;
 mod token;
+mod ws;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,25 +7,29 @@ use sm::Uaid;
 /// Which connection (slab key) delivers for each UAID.
 #[derive(Default)]
 pub struct Registry {
-    live: HashMap<Uaid, usize>,
+    /// Slab keys fit 32 bits (a process holds far fewer sockets), which keeps entries small.
+    live: HashMap<Uaid, u32>,
 }
 
 impl Registry {
     /// Makes `conn` the UAID's live socket; returns the connection it replaced, if another.
     pub fn bind(&mut self, uaid: Uaid, conn: usize) -> Option<usize> {
-        self.live.insert(uaid, conn).filter(|&old| old != conn)
+        self.live
+            .insert(uaid, conn as u32)
+            .map(|old| old as usize)
+            .filter(|&old| old != conn)
     }
 
     /// Removes the mapping, but only if it still points at `conn`.
     pub fn unbind(&mut self, uaid: &Uaid, conn: usize) {
-        if self.live.get(uaid) == Some(&conn) {
+        if self.live.get(uaid) == Some(&(conn as u32)) {
             self.live.remove(uaid);
         }
     }
 
     /// The live connection of a UAID.
     pub fn get(&self, uaid: &Uaid) -> Option<usize> {
-        self.live.get(uaid).copied()
+        self.live.get(uaid).map(|&k| k as usize)
     }
 
     /// How many UAIDs are live.

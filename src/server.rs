@@ -16,8 +16,6 @@ use slab::Slab;
 use sm::update::Outcome;
 use sm::{ChannelId, Effect, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
 
 use crate::config::Config;
 use crate::endpoint::{self, Route};
@@ -29,6 +27,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::workers::Pool;
 use crate::store::{ConnRef, Done, Job, PutResult, Runner, Unavailable};
 use crate::token::Tokens;
+use crate::ws::{Incoming, Link};
 
 const SIGNALS: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -63,17 +62,9 @@ struct HttpConn {
     continued: bool,
 }
 
-/// A 101 response being written; then the socket becomes a WebSocket.
-struct Upgrading {
-    stream: TcpStream,
-    out: Vec<u8>,
-    written: usize,
-    leftover: Vec<u8>,
-}
-
 /// A WebSocket with its protocol session.
 struct WsConn {
-    ws: WebSocket<TcpStream>,
+    link: Link,
     session: Session,
     /// The UAID this socket is registered for, kept here because a closed session forgets it.
     bound: Option<Uaid>,
@@ -86,7 +77,6 @@ struct WsConn {
 #[allow(clippy::large_enum_variant)]
 enum State {
     Http(HttpConn),
-    Upgrading(Upgrading),
     Ws(WsConn),
     /// Only for the instant a connection changes state; its socket is in hand.
     Moving,
@@ -123,7 +113,8 @@ pub struct Server {
     cfg: Config,
     public_url: String,
     limits: Limits,
-    ws_config: WebSocketConfig,
+    /// Read buffer shared by every WebSocket: sockets keep only leftovers of their own.
+    scratch: Vec<u8>,
     timers: BinaryHeap<Reverse<(u64, usize, u32)>>,
     start: Instant,
     next_gen: u32,
@@ -132,6 +123,8 @@ pub struct Server {
     last_refusal_log: u64,
     /// Connections that used up their budget with input left: served again after the next poll.
     again: Vec<usize>,
+    /// The WebSocket whose input is being read right now.
+    reading: Option<usize>,
     /// An accept failed for a reason other than file descriptors: retry soon.
     accept_retry: bool,
 }
@@ -145,7 +138,7 @@ fn wall_secs() -> u64 {
 
 fn fresh_uaid_bytes() -> [u8; 16] {
     let mut b = [0u8; 16];
-    if getrandom::fill(&mut b).is_err() {
+    if !crate::random::fill(&mut b) {
         // Never seen in practice; the clock still makes a unique enough id for one process.
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -158,10 +151,6 @@ fn fresh_uaid_bytes() -> [u8; 16] {
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == ErrorKind::WouldBlock
-}
-
-fn ws_would_block(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(io) if would_block(io))
 }
 
 /// Writes as much of `out[*written..]` as the socket takes. `Ok(true)` when all is written.
@@ -256,12 +245,6 @@ impl Server {
         } else {
             cfg.server.public_url.trim_end_matches('/').to_string()
         };
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(cfg.websocket.read_buffer_size)
-            .write_buffer_size(0)
-            .max_write_buffer_size(cfg.websocket.max_output_buffer)
-            .max_message_size(Some(cfg.websocket.max_message_size))
-            .max_frame_size(Some(cfg.websocket.max_message_size));
         let limits = Limits {
             max_channels: cfg.websocket.max_channels,
             min_ping_interval_ms: cfg.websocket.min_ping_interval_ms,
@@ -278,7 +261,7 @@ impl Server {
             cfg,
             public_url,
             limits,
-            ws_config,
+            scratch: Vec::with_capacity(crate::ws::READ_CHUNK),
             timers: BinaryHeap::new(),
             start: Instant::now(),
             next_gen: 0,
@@ -286,6 +269,7 @@ impl Server {
             shutdown_at: None,
             last_refusal_log: 0,
             again: Vec::new(),
+            reading: None,
             accept_retry: false,
         })
     }
@@ -544,9 +528,8 @@ impl Server {
         let registry = self.poll.registry();
         match conn.state {
             State::Http(mut h) => drop(registry.deregister(&mut h.stream)),
-            State::Upgrading(mut u) => drop(registry.deregister(&mut u.stream)),
             State::Ws(mut w) => {
-                drop(registry.deregister(w.ws.get_mut()));
+                drop(registry.deregister(w.link.stream_mut()));
                 if let Some(uaid) = w.bound {
                     self.unbind(&uaid, key, conn.gen);
                 }
@@ -558,7 +541,6 @@ impl Server {
     fn conn_event(&mut self, key: usize) {
         match self.conns.get(key).map(|c| &c.state) {
             Some(State::Http(_)) => self.http_event(key),
-            Some(State::Upgrading(_)) => self.upgrade_event(key),
             Some(State::Ws(_)) => self.ws_event(key),
             Some(State::Moving) | None => {}
         }
@@ -1037,12 +1019,11 @@ impl Server {
         };
         let reply = match (op, reply) {
             (StoreOp::Register { uaid, channel }, StoreReply::Registered { .. }) => {
-                StoreReply::Registered {
-                    endpoint: format!(
-                        "{}/update/{}",
-                        self.public_url,
-                        self.tokens.seal(uaid, channel)
-                    ),
+                match self.tokens.seal(uaid, channel) {
+                    Some(token) => StoreReply::Registered {
+                        endpoint: format!("{}/update/{token}", self.public_url),
+                    },
+                    None => StoreReply::Unavailable,
                 }
             }
             (_, r) => r,
@@ -1060,7 +1041,10 @@ impl Server {
             self.kick_elsewhere(uaid, previous_node);
         }
         // Input may have waited behind the storage call; the socket will not signal it again.
-        self.ws_event(conn.key);
+        // (Unless this answer came inline, inside that socket's own read round, which goes on.)
+        if self.reading != Some(conn.key) {
+            self.ws_event(conn.key);
+        }
     }
 
     /// Writes a live notification if the UAID has a socket here that can take it.
@@ -1092,10 +1076,13 @@ impl Server {
         let Some(frame) = w.session.notify(channel, version, data) else {
             return Outcome::Stored;
         };
-        let sent = w.ws.write(Message::text(frame)).and_then(|()| w.ws.flush());
+        let max_output = self.cfg.websocket.max_output_buffer;
+        let sent = w
+            .link
+            .send_text(&frame)
+            .and_then(|()| w.link.flush(max_output));
         match sent {
             Ok(()) => Outcome::Delivered,
-            Err(e) if ws_would_block(&e) => Outcome::Delivered,
             Err(e) => {
                 debug!("conn {key}: live delivery failed: {e}");
                 self.drop_conn(key);
@@ -1106,6 +1093,8 @@ impl Server {
 
     // ---- WebSocket handshake ----
 
+    /// Turns the HTTP connection into a WebSocket. The 101 response goes out with the replies to
+    /// whatever the client sent right behind its upgrade request, in one write.
     fn start_upgrade(&mut self, key: usize, head: &Head, up: &http::Upgrade) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -1113,42 +1102,16 @@ impl Server {
         let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
             return self.drop_conn(key);
         };
-        conn.state = State::Upgrading(Upgrading {
-            stream: h.stream,
-            out: http::switching_protocols(up),
-            written: 0,
-            leftover: h
-                .buf
-                .get(head.head_len..)
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default(),
-        });
-        self.upgrade_event(key);
-    }
-
-    fn upgrade_event(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let State::Upgrading(u) = &mut conn.state else {
-            return;
-        };
-        match write_out(&mut u.stream, &u.out, &mut u.written) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(_) => return self.drop_conn(key),
-        }
-        let State::Upgrading(u) = std::mem::replace(&mut conn.state, State::Moving) else {
-            return self.drop_conn(key);
-        };
-        let ws = WebSocket::from_partially_read(
-            u.stream,
-            u.leftover,
-            Role::Server,
-            Some(self.ws_config),
-        );
+        let leftover = h
+            .buf
+            .get(head.head_len..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let mut link = Link::new(h.stream, leftover);
+        link.cork();
+        link.queue_raw(http::switching_protocols(up));
         conn.state = State::Ws(WsConn {
-            ws,
+            link,
             session: Session::new(),
             bound: None,
             closing: false,
@@ -1161,6 +1124,23 @@ impl Server {
     // ---- WebSocket traffic ----
 
     fn ws_event(&mut self, key: usize) {
+        if let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            // Replies to everything read in this round go out in one write (`flush_ws`).
+            w.link.cork();
+        }
+        let outer = self.reading.replace(key);
+        self.read_ws(key);
+        self.reading = outer;
+        self.flush_ws(key);
+    }
+
+    /// Reads and handles messages until the socket has no more, the session waits on storage, or
+    /// the budget is spent.
+    fn read_ws(&mut self, key: usize) {
         let mut handled = 0;
         loop {
             let Some(Conn {
@@ -1178,30 +1158,21 @@ impl Server {
                 self.again.push(key);
                 break;
             }
-            match w.ws.read() {
-                Ok(Message::Text(t)) => self.on_payload(key, t.as_bytes()),
-                Ok(Message::Binary(b)) => self.on_payload(key, &b),
-                Ok(Message::Close(_)) => self.on_peer_close(key),
-                Ok(_) => {}
-                Err(e) if ws_would_block(&e) => break,
-                Err(tungstenite::Error::Capacity(e)) => {
+            let max = self.cfg.websocket.max_message_size;
+            match w.link.next(&mut self.scratch, max) {
+                Ok(Some(Incoming::Data(payload))) => self.on_payload(key, &payload),
+                Ok(Some(Incoming::Close)) => self.on_peer_close(key),
+                Ok(None) => break,
+                Err(e) => {
                     debug!("conn {key}: {e}");
-                    return self.begin_close(key, CloseCode::Size, "message too big");
+                    match e.close_code() {
+                        Some(code) => self.begin_close(key, code, "protocol error"),
+                        None => return self.drop_conn(key),
+                    }
+                    break;
                 }
-                Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => return self.drop_conn(key),
-                Err(tungstenite::Error::Protocol(e)) => {
-                    debug!("conn {key}: protocol error: {e}");
-                    return self.begin_close(key, CloseCode::Protocol, "protocol error");
-                }
-                Err(tungstenite::Error::Utf8(_)) => {
-                    return self.begin_close(key, CloseCode::Invalid, "invalid UTF-8");
-                }
-                Err(_) => return self.drop_conn(key),
             }
         }
-        self.flush_ws(key);
     }
 
     fn flush_ws(&mut self, key: usize) {
@@ -1212,9 +1183,10 @@ impl Server {
         else {
             return;
         };
-        match w.ws.flush() {
+        let max_output = self.cfg.websocket.max_output_buffer;
+        match w.link.uncork(max_output) {
+            Ok(()) if w.link.finished() => self.drop_conn(key),
             Ok(()) => {}
-            Err(e) if ws_would_block(&e) => {}
             Err(_) => self.drop_conn(key),
         }
     }
@@ -1252,14 +1224,7 @@ impl Server {
         w.closing = true;
         let uaid = w.bound.take();
         w.session.close();
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let closed = match w.ws.close(Some(frame)) {
-            Ok(()) => true,
-            Err(e) => ws_would_block(&e),
-        };
+        let closed = w.link.send_close(code, reason).is_ok();
         if let Some(uaid) = uaid {
             self.unbind_current(&uaid, key);
         }
@@ -1307,13 +1272,9 @@ impl Server {
                     else {
                         return;
                     };
-                    match w.ws.write(Message::text(text)) {
-                        Ok(()) => {}
-                        Err(e) if ws_would_block(&e) => {}
-                        Err(e) => {
-                            debug!("conn {key}: write failed: {e}");
-                            return self.drop_conn(key);
-                        }
+                    if let Err(e) = w.link.send_text(&text) {
+                        debug!("conn {key}: write failed: {e}");
+                        return self.drop_conn(key);
                     }
                 }
                 Effect::Close => self.begin_close(key, CloseCode::Normal, ""),
@@ -1325,6 +1286,10 @@ impl Server {
                             _ => None,
                         };
                         self.store.submit(Job::Session { conn, op, node });
+                        if self.store.is_inline() {
+                            // Answered already: reply now, inside this round's single write.
+                            self.finish_jobs();
+                        }
                     }
                 }
                 Effect::Bind(uaid) => {

@@ -69,21 +69,16 @@ impl Tokens {
         Ok(Tokens { ciphers })
     }
 
-    /// Seals a token for this channel.
-    pub fn seal(&self, uaid: &Uaid, channel: &ChannelId) -> String {
+    /// Seals a token for this channel; `None` only when no random nonce could be had.
+    pub fn seal(&self, uaid: &Uaid, channel: &ChannelId) -> Option<String> {
         let mut plain = [0u8; PLAIN_LEN];
         plain[..16].copy_from_slice(uaid.0.bytes());
         plain[16..32].copy_from_slice(channel.0.bytes());
         plain[32] = uaid.0.form().to_byte() << 2 | channel.0.form().to_byte();
         let mut nonce = [0u8; NONCE_LEN];
-        if getrandom::fill(&mut nonce).is_err() {
-            // A repeated nonce must never happen; the clock and address make this one unique enough
-            // for the rare case the system source fails after start.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            nonce[..16].copy_from_slice(&t.to_le_bytes());
+        if !crate::random::fill(&mut nonce) {
+            // Without randomness no nonce is safe to use: hand out no endpoint.
+            return None;
         }
         let payload = Payload {
             msg: &plain,
@@ -92,12 +87,12 @@ impl Tokens {
         let sealed = match self.ciphers[0].encrypt(&XNonce::from(nonce), payload) {
             Ok(c) => c,
             // Only fails on absurd lengths, which a 33-byte message is not.
-            Err(_) => return String::new(),
+            Err(_) => return None,
         };
         let mut out = Vec::with_capacity(TOKEN_LEN);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
-        URL_SAFE_NO_PAD.encode(out)
+        Some(URL_SAFE_NO_PAD.encode(out))
     }
 
     /// Opens a token; `None` for anything not sealed by one of our keys.
@@ -154,7 +149,7 @@ mod tests {
     fn round_trip_keeps_ids_and_spelling() {
         let t = Tokens::new(&[key(1)]).unwrap();
         let (u, c) = ids();
-        let tok = t.seal(&u, &c);
+        let tok = t.seal(&u, &c).unwrap();
         let (u2, c2) = t.open(&tok).unwrap();
         assert_eq!(u2.to_string(), u.to_string());
         assert_eq!(c2.to_string(), c.to_string());
@@ -165,14 +160,14 @@ mod tests {
     fn tokens_differ_each_time_and_hide_the_ids() {
         let t = Tokens::new(&[key(1)]).unwrap();
         let (u, c) = ids();
-        assert_ne!(t.seal(&u, &c), t.seal(&u, &c));
+        assert_ne!(t.seal(&u, &c).unwrap(), t.seal(&u, &c).unwrap());
     }
 
     #[test]
     fn tampered_or_foreign_tokens_do_not_open() {
         let t = Tokens::new(&[key(1)]).unwrap();
         let (u, c) = ids();
-        let tok = t.seal(&u, &c);
+        let tok = t.seal(&u, &c).unwrap();
         let mut bytes = URL_SAFE_NO_PAD.decode(&tok).unwrap();
         bytes[30] ^= 1;
         assert!(t.open(&URL_SAFE_NO_PAD.encode(&bytes)).is_none());
@@ -187,10 +182,10 @@ mod tests {
     fn rotation_opens_old_tokens() {
         let old = Tokens::new(&[key(1)]).unwrap();
         let (u, c) = ids();
-        let tok = old.seal(&u, &c);
+        let tok = old.seal(&u, &c).unwrap();
         let rotated = Tokens::new(&[key(2), key(1)]).unwrap();
         assert!(rotated.open(&tok).is_some());
-        let fresh = rotated.seal(&u, &c);
+        let fresh = rotated.seal(&u, &c).unwrap();
         assert!(old.open(&fresh).is_none());
     }
 

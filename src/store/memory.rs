@@ -7,13 +7,73 @@ use sm::{ChannelId, Uaid};
 
 use super::{Backend, HelloFound, PutResult, Unavailable};
 
-type Users = HashMap<Uaid, HashMap<ChannelId, Option<u64>>>;
+/// "Nothing pending": versions are never 0 (an update's 0 means "now").
+const NONE: u64 = 0;
 
-/// Registrations and pending versions in hash maps; used from the loop's thread only.
+/// A UAID's channels: inline while there is one (nearly every device), a map beyond.
+#[derive(Default)]
+enum Channels {
+    #[default]
+    Empty,
+    One(ChannelId, u64),
+    // Boxed on purpose: a map inline would make every one-channel entry 48 bytes larger.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<ChannelId, u64>>),
+}
+
+impl Channels {
+    fn get_mut(&mut self, channel: &ChannelId) -> Option<&mut u64> {
+        match self {
+            Channels::One(c, v) if c == channel => Some(v),
+            Channels::Many(m) => m.get_mut(channel),
+            _ => None,
+        }
+    }
+
+    fn insert_if_absent(&mut self, channel: ChannelId) {
+        match self {
+            Channels::Empty => *self = Channels::One(channel, NONE),
+            Channels::One(c, _) if *c == channel => {}
+            Channels::One(c, v) => {
+                let mut m = HashMap::with_capacity(2);
+                m.insert(*c, *v);
+                m.insert(channel, NONE);
+                *self = Channels::Many(Box::new(m));
+            }
+            Channels::Many(m) => {
+                m.entry(channel).or_insert(NONE);
+            }
+        }
+    }
+
+    fn remove(&mut self, channel: &ChannelId) {
+        match self {
+            Channels::One(c, _) if c == channel => *self = Channels::Empty,
+            Channels::Many(m) => {
+                m.remove(channel);
+            }
+            _ => {}
+        }
+    }
+
+    fn pending(&self) -> Vec<(ChannelId, u64)> {
+        match self {
+            Channels::Empty => Vec::new(),
+            Channels::One(c, v) => (*v != NONE).then_some((*c, *v)).into_iter().collect(),
+            Channels::Many(m) => m
+                .iter()
+                .filter(|(_, v)| **v != NONE)
+                .map(|(c, v)| (*c, *v))
+                .collect(),
+        }
+    }
+}
+
+/// Registrations and pending versions; used from the loop's thread only.
 #[derive(Default)]
 pub struct MemoryStore {
-    /// UAID → (channel → pending version, if any).
-    users: RefCell<Users>,
+    /// UAID → its channels and their pending versions.
+    users: RefCell<HashMap<Uaid, Channels>>,
 }
 
 impl MemoryStore {
@@ -38,10 +98,7 @@ impl Backend for MemoryStore {
         let Some(channels) = users.get(uaid) else {
             return Ok(HelloFound::default());
         };
-        let pending = channels
-            .iter()
-            .filter_map(|(c, v)| v.map(|v| (*c, v)))
-            .collect();
+        let pending = channels.pending();
         Ok(HelloFound {
             known: true,
             pending,
@@ -50,12 +107,9 @@ impl Backend for MemoryStore {
     }
 
     fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable> {
-        let users = self.users.borrow();
-        Ok(users
-            .get(uaid)
-            .and_then(|c| c.get(channel))
-            .copied()
-            .flatten())
+        let mut users = self.users.borrow_mut();
+        let v = users.get_mut(uaid).and_then(|c| c.get_mut(channel));
+        Ok(v.map(|v| *v).filter(|v| *v != NONE))
     }
 
     fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
@@ -63,8 +117,7 @@ impl Backend for MemoryStore {
             .borrow_mut()
             .entry(*uaid)
             .or_default()
-            .entry(*channel)
-            .or_insert(None);
+            .insert_if_absent(*channel);
         Ok(())
     }
 
@@ -82,8 +135,8 @@ impl Backend for MemoryStore {
         };
         for (channel, version) in items {
             if let Some(pending) = channels.get_mut(channel) {
-                if *pending == Some(*version) {
-                    *pending = None;
+                if *pending == *version {
+                    *pending = NONE;
                 }
             }
         }
@@ -100,7 +153,7 @@ impl Backend for MemoryStore {
         let slot = users.get_mut(uaid).and_then(|c| c.get_mut(channel));
         Ok(match slot {
             Some(pending) => {
-                *pending = Some(version);
+                *pending = version;
                 PutResult::Stored { node: None }
             }
             None => PutResult::UnknownChannel,
@@ -199,5 +252,28 @@ mod tests {
                 ..HelloFound::default()
             })
         );
+    }
+
+    #[test]
+    fn several_channels_per_uaid() {
+        let s = MemoryStore::new();
+        for n in 1..=3 {
+            s.register(&u(1), &c(n)).unwrap();
+        }
+        s.put(&u(1), &c(1), 10).unwrap();
+        s.put(&u(1), &c(3), 30).unwrap();
+        let mut got = s.hello(&u(1), false, None).unwrap().pending;
+        got.sort_by_key(|(_, v)| *v);
+        assert_eq!(got, vec![(c(1), 10), (c(3), 30)]);
+        s.unregister(&u(1), &c(3)).unwrap();
+        assert_eq!(s.put(&u(1), &c(3), 31), Ok(PutResult::UnknownChannel));
+        assert_eq!(s.pending(&u(1), &c(1)), Ok(Some(10)));
+        assert_eq!(s.pending(&u(1), &c(2)), Ok(None));
+        s.ack(&u(1), &[(c(1), 10)]).unwrap();
+        assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
+        // Down to none: still a known UAID.
+        s.unregister(&u(1), &c(1)).unwrap();
+        s.unregister(&u(1), &c(2)).unwrap();
+        assert!(s.hello(&u(1), false, None).unwrap().known);
     }
 }

@@ -384,6 +384,11 @@ impl Runner {
         }
     }
 
+    /// Jobs complete during `submit`: their answers can be handled at once.
+    pub fn is_inline(&self) -> bool {
+        matches!(self, Runner::Inline { .. })
+    }
+
     /// Whether the backend can serve requests now.
     pub fn healthy(&self) -> bool {
         match self {
