@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub endpoint_listen: String,
     /// Base of handed-out endpoints; empty = `http://<endpoint listener address>`.
     pub public_url: String,
+    /// Event-loop threads sharing the listeners; 0 = one per core.
+    pub workers: usize,
     /// Open connections (WebSocket and HTTP) above which new ones are refused.
     pub max_connections: usize,
     /// Time to finish a WebSocket handshake or an HTTP request once it has started.
@@ -50,6 +52,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             endpoint_listen: String::new(),
             public_url: String::new(),
+            workers: 0,
             max_connections: 100_000,
             request_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
@@ -216,6 +219,9 @@ impl Config {
         let url = &self.server.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return bad("server.public_url", "must start with http:// or https://");
+        }
+        if self.server.workers > 1024 {
+            return bad("server.workers", "must be 0 (one per core) to 1024");
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1");

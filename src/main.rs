@@ -18,7 +18,6 @@ use std::process::ExitCode;
 use log::{info, warn};
 
 use crate::config::Config;
-use crate::server::Server;
 use crate::token::Tokens;
 
 const HELP: &str = "\
@@ -99,19 +98,23 @@ fn main() -> ExitCode {
     if cfg.endpoint.token_keys.is_empty() {
         warn!("no endpoint.token_keys configured: using a random key, so endpoints die with this process");
     }
-    let mut server = match Server::bind(cfg, tokens) {
+    let servers = match server::start(cfg, tokens) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("simplepush: cannot listen: {e}");
             return ExitCode::from(2);
         }
     };
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let Some(first) = servers.first() else {
+        return ExitCode::from(2);
+    };
+    let addrs: Vec<String> = first.local_addrs().iter().map(|a| a.to_string()).collect();
     info!(
-        "simplepush {} listening on {} (endpoints at {}/update/...)",
+        "simplepush {} listening on {} (endpoints at {}/update/..., {} event loops)",
         env!("CARGO_PKG_VERSION"),
         addrs.join(" and "),
-        server.public_url()
+        first.public_url(),
+        servers.len()
     );
-    ExitCode::from(server::report(server.run()) as u8)
+    ExitCode::from(server::run_all(servers) as u8)
 }

@@ -5,6 +5,9 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
@@ -13,8 +16,9 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
+use sm::message::HelloUaid;
 use sm::update::Outcome;
-use sm::{ChannelId, Effect, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
+use sm::{ChannelId, Effect, Id, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Config;
@@ -100,16 +104,111 @@ struct Cluster {
     timeout: Duration,
 }
 
-/// The server: listeners, connections and everything they share. Runs on one thread.
+/// A WebSocket handed from the event loop that accepted it to the one that owns its UAID.
+pub struct Adopted {
+    link: Link,
+    session: Session,
+    /// The hello that named the UAID, to be handled by the new owner.
+    payload: Vec<u8>,
+}
+
+/// Messages between the event loops of one process.
+pub enum Cross {
+    /// Take over this WebSocket.
+    Adopt(Box<Adopted>),
+    /// Store and deliver an app-server update for a UAID this loop owns; answer `conn`.
+    Put {
+        /// The waiting HTTP request, on the loop that read it.
+        conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The channel.
+        channel: ChannelId,
+        /// The version.
+        version: u64,
+        /// Live-only data.
+        data: Option<String>,
+    },
+    /// A cluster forward for a UAID this loop owns: check, deliver, answer `conn`.
+    Route {
+        /// The waiting router request.
+        conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The channel.
+        channel: ChannelId,
+        /// The version.
+        version: u64,
+        /// Live-only data.
+        data: Option<String>,
+    },
+    /// A cluster kick for a UAID this loop owns.
+    Kick {
+        /// The UAID.
+        uaid: Uaid,
+        /// The socket named by the node record.
+        conn: String,
+    },
+    /// The answer to a request that waited on another loop.
+    Answer {
+        /// The waiting request.
+        conn: ConnRef,
+        /// Its response.
+        resp: Response,
+    },
+    /// Stop: the process is shutting down.
+    Shutdown,
+}
+
+/// What the event loops of one process share: mailboxes and counters, no locks.
+pub struct Peers {
+    mail: Vec<(Sender<Cross>, Arc<mio::Waker>)>,
+    /// Live UAIDs per loop, for `/status`.
+    clients: Vec<AtomicUsize>,
+    /// Open connections in the whole process, for `max_connections`.
+    open: AtomicUsize,
+}
+
+impl Peers {
+    fn send(&self, worker: usize, msg: Cross) {
+        if let Some((tx, waker)) = self.mail.get(worker) {
+            if tx.send(msg).is_ok() {
+                let _ = waker.wake();
+            }
+        }
+    }
+}
+
+/// The event loop that owns a UAID: its socket, its registry entry and (memory store) its records.
+pub fn owner(uaid: &Uaid, loops: usize) -> usize {
+    (crate::store::ring::hash(uaid.0.bytes()) & 0xffff_ffff) as usize % loops.max(1)
+}
+
+/// A fresh UAID owned by loop `id` of `loops`.
+fn fresh_owned(id: usize, loops: usize) -> [u8; 16] {
+    loop {
+        let b = fresh_uaid_bytes();
+        if owner(&Uaid(Id::fresh(b)), loops) == id {
+            return b;
+        }
+    }
+}
+
+/// One event loop: its listeners, connections and everything they share. Runs on one thread.
 pub struct Server {
+    /// This loop's number.
+    id: usize,
+    peers: Arc<Peers>,
+    inbox: Receiver<Cross>,
     poll: Poll,
     listeners: Vec<Listener>,
-    signals: Signals,
+    /// Only loop 0 takes the signals, and tells the others.
+    signals: Option<Signals>,
     conns: Slab<Conn>,
     registry: Registry,
     store: Runner,
     cluster: Option<Cluster>,
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
     cfg: Config,
     public_url: String,
     limits: Limits,
@@ -168,67 +267,73 @@ fn write_out(stream: &mut TcpStream, out: &[u8], written: &mut usize) -> io::Res
 }
 
 impl Server {
-    /// Binds the listeners and prepares the loop.
-    pub fn bind(cfg: Config, tokens: Tokens) -> io::Result<Server> {
-        let poll = Poll::new()?;
-        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-        let store = open_store(&cfg, waker)?;
-        let mut listeners = Vec::new();
-        let main_addr: SocketAddr = cfg
-            .server
-            .listen
-            .parse()
-            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "server.listen"))?;
+    /// Binds this loop's listeners (on `same` addresses, when loop 0 already chose them).
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        cfg: Config,
+        tokens: Arc<Tokens>,
+        id: usize,
+        peers: Arc<Peers>,
+        inbox: Receiver<Cross>,
+        poll: Poll,
+        waker: Arc<mio::Waker>,
+        same: Option<&[SocketAddr]>,
+        memcached: Option<Arc<MemcachedStore>>,
+    ) -> io::Result<Server> {
+        let store = open_store(&cfg, memcached, waker);
+        let parse = |text: &str, key: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| io::Error::new(ErrorKind::InvalidInput, key.to_string()))
+        };
         let split = !cfg.server.endpoint_listen.is_empty();
-        listeners.push(Listener {
-            socket: TcpListener::bind(main_addr)?,
-            roles: Roles {
+        let mut wanted = vec![(
+            parse(&cfg.server.listen, "server.listen")?,
+            Roles {
                 websocket: true,
                 endpoint: !split,
                 router: false,
             },
-        });
+        )];
         if split {
-            let addr: SocketAddr =
-                cfg.server.endpoint_listen.parse().map_err(|_| {
-                    io::Error::new(ErrorKind::InvalidInput, "server.endpoint_listen")
-                })?;
-            listeners.push(Listener {
-                socket: TcpListener::bind(addr)?,
-                roles: Roles {
+            wanted.push((
+                parse(&cfg.server.endpoint_listen, "server.endpoint_listen")?,
+                Roles {
                     websocket: false,
                     endpoint: true,
                     router: false,
                 },
-            });
+            ));
         }
-        let endpoint_addr = listeners[listeners.len() - 1].socket.local_addr()?;
-        let cluster = if cfg.cluster.router_listen.is_empty() {
-            None
-        } else {
-            let addr: SocketAddr =
-                cfg.cluster.router_listen.parse().map_err(|_| {
-                    io::Error::new(ErrorKind::InvalidInput, "cluster.router_listen")
-                })?;
-            let socket = TcpListener::bind(addr)?;
-            let url = if cfg.cluster.router_url.is_empty() {
-                format!("http://{}", socket.local_addr()?)
-            } else {
-                cfg.cluster.router_url.trim_end_matches('/').to_string()
-            };
-            listeners.push(Listener {
-                socket,
-                roles: Roles {
+        if !cfg.cluster.router_listen.is_empty() {
+            wanted.push((
+                parse(&cfg.cluster.router_listen, "cluster.router_listen")?,
+                Roles {
                     websocket: false,
                     endpoint: false,
                     router: true,
                 },
+            ));
+        }
+        let mut listeners = Vec::new();
+        for (i, (addr, roles)) in wanted.into_iter().enumerate() {
+            let addr = same.and_then(|a| a.get(i).copied()).unwrap_or(addr);
+            listeners.push(Listener {
+                socket: listen_shared(addr)?,
+                roles,
             });
-            Some(Cluster {
-                url,
+        }
+        let endpoint_addr = listeners[if split { 1 } else { 0 }].socket.local_addr()?;
+        let cluster = match listeners.iter().find(|l| l.roles.router) {
+            None => None,
+            Some(l) => Some(Cluster {
+                url: if cfg.cluster.router_url.is_empty() {
+                    format!("http://{}", l.socket.local_addr()?)
+                } else {
+                    cfg.cluster.router_url.trim_end_matches('/').to_string()
+                },
                 secret: cfg.cluster.secret.clone(),
                 timeout: Duration::from_millis(cfg.cluster.timeout_ms),
-            })
+            }),
         };
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry().register(
@@ -237,9 +342,14 @@ impl Server {
                 Interest::READABLE,
             )?;
         }
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let signals = if id == 0 {
+            let mut signals = Signals::new([SIGTERM, SIGINT])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
         let public_url = if cfg.server.public_url.is_empty() {
             format!("http://{endpoint_addr}")
         } else {
@@ -250,6 +360,9 @@ impl Server {
             min_ping_interval_ms: cfg.websocket.min_ping_interval_ms,
         };
         Ok(Server {
+            id,
+            peers,
+            inbox,
             poll,
             listeners,
             signals,
@@ -306,7 +419,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signal(),
-                    WAKER => {}
+                    WAKER => self.read_inbox(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                     Token(key) => self.conn_event(key),
                 }
@@ -325,6 +438,7 @@ impl Server {
             self.fire_timers();
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || self.now_ms() >= at {
+                    self.inbox_drop();
                     info!(
                         "shutdown complete, {} connections dropped",
                         self.conns.len()
@@ -349,11 +463,29 @@ impl Server {
     }
 
     fn on_signal(&mut self) {
-        let got: Vec<i32> = self.signals.pending().collect();
+        let got: Vec<i32> = match self.signals.as_mut() {
+            Some(s) => s.pending().collect(),
+            None => return,
+        };
         if got.is_empty() || self.shutdown_at.is_some() {
             return;
         }
-        info!("signal {:?}: closing {} connections", got, self.conns.len());
+        info!(
+            "signal {:?}: closing {} connections",
+            got,
+            self.peers.open.load(Ordering::Relaxed)
+        );
+        for w in (0..self.peers.mail.len()).filter(|&w| w != self.id) {
+            self.peers.send(w, Cross::Shutdown);
+        }
+        self.shut_down();
+    }
+
+    /// Stops accepting and closes every connection, gracefully, within the shutdown timeout.
+    fn shut_down(&mut self) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
         self.shutdown_at = Some(self.now_ms() + self.cfg.server.shutdown_timeout_ms);
         for l in &mut self.listeners {
             let _ = self.poll.registry().deregister(&mut l.socket);
@@ -427,7 +559,7 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, roles: Roles) {
-        if self.conns.len() >= self.cfg.server.max_connections {
+        if self.peers.open.load(Ordering::Relaxed) >= self.cfg.server.max_connections {
             self.log_refusal("max_connections reached");
             return;
         }
@@ -443,6 +575,7 @@ impl Server {
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
+        self.peers.open.fetch_add(1, Ordering::Relaxed);
         entry.insert(Conn {
             gen: self.next_gen,
             deadline: 0,
@@ -525,6 +658,7 @@ impl Server {
             return;
         }
         let conn = self.conns.remove(key);
+        self.peers.open.fetch_sub(1, Ordering::Relaxed);
         let registry = self.poll.registry();
         match conn.state {
             State::Http(mut h) => drop(registry.deregister(&mut h.stream)),
@@ -720,7 +854,11 @@ impl Server {
                 200,
                 format!(
                     "{{\"status\":\"OK\",\"clients\":{},\"version\":\"{}\"}}",
-                    self.registry.len(),
+                    self.peers
+                        .clients
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .sum::<usize>(),
                     env!("CARGO_PKG_VERSION")
                 ),
             ),
@@ -755,13 +893,26 @@ impl Server {
         {
             h.waiting = Some(head.keep_alive);
         }
-        self.store.submit(Job::Put {
-            conn,
-            uaid,
-            channel,
-            version: upd.version,
-            data: upd.data,
-        });
+        let (version, data) = (upd.version, upd.data);
+        match owner(&uaid, self.peers.mail.len()) {
+            w if w == self.id => self.store.submit(Job::Put {
+                conn,
+                uaid,
+                channel,
+                version,
+                data,
+            }),
+            w => self.peers.send(
+                w,
+                Cross::Put {
+                    conn,
+                    uaid,
+                    channel,
+                    version,
+                    data,
+                },
+            ),
+        }
         None
     }
 
@@ -774,15 +925,25 @@ impl Server {
     }
 
     fn conn_ref(&self, key: usize) -> Option<ConnRef> {
-        self.conns.get(key).map(|c| ConnRef { key, gen: c.gen })
+        self.conns.get(key).map(|c| ConnRef {
+            worker: self.id as u16,
+            key,
+            gen: c.gen,
+        })
     }
 
     fn is_current(&self, conn: ConnRef) -> bool {
-        self.conns.get(conn.key).is_some_and(|c| c.gen == conn.gen)
+        conn.worker as usize == self.id
+            && self.conns.get(conn.key).is_some_and(|c| c.gen == conn.gen)
     }
 
     /// Answers a request that waited, then goes on with the connection's next request.
     fn answer(&mut self, conn: ConnRef, resp: Response) {
+        if conn.worker as usize != self.id {
+            return self
+                .peers
+                .send(conn.worker as usize, Cross::Answer { conn, resp });
+        }
         if !self.is_current(conn) {
             return;
         }
@@ -920,11 +1081,11 @@ impl Server {
         }));
     }
 
-    /// This socket's node record: `<router url> <key>.<gen>`.
+    /// This socket's node record: `<router url> <loop>.<key>.<gen>`.
     fn node_id(&self, key: usize, gen: u32) -> Option<String> {
         self.cluster
             .as_ref()
-            .map(|c| format!("{} {key}.{gen}", c.url))
+            .map(|c| format!("{} {}.{key}.{gen}", c.url, self.id))
     }
 
     fn route_request(&mut self, key: usize, head: &Head, body: &[u8]) {
@@ -951,24 +1112,24 @@ impl Server {
                 {
                     h.waiting = Some(head.keep_alive);
                 }
-                return self.store.submit(Job::Check {
+                let job = Job::Check {
                     conn,
                     uaid,
                     channel,
                     version,
                     data,
-                });
+                };
+                return match owner(&uaid, self.peers.mail.len()) {
+                    w if w == self.id => self.store.submit(job),
+                    w => self.peers.send(w, cross_route(job)),
+                };
             }
             Ok(RouteRequest::Kick { uaid, conn }) => {
-                let target = self.registry.get(&uaid).filter(|&old| {
-                    self.bound_to(old) == Some(uaid)
-                        && self
-                            .conn_ref(old)
-                            .is_some_and(|r| format!("{}.{}", r.key, r.gen) == conn)
-                });
-                if let Some(old) = target {
-                    debug!("conn {old}: uaid={uaid} connected to another node");
-                    self.begin_close(old, CloseCode::Normal, "connected elsewhere");
+                let w = owner(&uaid, self.peers.mail.len());
+                if w == self.id {
+                    self.kick_here(uaid, &conn);
+                } else {
+                    self.peers.send(w, Cross::Kick { uaid, conn });
                 }
                 Response::json(200, "{}")
             }
@@ -976,10 +1137,25 @@ impl Server {
         self.respond(key, resp, head.keep_alive);
     }
 
+    /// Closes this loop's socket for the UAID if it is the one a node record named.
+    fn kick_here(&mut self, uaid: Uaid, conn: &str) {
+        let target = self.registry.get(&uaid).filter(|&old| {
+            self.bound_to(old) == Some(uaid)
+                && self
+                    .conn_ref(old)
+                    .is_some_and(|r| format!("{}.{}.{}", r.worker, r.key, r.gen) == conn)
+        });
+        if let Some(old) = target {
+            debug!("conn {old}: uaid={uaid} connected to another node");
+            self.begin_close(old, CloseCode::Normal, "connected elsewhere");
+        }
+    }
+
     /// Forgets that connection `key` (of generation `gen`) is the UAID's socket; in a cluster, also
     /// the node record if it still names that socket.
     fn unbind(&mut self, uaid: &Uaid, key: usize, gen: u32) {
         self.registry.unbind(uaid, key);
+        self.peers.clients[self.id].store(self.registry.len(), Ordering::Relaxed);
         if let Some(node) = self.node_id(key, gen) {
             self.store.submit(Job::Unbound { uaid: *uaid, node });
         }
@@ -1235,6 +1411,125 @@ impl Server {
         self.set_deadline(key, at);
     }
 
+    /// Moves a WebSocket whose hello names a UAID of another loop to that loop.
+    fn hand_over(&mut self, key: usize, to: usize, payload: Vec<u8>) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let conn = self.conns.remove(key);
+        let State::Ws(mut w) = conn.state else {
+            self.peers.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        debug!("conn {key}: hello for a UAID of loop {to}: handing the socket over");
+        let _ = self.poll.registry().deregister(w.link.stream_mut());
+        let adopted = Adopted {
+            link: w.link,
+            session: w.session,
+            payload,
+        };
+        self.peers.send(to, Cross::Adopt(Box::new(adopted)));
+    }
+
+    /// Takes over a WebSocket from another loop and handles the hello it brought.
+    fn adopt(&mut self, a: Adopted) {
+        let Adopted {
+            mut link,
+            session,
+            payload,
+        } = a;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let registered = self.poll.registry().register(
+            link.stream_mut(),
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if registered.is_err() {
+            self.peers.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        entry.insert(Conn {
+            gen: self.next_gen,
+            deadline: 0,
+            queued: 0,
+            roles: Roles {
+                websocket: true,
+                endpoint: false,
+                router: false,
+            },
+            state: State::Ws(WsConn {
+                link,
+                session,
+                bound: None,
+                closing: false,
+            }),
+        });
+        let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
+        self.set_deadline(key, at);
+        let outer = self.reading.replace(key);
+        if let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            w.link.cork();
+        }
+        self.on_payload(key, &payload);
+        self.read_ws(key);
+        self.reading = outer;
+        self.flush_ws(key);
+    }
+
+    /// Handles what the other loops sent.
+    fn read_inbox(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                Cross::Adopt(a) => self.adopt(*a),
+                Cross::Put {
+                    conn,
+                    uaid,
+                    channel,
+                    version,
+                    data,
+                } => self.store.submit(Job::Put {
+                    conn,
+                    uaid,
+                    channel,
+                    version,
+                    data,
+                }),
+                Cross::Route {
+                    conn,
+                    uaid,
+                    channel,
+                    version,
+                    data,
+                } => self.store.submit(Job::Check {
+                    conn,
+                    uaid,
+                    channel,
+                    version,
+                    data,
+                }),
+                Cross::Kick { uaid, conn } => self.kick_here(uaid, &conn),
+                Cross::Answer { conn, resp } => self.answer(conn, resp),
+                Cross::Shutdown => self.shut_down(),
+            }
+            self.finish_jobs();
+        }
+    }
+
+    /// At exit: what other loops still hand over is closed, not left waiting.
+    fn inbox_drop(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            if let Cross::Adopt(_) = msg {
+                self.peers.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn on_payload(&mut self, key: usize, payload: &[u8]) {
         let now = self.now_ms();
         let Some(Conn {
@@ -1244,11 +1539,20 @@ impl Server {
         else {
             return;
         };
+        let (id, loops) = (self.id, self.peers.mail.len());
         let effects = match sm::parse(payload) {
             Ok(req) => {
+                if let Inbound::Hello(h) = &req.kind {
+                    if let (HelloUaid::Valid(u), None) = (&h.uaid, w.session.uaid()) {
+                        let to = owner(u, loops);
+                        if to != id {
+                            return self.hand_over(key, to, payload.to_vec());
+                        }
+                    }
+                }
                 log_request(key, w.session.uaid(), &req.kind);
                 w.session
-                    .handle(req, &self.limits, now, &mut fresh_uaid_bytes)
+                    .handle(req, &self.limits, now, &mut || fresh_owned(id, loops))
             }
             Err(refused) => {
                 debug!("conn {key}: refused message: {:?}", refused.rejection);
@@ -1302,7 +1606,9 @@ impl Server {
                     {
                         w.bound = Some(uaid);
                     }
-                    if let Some(old) = self.registry.bind(uaid, key) {
+                    let replaced = self.registry.bind(uaid, key);
+                    self.peers.clients[self.id].store(self.registry.len(), Ordering::Relaxed);
+                    if let Some(old) = replaced {
                         if self.bound_to(old) == Some(uaid) {
                             debug!("conn {old}: replaced by conn {key} for uaid={uaid}");
                             self.begin_close(
@@ -1353,15 +1659,16 @@ pub fn report(result: io::Result<()>) -> i32 {
 }
 
 /// The storage runner the configuration asks for.
-fn open_store(cfg: &Config, waker: std::sync::Arc<mio::Waker>) -> io::Result<Runner> {
+/// The memcached backend all loops share, if configured.
+fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
     if cfg.storage.backend != "memcached" {
-        return Ok(Runner::inline(Box::new(MemoryStore::new())));
+        return Ok(None);
     }
     let st = &cfg.storage;
     let settings = memcached::Settings {
         servers: st.servers.clone(),
         timeout: Duration::from_millis(st.timeout_ms),
-        pool_size: st.pool_size as u32,
+        pool_size: (st.pool_size * loops_wanted(cfg)) as u32,
         pending_ttl: st.pending_ttl_secs as u32,
         registration_ttl: st.registration_ttl_secs as u32,
     };
@@ -1373,12 +1680,27 @@ fn open_store(cfg: &Config, waker: std::sync::Arc<mio::Waker>) -> io::Result<Run
             st.servers.join(", ")
         );
     }
-    Ok(Runner::Pool(Pool::start(
-        backend,
-        st.pool_size,
-        st.pool_size,
-        waker,
-    )))
+    Ok(Some(backend))
+}
+
+/// One loop's storage runner: its own memory shard, or worker threads over the shared memcached.
+fn open_store(cfg: &Config, shared: Option<Arc<MemcachedStore>>, waker: Arc<mio::Waker>) -> Runner {
+    match shared {
+        None => Runner::inline(Box::new(MemoryStore::new())),
+        Some(backend) => Runner::Pool(Pool::start(
+            backend,
+            cfg.storage.pool_size,
+            cfg.storage.pool_size,
+            waker,
+        )),
+    }
+}
+
+fn loops_wanted(cfg: &Config) -> usize {
+    match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 /// The router URL of a node record (`<url> <connection id>`).
@@ -1389,4 +1711,97 @@ fn node_url(record: &str) -> &str {
 /// The connection id of a node record.
 fn node_conn(record: &str) -> &str {
     record.split_once(' ').map_or("", |(_, id)| id)
+}
+
+/// A cluster check job, sent to the loop that owns its UAID.
+fn cross_route(job: Job) -> Cross {
+    match job {
+        Job::Check {
+            conn,
+            uaid,
+            channel,
+            version,
+            data,
+        } => Cross::Route {
+            conn,
+            uaid,
+            channel,
+            version,
+            data,
+        },
+        // Only check jobs are routed this way.
+        _ => Cross::Shutdown,
+    }
+}
+
+/// A listening socket that several loops can share (SO_REUSEPORT: the kernel spreads connections).
+fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Binds every event loop of this process: `server.workers` of them (0 = one per core).
+pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
+    let loops = loops_wanted(&cfg);
+    let memcached = open_memcached(&cfg)?;
+    let mut polls = Vec::new();
+    let mut mail = Vec::new();
+    let mut inboxes = Vec::new();
+    for _ in 0..loops {
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = channel();
+        mail.push((tx, waker));
+        inboxes.push(rx);
+        polls.push(poll);
+    }
+    let peers = Arc::new(Peers {
+        clients: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
+        open: AtomicUsize::new(0),
+        mail,
+    });
+    let tokens = Arc::new(tokens);
+    let mut servers: Vec<Server> = Vec::with_capacity(loops);
+    for (id, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
+        let waker = peers.mail[id].1.clone();
+        let same = servers.first().map(Server::local_addrs);
+        servers.push(Server::bind(
+            cfg.clone(),
+            tokens.clone(),
+            id,
+            peers.clone(),
+            inbox,
+            poll,
+            waker,
+            same.as_deref(),
+            memcached.clone(),
+        )?);
+    }
+    Ok(servers)
+}
+
+/// Runs every loop on its own thread (loop 0 on this one) until shutdown; the exit code.
+pub fn run_all(mut servers: Vec<Server>) -> i32 {
+    let rest: Vec<Server> = servers.drain(1..).collect();
+    let threads: Vec<_> = rest
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, mut s)| {
+            std::thread::Builder::new()
+                .name(format!("loop-{}", i + 1))
+                .spawn(move || report(s.run()))
+                .ok()
+        })
+        .collect();
+    let mut code = servers.pop().map_or(1, |mut s| report(s.run()));
+    for t in threads {
+        code = code.max(t.join().unwrap_or(1));
+    }
+    code
 }

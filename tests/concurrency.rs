@@ -73,3 +73,35 @@ fn running_out_of_file_descriptors_is_survived() {
     assert_eq!(put(&ep, "version=3").status, 200);
     assert_eq!(c.recv()["updates"][0]["version"], 3);
 }
+
+#[test]
+fn devices_and_updates_meet_across_event_loops() {
+    const N: u32 = 200;
+    let s = Server::start_with("workers = 4", "");
+    let mut devices = Vec::new();
+    for i in 0..N {
+        let mut c = s.client();
+        let uaid = c.hello_new();
+        let ep = c.register(&chid(i));
+        c.close();
+        devices.push((uaid, ep));
+    }
+    // Reconnect with the same UAIDs: most land on a loop that does not own them and move.
+    let mut clients = Vec::new();
+    for (i, (uaid, ep)) in devices.iter().enumerate() {
+        let mut c = s.client();
+        assert_eq!(c.hello(uaid, &[&chid(i as u32)])["uaid"], uaid.as_str());
+        clients.push((c, ep.clone()));
+    }
+    assert!(
+        s.wait_log("handing the socket over"),
+        "no hello crossed loops"
+    );
+    let r = common::request(s.addr, "GET", "/status", &[], "");
+    assert!(r.body.contains(&format!("\"clients\":{N}")), "{}", r.body);
+    for (i, (c, ep)) in clients.iter_mut().enumerate() {
+        // Each update arrives on whichever loop the kernel picks, and reaches the owner.
+        assert_eq!(put(ep, &format!("version={}", i + 1)).status, 200);
+        assert_eq!(c.recv()["updates"][0]["version"], i as u64 + 1);
+    }
+}

@@ -75,6 +75,8 @@ pub trait Backend {
 /// Which connection a job answers to; a reused slab slot has another `gen`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnRef {
+    /// The event loop (worker) the connection lives on.
+    pub worker: u16,
     /// Slab key.
     pub key: usize,
     /// Generation of the connection in that slot.
@@ -344,7 +346,7 @@ pub enum Runner {
     /// On the loop's thread, at once (a backend that never blocks).
     Inline {
         /// The backend.
-        backend: Box<dyn Backend>,
+        backend: Box<dyn Backend + Send>,
         /// Finished jobs not yet taken.
         done: RefCell<Vec<Done>>,
     },
@@ -354,7 +356,7 @@ pub enum Runner {
 
 impl Runner {
     /// Runs jobs inline on this backend.
-    pub fn inline(backend: Box<dyn Backend>) -> Runner {
+    pub fn inline(backend: Box<dyn Backend + Send>) -> Runner {
         Runner::Inline {
             backend,
             done: RefCell::new(Vec::new()),

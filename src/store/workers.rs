@@ -96,7 +96,8 @@ impl Pool {
             self.lost.borrow_mut().push(job.failed());
             return;
         }
-        let i = ring::hash(job.uaid().0.bytes()) as usize % self.queues.len();
+        // The high half: the event loops pick a UAID's owner with the low half (`server::owner`).
+        let i = (ring::hash(job.uaid().0.bytes()) >> 32) as usize % self.queues.len();
         if let Err(returned) = self.queues[i].send(job) {
             error!("storage worker {i} is gone");
             self.lost.borrow_mut().push(returned.0.failed());
