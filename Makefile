@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config.sample.toml
 
-.PHONY: run build test lint unit firefox-test fmt clean
+.PHONY: run build test lint unit firefox-test bench fmt clean
 
 ## Run the server on the embedded memory store (127.0.0.1:8080).
 run:
@@ -29,6 +29,11 @@ unit:
 firefox-test:
 	$(CARGO) build --bin simplepush
 	python3 tests/firefox/firefox_e2e.py --server-bin target/debug/simplepush
+
+## Standard benchmarks (about 2 minutes per run; needs jq and curl): appends the figures to BENCHMARKS.md.
+## BENCH_WORKERS=1 make bench measures a single event loop.
+bench:
+	bash loadtest/bench.sh BENCHMARKS.md
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Standard benchmark of simplepush on this machine (loopback only), in about four minutes:
+#   1. connect: 19,000 devices x 1 channel held 10 s (server RSS per connection, CPU per hello+register)
+#   2. notify: 1,000 PUT/s for 20 s to 19,000 held devices (latency p50/p99/p99.9, loss)
+#   3. notify ladder: 2k, 5k, 10k, 20k PUT/s for 10 s each (highest rate with p99 <= 10 ms, no loss)
+#   4. churn: connect/hello/register/close cycles for 30 s
+#   5. offline: 2,000 devices closed, one PUT each (202), reconnect, time to the flushed version
+# It builds the server and the tester in release mode, starts a fresh server for each scenario
+# (memory store, RUST_LOG=warn) and always stops it (trap). Each tester run prints its summary;
+# a markdown section (commands, machine, figures) is appended to FILE.
+#
+# Usage: loadtest/bench.sh [FILE]      FILE defaults to BENCHMARKS.md in the repository root.
+# Environment: BENCH_PORT (first port tried, default 18480), BENCH_SRC (source addresses for the
+# tester, default 127.0.0.2-127.0.0.20), BENCH_RATES (ladder, default "2000 5000 10000 20000"),
+# BENCH_WORKERS (server event loops, default 0 = one per core).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${1:-$ROOT/BENCHMARKS.md}"
+SRC="${BENCH_SRC:-127.0.0.2-127.0.0.20}"
+RATES="${BENCH_RATES:-2000 5000 10000 20000}"
+# Event loops of the server (0 = one per core).
+WORKERS="${BENCH_WORKERS:-0}"
+DEVICES=19000
+SERVER_BIN="$ROOT/target/release/simplepush"
+TESTER_BIN="$ROOT/target/release/simplepush-loadtest"
+WORK="$(mktemp -d /tmp/simplepush-bench.XXXXXX)"
+SERVER_PID=""
+PROGRESS=()
+[ -t 2 ] || PROGRESS=(--no-progress)
+
+for tool in jq curl; do
+    command -v "$tool" >/dev/null || { echo "bench.sh: needs $tool (apt-get install $tool)" >&2; exit 2; }
+done
+
+stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .; }
+PORT="${BENCH_PORT:-18480}"
+for _ in $(seq 100); do port_free "$PORT" && break; PORT=$((PORT + 1)); done
+port_free "$PORT" || { echo "bench.sh: no free port found from ${BENCH_PORT:-18480}" >&2; exit 1; }
+WS="ws://127.0.0.1:$PORT/"
+
+KEY="$(head -c32 /dev/urandom | basenc --base64url)"
+CONFIG="$WORK/server.toml"
+cat >"$CONFIG" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+max_connections = 100000
+workers = $WORKERS
+
+[websocket]
+min_ping_interval_ms = 0
+
+[endpoint]
+token_keys = ["$KEY"]
+EOF
+
+echo "== building (release)"
+cargo build --release -p simplepush -p simplepush-loadtest
+
+start_server() {
+    stop_server
+    RUST_LOG=warn "$SERVER_BIN" --config "$CONFIG" >>"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 50); do
+        curl -sf "http://127.0.0.1:$PORT/status" >/dev/null 2>&1 && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "bench.sh: the server did not start; its log:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+}
+
+# Kernel counter of connections dropped because a listen queue was full.
+listen_overflows() {
+    awk '/^TcpExt:/ { if (!h) { for (i = 2; i <= NF; i++) n[$i] = i; h = 1 } else print $(n["ListenOverflows"]) }' /proc/net/netstat
+}
+
+# run NAME ARGS...: one tester run against a fresh server; JSON in $WORK/NAME.json.
+run() {
+    local name=$1
+    shift
+    start_server
+    local cmd=("$TESTER_BIN" "$@" --ws-url "$WS" --source-addrs "$SRC" --server-pid "$SERVER_PID"
+        --max-seconds 150 --json "$WORK/$name.json")
+    local shown="simplepush-loadtest $* --ws-url $WS --source-addrs $SRC --server-pid \$PID --json $name.json"
+    echo "$shown" >"$WORK/$name.cmd"
+    echo
+    echo "== $name: $shown"
+    local before
+    before=$(listen_overflows)
+    if ! "${cmd[@]}" "${PROGRESS[@]}" | tee "$WORK/$name.txt"; then
+        echo "the tester failed in $name (see its output above)" >>"$WORK/notes"
+    fi
+    echo $(($(listen_overflows) - before)) >"$WORK/$name.overflows"
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "bench.sh: the server died during $name" | tee -a "$WORK/notes"
+        SERVER_PID=""
+    fi
+    stop_server
+}
+
+STARTED=$(date +%s)
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+# Processes using >= 5% CPU right now (over one second): they compete with the server and tester.
+BUSY_BEFORE="$(top -b -n2 -d1 -w512 | awk '/^top -/ { n++ } n == 2 && $1 ~ /^[0-9]+$/ && $9 + 0 >= 5 { printf "%s%s (pid %s) %s%% CPU", sep, $12, $1, $9; sep = "; " }')"
+if [ -n "$BUSY_BEFORE" ]; then
+    echo "bench.sh: warning: other processes are busy, figures will be lower than on an idle machine: $BUSY_BEFORE" >&2
+fi
+
+run connect connect --connections $DEVICES --channels 1 --duration 10
+run notify notify --connections $DEVICES --channels 1 --rate 1000 --duration 20
+for r in $RATES; do
+    run "ladder-$r" notify --connections $DEVICES --channels 1 --rate "$r" --duration 10 --grace 3
+done
+run churn churn --connections 1000 --rate 2000 --duration 30
+run offline offline --connections 2000 --channels 1
+
+ELAPSED=$(($(date +%s) - STARTED))
+
+# ---- markdown ----
+j() { jq -r "$2" "$WORK/$1.json" 2>/dev/null || echo "?"; }
+ms() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9.eE+]+$/) print "?"; else printf "%.2f ms", x / 1000 }'; }
+mib() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9.eE+]+$/) print "?"; else printf "%.1f MiB", x / 1048576 }'; }
+num() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9.eE+]+$/) print "?"; else printf "%.0f", x }'; }
+lat() { # name -> "p50 / p99 / p99.9 / max"
+    echo "$(ms "$(j "$1" .latency_us.p50)") / $(ms "$(j "$1" .latency_us.p99)") / $(ms "$(j "$1" .latency_us.p99_9)") / $(ms "$(j "$1" .latency_us.max)")"
+}
+answers() { j "$1" '[.notifications.responses | to_entries[] | "\(.key): \(.value)"] | join(", ")'; }
+failures() { j "$1" '[.connections.failures | to_entries[] | "\(.key): \(.value)"] | join(", ") | if . == "" then "none" else . end'; }
+cmdline() { echo "\`$(cat "$WORK/$1.cmd")\`"; }
+
+BEST="none"
+LADDER_ROWS=""
+for r in $RATES; do
+    n="ladder-$r"
+    p99=$(j "$n" .latency_us.p99)
+    lost=$(j "$n" '.notifications.lost + .notifications.unanswered')
+    achieved=$(j "$n" .notifications.put_rate_per_sec)
+    ok=$(awk -v p="$p99" -v l="$lost" -v a="$achieved" -v r="$r" 'BEGIN {
+        numeric = p ~ /^[0-9.]+$/ && l ~ /^[0-9]+$/ && a ~ /^[0-9.eE+]+$/
+        print (numeric && p + 0 <= 10000 && l + 0 == 0 && a + 0 >= 0.95 * r) ? "yes" : "no" }')
+    [ "$ok" = yes ] && BEST="$r/s"
+    LADDER_ROWS+="| $r/s | $(num "$achieved")/s | $(j "$n" .notifications.sent) / $(j "$n" .notifications.received) / $(j "$n" .notifications.lost) | $(lat "$n") | $(j "$n" '.server.cpu_us_per_notification // "?" | if type == "number" then (. * 10 | round / 10) else . end') µs | $ok |
+"
+done
+
+{
+    [ -s "$OUT" ] || printf '# simplepush benchmarks\n\nSections are appended by `loadtest/bench.sh` (newest last).\n'
+    echo
+    echo "## $(date -u '+%Y-%m-%d %H:%M UTC') — commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- 2>/dev/null || echo ' (work tree modified)')"
+    echo
+    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r); load average before the run: $LOAD_BEFORE."
+    [ -n "$BUSY_BEFORE" ] && echo "Other busy processes when the run started (they compete for the same CPUs): $BUSY_BEFORE."
+    echo "Server and tester share the machine (loopback); the tester binds to $SRC. Total bench time: ${ELAPSED} s."
+    echo
+    echo '```'
+    echo "\$ nproc"; nproc
+    echo "\$ free -g"; free -g
+    echo '```'
+    echo
+    echo "Server: \`RUST_LOG=warn target/release/simplepush --config server.toml\`, restarted for every run, with:"
+    echo
+    echo '```toml'
+    sed 's/^token_keys = .*/token_keys = ["<random per bench run>"]/' "$CONFIG"
+    echo '```'
+    echo
+    echo "### 1. connect: $DEVICES devices × 1 channel, held 10 s"
+    echo
+    echo "$(cmdline connect)"
+    echo
+    echo "| figure | value |"
+    echo "|---|---|"
+    echo "| connections ok / failed | $(j connect .connections.ok) / $(j connect .connections.failed) ($(failures connect)) |"
+    echo "| connect+hello+register rate | $(num "$(j connect .connect_rate_per_sec)")/s |"
+    echo "| connect latency p50 / p99 / p99.9 / max | $(lat connect) |"
+    echo "| still answering a ping after the hold | $(j connect .connections.ping_ok) of $(j connect .connections.ok) |"
+    echo "| server RSS before → after connect | $(mib "$(j connect .server.rss_before_bytes)") → $(mib "$(j connect .server.rss_after_bytes)") |"
+    echo "| **server RSS per connection** | **$(num "$(j connect .server.rss_per_connection_bytes)") bytes** |"
+    echo "| **server CPU per hello+register** | **$(j connect '.server.cpu_us_per_hello_register | . * 10 | round / 10') µs** |"
+    echo "| kernel listen-queue overflows during the run | $(cat "$WORK/connect.overflows") |"
+    echo
+    echo "### 2. notify: 1,000 PUT/s for 20 s, $DEVICES devices held"
+    echo
+    echo "$(cmdline notify)"
+    echo
+    echo "| figure | value |"
+    echo "|---|---|"
+    echo "| PUTs sent / notifications received / lost / unanswered | $(j notify .notifications.sent) / $(j notify .notifications.received) / $(j notify .notifications.lost) / $(j notify .notifications.unanswered) |"
+    echo "| PUT answers | $(answers notify) |"
+    echo "| **latency PUT → notification p50 / p99 / p99.9 / max** | **$(lat notify)** |"
+    echo "| server CPU per notification | $(j notify '.server.cpu_us_per_notification | . * 10 | round / 10') µs |"
+    echo
+    echo "### 3. notify ladder: 10 s per rate, $DEVICES devices held"
+    echo
+    echo "\`simplepush-loadtest notify --connections $DEVICES --channels 1 --rate R --duration 10 --grace 3 ...\`"
+    echo
+    echo "| target rate | achieved | sent / received / lost | p50 / p99 / p99.9 / max | server CPU per notification | p99 ≤ 10 ms, no loss |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s' "$LADDER_ROWS"
+    echo
+    LAST_RATE="${RATES##* }"
+    if [ "$BEST" = "$LAST_RATE/s" ]; then
+        echo "**Highest rate with p99 ≤ 10 ms and zero loss: $BEST, the top of the ladder (higher rates not tried; set BENCH_RATES).**"
+    else
+        echo "**Highest rate with p99 ≤ 10 ms and zero loss: $BEST.**"
+    fi
+    echo
+    echo "### 4. churn: connect / hello / register / close for 30 s"
+    echo
+    echo "$(cmdline churn)"
+    echo
+    echo "| figure | value |"
+    echo "|---|---|"
+    echo "| cycles ok / failed | $(j churn .churn.cycles_ok) / $(j churn .churn.cycles_failed) ($(failures churn)) |"
+    echo "| cycles per second | $(num "$(j churn .churn.cycles_per_sec)")/s |"
+    echo "| cycle latency p50 / p99 / p99.9 / max | $(lat churn) |"
+    echo "| server CPU per cycle | $(j churn '.server.cpu_us_per_cycle | . * 10 | round / 10') µs |"
+    echo "| server RSS before → after | $(mib "$(j churn .server.rss_before_bytes)") → $(mib "$(j churn .server.rss_end_bytes)") |"
+    echo
+    echo "### 5. offline: 2,000 devices closed, one PUT each, reconnect"
+    echo
+    echo "$(cmdline offline)"
+    echo
+    echo "| figure | value |"
+    echo "|---|---|"
+    echo "| devices / reconnected / reconnect failed | $(j offline .connections.ok) / $(j offline .offline.reconnect_ok) / $(j offline .offline.reconnect_failed) |"
+    echo "| PUT answers | $(answers offline) |"
+    echo "| versions flushed / missing | $(j offline .notifications.received) / $(j offline .offline.missing) |"
+    echo "| **hello → flushed version p50 / p99 / p99.9 / max** | **$(lat offline)** |"
+    echo "| connect latency p50 / p99 / max (first connect) | $(ms "$(j offline .connect_latency_us.p50)") / $(ms "$(j offline .connect_latency_us.p99)") / $(ms "$(j offline .connect_latency_us.max)") |"
+    echo
+    if [ -s "$WORK/notes" ]; then
+        echo "Notes:"
+        sed 's/^/- /' "$WORK/notes"
+        echo
+    fi
+} >>"$OUT"
+
+echo
+echo "== done in ${ELAPSED} s; markdown appended to $OUT"

@@ -1,0 +1,625 @@
+//! The event loop: one mio `Poll` owning every device socket, the HTTP pools and (in a child)
+//! stdin. Scenarios drive it with [`Driver::run_until`], which pumps events until their step
+//! says done or a deadline passes; every wait is capped by the run's hard deadline.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::addrs::{SourceAddrs, SourceCycle};
+use crate::cli::Config;
+use crate::client::{io_kind, Client, Ctx, EndpointRef, Mode, Out, Phase, Shared};
+use crate::control::{self, ChildLink, ChildMsg, Control, Point};
+use crate::http::{HttpOut, Pool};
+use crate::net;
+use crate::procstat;
+use crate::progress::{Printer, Snapshot};
+use crate::rng::Rng;
+use crate::tally::{Hist, Tally};
+use crate::target::{Endpoint, EndpointBase, WsTarget};
+use crate::tracker::{Matched, Tracker};
+
+/// Tokens: clients use their index; HTTP pool p connection i uses HTTP_BASE + p * POOL_SPAN + i.
+const HTTP_BASE: usize = 1 << 40;
+const POOL_SPAN: usize = 1 << 16;
+const MAX_POOLS: usize = 64;
+const STDIN: Token = Token(usize::MAX - 1);
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a notification's latency is measured from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LatencyRef {
+    PutSent,
+    HelloSent,
+}
+
+/// What a device does once set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnUp {
+    Hold,
+    /// Close at once (churn): a clean close completes a cycle.
+    Close,
+}
+
+/// A client's phase and deadline, kept apart from the (large) clients so that sweeping and
+/// counting thousands of them touches a few hundred kilobytes, not megabytes: a full scan of the
+/// clients themselves stalls the loop for milliseconds and shows up in the latency tail.
+#[derive(Clone, Copy)]
+struct Mark {
+    /// Milliseconds since the driver started, rounded up; 0 = no deadline.
+    due_ms: u32,
+    phase: Phase,
+}
+
+pub enum PutResult {
+    Sent,
+    /// Every HTTP connection is full (or reconnecting).
+    NoRoom,
+    /// The channel has no usable endpoint.
+    NoEndpoint,
+}
+
+pub struct Driver {
+    pub cfg: Config,
+    poll: Poll,
+    events: Events,
+    ready: Vec<Token>,
+    clients: Vec<Client>,
+    marks: Vec<Mark>,
+    shared: Shared,
+    ws_addr: SocketAddr,
+    src: SourceCycle,
+    pools: Vec<Pool>,
+    pool_keys: HashMap<String, u16>,
+    endpoint_base: Option<EndpointBase>,
+    endpoint_error_shown: bool,
+    pub tracker: Tracker,
+    pub rng: Rng,
+    pub control: Control,
+    printer: Printer,
+    pub tally: Tally,
+    connect_hist: Hist,
+    latency_hist: Hist,
+    pub phase: &'static str,
+    started: Instant,
+    pub hard_deadline: Instant,
+    /// Devices between connect and set up.
+    pub setting_up: usize,
+    pub latency_ref: LatencyRef,
+    pub on_up: OnUp,
+    /// Clients that reached Done since the scenario last looked.
+    pub finished: Vec<usize>,
+    outs: Vec<Out>,
+    http_outs: Vec<HttpOut>,
+    last_sweep: Instant,
+    last_progress: Instant,
+    /// The hard deadline passed, or the parent went away: wind down now.
+    pub stop: bool,
+}
+
+impl Driver {
+    pub fn new(cfg: Config, control: Control, slots: usize) -> io::Result<Self> {
+        let now = Instant::now();
+        let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let ws = WsTarget::parse(&cfg.ws_url).map_err(bad)?;
+        let endpoint_base = cfg
+            .endpoint_base
+            .as_deref()
+            .map(EndpointBase::parse)
+            .transpose()
+            .map_err(bad)?;
+        let addrs = cfg
+            .source_addrs
+            .as_deref()
+            .map(SourceAddrs::parse)
+            .transpose()
+            .map_err(bad)?;
+        let poll = Poll::new()?;
+        let mut control = control;
+        if let Control::Child(_) = control {
+            control = Control::Child(ChildLink::new()?);
+            let fd = 0;
+            poll.registry()
+                .register(&mut SourceFd(&fd), STDIN, Interest::READABLE)?;
+        }
+        let shared = Shared::new(
+            &cfg.ws_url,
+            cfg.channels,
+            Duration::from_secs_f64(cfg.timeout),
+        );
+        let printer = Printer::new(cfg.progress && matches!(control, Control::Solo(_)));
+        Ok(Self {
+            hard_deadline: now + Duration::from_secs_f64(cfg.max_seconds),
+            cfg,
+            poll,
+            events: Events::with_capacity(4096),
+            ready: Vec::with_capacity(4096),
+            clients: (0..slots).map(|_| Client::new(now)).collect(),
+            marks: vec![
+                Mark {
+                    due_ms: 0,
+                    phase: Phase::Idle
+                };
+                slots
+            ],
+            shared,
+            ws_addr: ws.addr,
+            src: SourceCycle::new(addrs),
+            pools: Vec::new(),
+            pool_keys: HashMap::new(),
+            endpoint_base,
+            endpoint_error_shown: false,
+            tracker: Tracker::new(),
+            rng: Rng::seeded(),
+            control,
+            printer,
+            tally: Tally::default(),
+            connect_hist: Hist::new(),
+            latency_hist: Hist::new(),
+            phase: "start",
+            started: now,
+            setting_up: 0,
+            latency_ref: LatencyRef::PutSent,
+            on_up: OnUp::Hold,
+            finished: Vec::new(),
+            outs: Vec::new(),
+            http_outs: Vec::new(),
+            last_sweep: now,
+            last_progress: now,
+            stop: false,
+        })
+    }
+
+    /// Pumps events until `step` returns true (then true) or `deadline` / the hard deadline
+    /// passes (then false). `step` runs before every poll; `tick` is the longest poll wait.
+    pub fn run_until(
+        &mut self,
+        deadline: Instant,
+        tick: Duration,
+        mut step: impl FnMut(&mut Driver) -> bool,
+    ) -> bool {
+        let deadline = deadline.min(self.hard_deadline);
+        loop {
+            if step(self) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || self.stop {
+                return false;
+            }
+            self.pump(tick.min(deadline - now));
+        }
+    }
+
+    fn pump(&mut self, timeout: Duration) {
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                eprintln!("simplepush-loadtest: poll failed: {e}");
+                self.stop = true;
+            }
+            return;
+        }
+        let now = Instant::now();
+        self.ready.clear();
+        self.ready.extend(self.events.iter().map(|e| e.token()));
+        for i in 0..self.ready.len() {
+            let token = self.ready[i];
+            self.dispatch(token, now);
+        }
+        self.maintain_pools();
+        if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.last_sweep = now;
+            self.sweep(now);
+        }
+        if now.duration_since(self.last_progress) >= PROGRESS_EVERY {
+            self.last_progress = now;
+            self.progress();
+        }
+        if now >= self.hard_deadline {
+            if !self.stop {
+                eprintln!("\nsimplepush-loadtest: --max-seconds reached, stopping");
+            }
+            self.stop = true;
+        }
+    }
+
+    fn dispatch(&mut self, token: Token, now: Instant) {
+        if token == STDIN {
+            if let Control::Child(link) = &mut self.control {
+                link.on_readable();
+            }
+        } else if token.0 < self.clients.len() {
+            self.with_client(token.0, now, |c, ctx| c.on_event(token, ctx));
+        } else if token.0 >= HTTP_BASE {
+            let p = (token.0 - HTTP_BASE) / POOL_SPAN;
+            if let Some(pool) = self.pools.get_mut(p) {
+                pool.on_event(token, self.poll.registry(), &mut self.http_outs);
+            }
+            self.drain_http();
+        }
+    }
+
+    fn with_client(&mut self, idx: usize, now: Instant, f: impl FnOnce(&mut Client, &mut Ctx)) {
+        let mut ctx = Ctx {
+            registry: self.poll.registry(),
+            shared: &self.shared,
+            rng: &mut self.rng,
+            out: &mut self.outs,
+            now,
+        };
+        f(&mut self.clients[idx], &mut ctx);
+        self.remark(idx);
+        let mut outs = std::mem::take(&mut self.outs);
+        for out in outs.drain(..) {
+            self.on_out(idx, out, now);
+        }
+        self.outs = outs;
+    }
+
+    fn remark(&mut self, idx: usize) {
+        let c = &self.clients[idx];
+        let due_ms = if c.has_deadline() {
+            let ms = c
+                .deadline
+                .saturating_duration_since(self.started)
+                .as_millis()
+                + 1;
+            u32::try_from(ms).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        self.marks[idx] = Mark {
+            due_ms,
+            phase: c.phase,
+        };
+    }
+
+    fn on_out(&mut self, idx: usize, out: Out, now: Instant) {
+        match out {
+            Out::Up => self.on_up(idx, now),
+            Out::SetupFailed(kind) => self.on_setup_failed(idx, &kind),
+            Out::Endpoint { chan, url } => self.on_endpoint(idx, chan, &url),
+            Out::UaidChanged => self.tally.uaid_changed += 1,
+            Out::Notification(updates) => self.on_notification(idx, &updates, now),
+            Out::Pong => self.tally.ping_ok += 1,
+            Out::PingLost => self.tally.ping_failed += 1,
+            Out::Closed { clean } => self.on_closed(idx, clean, now),
+            Out::Dropped(why) => {
+                self.tally.dropped += 1;
+                Tally::count(&mut self.tally.failures, &format!("dropped: {why}"));
+                self.finished.push(idx);
+            }
+        }
+    }
+
+    fn on_up(&mut self, idx: usize, now: Instant) {
+        self.setting_up = self.setting_up.saturating_sub(1);
+        let us = now.duration_since(self.clients[idx].started).as_micros() as u64;
+        match self.clients[idx].mode {
+            Mode::Fresh => {
+                self.tally.conn_ok += 1;
+                self.connect_hist.record_us(us);
+            }
+            Mode::Resume => self.tally.reconnect_ok += 1,
+        }
+        if self.on_up == OnUp::Close {
+            self.with_client(idx, now, |c, ctx| c.close(ctx));
+        }
+    }
+
+    fn on_setup_failed(&mut self, idx: usize, kind: &str) {
+        self.setting_up = self.setting_up.saturating_sub(1);
+        match self.clients[idx].mode {
+            Mode::Fresh => {
+                self.tally.conn_failed += 1;
+                Tally::count(&mut self.tally.failures, kind);
+            }
+            Mode::Resume => {
+                self.tally.reconnect_failed += 1;
+                Tally::count(&mut self.tally.failures, &format!("reconnect {kind}"));
+            }
+        }
+        if self.on_up == OnUp::Close {
+            self.tally.cycles_failed += 1;
+        }
+        self.finished.push(idx);
+    }
+
+    fn on_closed(&mut self, idx: usize, clean: bool, now: Instant) {
+        if !clean {
+            Tally::count(&mut self.tally.failures, "close_not_clean");
+        }
+        if self.on_up == OnUp::Close {
+            if clean {
+                self.tally.cycles_ok += 1;
+                let us = now.duration_since(self.clients[idx].started).as_micros() as u64;
+                self.latency_hist.record_us(us);
+            } else {
+                self.tally.cycles_failed += 1;
+            }
+        }
+        self.finished.push(idx);
+    }
+
+    fn on_endpoint(&mut self, idx: usize, chan: usize, url: &str) {
+        let endpoint = match Endpoint::parse(url, self.endpoint_base.as_ref()) {
+            Ok(e) => e,
+            Err(e) => return self.bad_endpoint(&e),
+        };
+        let Some(pool) = self.pool_for(&endpoint) else {
+            return self.bad_endpoint("too many distinct endpoint addresses");
+        };
+        if let Some(ch) = self.clients[idx].channels.get_mut(chan) {
+            ch.endpoint = Some(EndpointRef {
+                pool,
+                path: endpoint.path.into_boxed_str(),
+            });
+        }
+    }
+
+    fn bad_endpoint(&mut self, why: &str) {
+        Tally::count(&mut self.tally.failures, "bad_push_endpoint");
+        if !self.endpoint_error_shown {
+            self.endpoint_error_shown = true;
+            eprintln!("simplepush-loadtest: unusable pushEndpoint (not PUT to): {why}");
+        }
+    }
+
+    fn pool_for(&mut self, e: &Endpoint) -> Option<u16> {
+        let key = format!("{}|{}", e.authority, e.addr);
+        if let Some(&p) = self.pool_keys.get(&key) {
+            return Some(p);
+        }
+        if self.pools.len() >= MAX_POOLS {
+            return None;
+        }
+        let p = self.pools.len();
+        let base = HTTP_BASE + p * POOL_SPAN;
+        let (size, depth) = (self.cfg.http_conns as usize, self.cfg.pipeline as usize);
+        self.pools
+            .push(Pool::new(&e.authority, e.addr, size, depth, base));
+        self.pool_keys.insert(key, p as u16);
+        self.maintain_pools();
+        Some(p as u16)
+    }
+
+    fn maintain_pools(&mut self) {
+        let registry = self.poll.registry();
+        let src = &mut self.src;
+        for pool in &mut self.pools {
+            pool.maintain(registry, &mut || src.next_addr(), &mut self.http_outs);
+        }
+        self.drain_http();
+    }
+
+    fn on_notification(&mut self, idx: usize, updates: &[(String, u64)], now: Instant) {
+        for &(_, version) in updates {
+            match self.tracker.delivered(version, idx as u32) {
+                Matched::Put {
+                    sent_at,
+                    right_client,
+                } => {
+                    self.tally.received += 1;
+                    if !right_client {
+                        self.tally.misrouted += 1;
+                    }
+                    let from = match self.latency_ref {
+                        LatencyRef::PutSent => sent_at,
+                        LatencyRef::HelloSent => self.clients[idx].hello_at,
+                    };
+                    self.latency_hist
+                        .record_us(now.saturating_duration_since(from).as_micros() as u64);
+                }
+                Matched::Unexpected => self.tally.unexpected += 1,
+            }
+        }
+    }
+
+    fn drain_http(&mut self) {
+        for out in std::mem::take(&mut self.http_outs) {
+            match out {
+                HttpOut::Answer(version, status) => {
+                    Tally::count(&mut self.tally.statuses, &status.to_string());
+                    self.tracker.answered(version, status);
+                }
+                HttpOut::Lost(version) => {
+                    self.tally.unanswered += 1;
+                    self.tracker.abandoned(version);
+                }
+                HttpOut::Reopen(why) => {
+                    self.tally.http_reconnects += 1;
+                    Tally::count(&mut self.tally.http_errors, &why);
+                }
+            }
+        }
+    }
+
+    /// Expires clients whose deadline has passed.
+    fn sweep(&mut self, now: Instant) {
+        let now_ms = now.saturating_duration_since(self.started).as_millis();
+        for idx in 0..self.marks.len() {
+            let due = self.marks[idx].due_ms;
+            if due != 0 && now_ms >= u128::from(due) {
+                self.with_client(idx, now, |c, ctx| c.expire(ctx));
+            }
+        }
+    }
+
+    /// Client slots.
+    pub fn slots(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn phase_of(&self, idx: usize) -> Phase {
+        self.marks[idx].phase
+    }
+
+    /// How many clients are in a phase for which `pred` holds.
+    pub fn count_where(&self, pred: impl Fn(Phase) -> bool) -> usize {
+        self.marks.iter().filter(|m| pred(m.phase)).count()
+    }
+
+    /// The clients in a phase for which `pred` holds.
+    pub fn clients_where(&self, pred: impl Fn(Phase) -> bool) -> Vec<usize> {
+        (0..self.marks.len())
+            .filter(|&i| pred(self.marks[i].phase))
+            .collect()
+    }
+
+    pub fn channel_count(&self, idx: usize) -> usize {
+        self.clients[idx].channels.len()
+    }
+
+    /// Readies a finished client for another start (its uaid and channels are kept).
+    pub fn reset_client(&mut self, idx: usize) {
+        self.clients[idx].reset();
+        self.remark(idx);
+    }
+
+    /// Starts connecting client `idx` (its socket, hello, and in Fresh mode its registers).
+    pub fn start_client(&mut self, idx: usize, mode: Mode) {
+        let now = Instant::now();
+        self.setting_up += 1;
+        self.clients[idx].mode = mode;
+        match net::connect(self.ws_addr, self.src.next_addr()) {
+            Ok(stream) => {
+                self.with_client(idx, now, |c, ctx| c.start(Token(idx), stream, mode, ctx))
+            }
+            Err(e) => {
+                self.clients[idx].abandon();
+                self.remark(idx);
+                self.on_setup_failed(idx, &format!("connect: {}", io_kind(&e)));
+            }
+        }
+    }
+
+    /// Starts a clean close; a client still being set up is abandoned (and counted failed).
+    pub fn close_client(&mut self, idx: usize) {
+        let phase = self.clients[idx].phase;
+        if phase.in_setup() {
+            self.clients[idx].abandon();
+            self.remark(idx);
+            self.on_setup_failed(idx, &format!("unfinished_at_phase_end: {phase:?}"));
+            return;
+        }
+        self.with_client(idx, Instant::now(), |c, ctx| c.close(ctx));
+    }
+
+    pub fn ping_client(&mut self, idx: usize) {
+        self.with_client(idx, Instant::now(), |c, ctx| c.ping(ctx));
+    }
+
+    /// PUTs a fresh version to channel `chan` of client `idx`.
+    pub fn put(&mut self, idx: usize, chan: usize) -> PutResult {
+        let Some(ep) = self.clients[idx]
+            .channels
+            .get(chan)
+            .and_then(|c| c.endpoint.as_ref())
+        else {
+            return PutResult::NoEndpoint;
+        };
+        let pool = &mut self.pools[ep.pool as usize];
+        if !pool.has_room() {
+            pool.activate();
+            return PutResult::NoRoom;
+        }
+        let version = self.tracker.start(idx as u32, Instant::now());
+        if !pool.put(&ep.path, version, version, &mut self.http_outs) {
+            self.tracker.cancel(version);
+            return PutResult::NoRoom;
+        }
+        self.tally.sent += 1;
+        self.drain_http();
+        PutResult::Sent
+    }
+
+    /// Opens the HTTP connections to every endpoint seen so far and waits (at most `wait`) until
+    /// each pool has one open.
+    pub fn open_http(&mut self, wait: Duration) {
+        for pool in &mut self.pools {
+            pool.activate();
+        }
+        self.maintain_pools();
+        let until = Instant::now() + wait;
+        self.run_until(until, Duration::from_millis(1), |d| {
+            d.pools.iter().all(Pool::has_room)
+        });
+    }
+
+    /// Waits at a barrier: sample the server (single process) or report to the parent and wait
+    /// for its `go` (child).
+    pub fn barrier(&mut self, point: Point) {
+        let want = match &mut self.control {
+            Control::Solo(samples) => return samples.take(point),
+            Control::Child(link) => link.gos + 1,
+        };
+        self.progress();
+        if control::send(&ChildMsg::Barrier { point }).is_err() {
+            self.stop = true;
+            return;
+        }
+        let far = self.hard_deadline;
+        self.run_until(far, Duration::from_millis(50), |d| match &d.control {
+            Control::Child(link) => link.gos >= want || link.eof,
+            Control::Solo(_) => true,
+        });
+        if let Control::Child(link) = &self.control {
+            if link.eof {
+                eprintln!("simplepush-loadtest child: parent gone, stopping");
+                self.stop = true;
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot {
+            phase: self.phase.to_string(),
+            ..Snapshot::default()
+        };
+        s.ok = self.tally.conn_ok + self.tally.reconnect_ok;
+        s.failed = self.tally.conn_failed + self.tally.reconnect_failed;
+        s.open = self.count_where(Phase::is_open) as u64;
+        s.setting_up = self.setting_up as u64;
+        s.sent = self.tally.sent;
+        s.received = self.tally.received;
+        s.cycles = self.tally.cycles_ok;
+        s
+    }
+
+    pub fn progress(&mut self) {
+        let snap = self.snapshot();
+        match &self.control {
+            Control::Solo(_) => self.printer.print(&snap),
+            Control::Child(_) => {
+                if control::send(&ChildMsg::Progress { snap }).is_err() {
+                    self.stop = true;
+                }
+            }
+        }
+    }
+
+    /// Ends the run: closes everything at once and returns what was measured.
+    pub fn finish(mut self) -> (Tally, Control) {
+        self.printer.done();
+        for pool in &mut self.pools {
+            pool.shutdown(&mut self.http_outs);
+        }
+        self.drain_http();
+        for c in &mut self.clients {
+            c.abandon();
+        }
+        let (lost, unanswered) = self.tracker.finish();
+        self.tally.lost += lost;
+        self.tally.unanswered += unanswered;
+        self.tally.connect_hist = self.connect_hist.pairs();
+        self.tally.latency_hist = self.latency_hist.pairs();
+        self.tally.tester_cpu_us = procstat::self_cpu_us();
+        self.tally.elapsed_secs = self.started.elapsed().as_secs_f64();
+        (self.tally, self.control)
+    }
+}
