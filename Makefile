@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config.sample.toml
 
-.PHONY: run build test lint unit firefox-test bench fmt clean
+.PHONY: run build test lint unit firefox-test bench scale fmt clean
 
 ## Run the server on the embedded memory store (127.0.0.1:8080).
 run:
@@ -34,6 +34,10 @@ firefox-test:
 ## BENCH_WORKERS=1 make bench measures a single event loop.
 bench:
 	bash loadtest/bench.sh BENCHMARKS.md
+
+## 200,000 connections: 11 cluster nodes sharing memcached on this machine; appends to BENCHMARKS.md.
+scale:
+	bash loadtest/scale.sh BENCHMARKS.md
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The 200,000-connection run on one machine: a cluster of NODES simplepush processes sharing one
+# memcached, each holding its share of the devices (a process may hold at most ~19,000 sockets
+# here), with one `connect` tester process per node holding them. Once all are connected, a
+# sample of devices on node 0 gets updates sent through node 1, so every one is stored in
+# memcached and routed between nodes. Loopback only; everything started is stopped (trap).
+#
+# Usage: loadtest/scale.sh [FILE]   appends a markdown section to FILE (default BENCHMARKS.md).
+# Environment: SCALE_DEVICES (default 200000), SCALE_NODES (default 11), SCALE_SAMPLE (devices that
+# get updates, default 1000), SCALE_RATE (updates per second, default 200), SCALE_HOLD (seconds of
+# updates, default 20).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${1:-$ROOT/BENCHMARKS.md}"
+DEVICES="${SCALE_DEVICES:-200000}"
+NODES="${SCALE_NODES:-11}"
+SAMPLE="${SCALE_SAMPLE:-1000}"
+RATE="${SCALE_RATE:-200}"
+HOLD="${SCALE_HOLD:-20}"
+PER=$(( (DEVICES + NODES - 1) / NODES ))
+SERVER_BIN="$ROOT/target/release/simplepush"
+TESTER_BIN="$ROOT/target/release/simplepush-loadtest"
+WORK="$(mktemp -d /tmp/simplepush-scale.XXXXXX)"
+PIDS=()
+SERVERS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 1
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+command -v memcached >/dev/null || { echo "scale.sh: needs memcached" >&2; exit 2; }
+command -v jq >/dev/null || { echo "scale.sh: needs jq" >&2; exit 2; }
+if [ "$PER" -gt 19000 ]; then
+    echo "scale.sh: $PER devices per node is over the 19,000 a process can hold here; raise SCALE_NODES" >&2
+    exit 2
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+sockstat_mem_pages() { awk '/^TCP:/ {for (i=1;i<NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat; }
+slab_kib() {
+    # Kernel objects of TCP sockets (sock, inode, dentry, file) as the slab allocator counts them.
+    awk 'NR>2 && ($1 ~ /^(TCP|tcp_bind_bucket|request_sock_TCP|sock_inode_cache|dentry|filp|eventpoll_epi|eventpoll_pwq|kmalloc-.*)$/) {s += $3 * $4} END {print int(s/1024)}' /proc/slabinfo
+}
+
+echo "== building (release)"
+cargo build --release -p simplepush -p simplepush-loadtest
+
+MC_PORT="$(free_port)"
+memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m 512 -c 4096 -u root &
+PIDS+=($!)
+sleep 0.3
+
+SECRET="$(head -c24 /dev/urandom | basenc --base64url)"
+KEY="$(head -c32 /dev/urandom | basenc --base64url)"
+slab_before="$(slab_kib)"
+sock_before="$(sockstat_mem_pages)"
+for i in $(seq 0 $((NODES - 1))); do
+    port="$(free_port)"
+    rport="$(free_port)"
+    cat >"$WORK/node$i.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+workers = 1
+max_connections = 25000
+
+[websocket]
+min_ping_interval_ms = 0
+
+[endpoint]
+token_keys = ["$KEY"]
+
+[storage]
+backend = "memcached"
+servers = ["127.0.0.1:$MC_PORT"]
+pool_size = 2
+
+[cluster]
+router_listen = "127.0.0.1:$rport"
+secret = "$SECRET"
+EOF
+    RUST_LOG=warn "$SERVER_BIN" --config "$WORK/node$i.toml" >"$WORK/node$i.log" 2>&1 &
+    PIDS+=($!)
+    SERVERS+=("$!:$port")
+done
+sleep 1
+rss_before=0
+for s in "${SERVERS[@]}"; do rss_before=$(( rss_before + $(rss_kib "${s%%:*}") )); done
+
+echo "== $NODES nodes, $PER devices each"
+start=$(date +%s)
+TESTERS=()
+for i in $(seq 0 $((NODES - 1))); do
+    port="${SERVERS[$i]##*:}"
+    # Two source addresses per tester: 127.0.<i+1>.1-2. Each holds its devices for HOLD + 100 s
+    # after its own connect phase, long enough for the sample that starts once all are connected.
+    "$TESTER_BIN" connect --no-progress --ws-url "ws://127.0.0.1:$port/" \
+        --connections "$PER" --channels 1 --duration $(( HOLD + 100 )) \
+        --source-addrs "127.0.$((i + 1)).1-127.0.$((i + 1)).2" --max-seconds 600 \
+        --json "$WORK/tester$i.json" >"$WORK/tester$i.log" 2>&1 &
+    PIDS+=($!)
+    TESTERS+=($!)
+done
+
+# Wait until every device is connected (or 240 s), then sample memory.
+peak_clients=0
+while [ $(( $(date +%s) - start )) -lt 240 ]; do
+    clients=0
+    for s in "${SERVERS[@]}"; do
+        c="$(curl -s -m 2 "http://127.0.0.1:${s##*:}/status" | jq -r '.clients // 0' 2>/dev/null || echo 0)"
+        clients=$(( clients + c ))
+    done
+    [ "$clients" -gt "$peak_clients" ] && peak_clients=$clients
+    echo "   $(( $(date +%s) - start )) s: $clients devices connected"
+    [ "$clients" -ge "$DEVICES" ] && break
+    sleep 3
+done
+connected_after=$(( $(date +%s) - start ))
+rss_after=0
+for s in "${SERVERS[@]}"; do rss_after=$(( rss_after + $(rss_kib "${s%%:*}") )); done
+slab_after="$(slab_kib)"
+sock_after="$(sockstat_mem_pages)"
+sockstat="$(grep '^TCP:' /proc/net/sockstat)"
+
+echo "== sample: $SAMPLE more devices on node 0, $RATE updates/s for $HOLD s sent through node 1"
+"$TESTER_BIN" notify --no-progress --ws-url "ws://127.0.0.1:${SERVERS[0]##*:}/" \
+    --endpoint-base "http://127.0.0.1:${SERVERS[1]##*:}" --connections "$SAMPLE" --channels 1 \
+    --rate "$RATE" --duration "$HOLD" --source-addrs "127.0.200.1" --max-seconds 300 \
+    --json "$WORK/sample.json" >"$WORK/sample.log" 2>&1 || true
+cat "$WORK/sample.log"
+
+echo "== waiting for the holders to finish"
+for t in "${TESTERS[@]}"; do wait "$t" || true; done
+ok=0; failed=0
+for i in $(seq 0 $((NODES - 1))); do
+    j="$WORK/tester$i.json"
+    [ -s "$j" ] || { echo "tester $i wrote no result; see $WORK/tester$i.log"; continue; }
+    ok=$(( ok + $(jq -r '.connections.ok' "$j") ))
+    failed=$(( failed + $(jq -r '.connections.failed' "$j") ))
+done
+sample="$WORK/sample.json"
+sent="$(jq -r '.notifications.sent // 0' "$sample" 2>/dev/null || echo 0)"
+received="$(jq -r '.notifications.received // 0' "$sample" 2>/dev/null || echo 0)"
+lost="$(jq -r '.notifications.lost // 0' "$sample" 2>/dev/null || echo 0)"
+unanswered="$(jq -r '.notifications.unanswered // 0' "$sample" 2>/dev/null || echo 0)"
+lat="$(jq -r '.latency_us | "\(.p50/1000) / \(.p99/1000) / \(.p99_9/1000) / \(.max/1000) ms"' "$sample" 2>/dev/null || echo "?")"
+
+page_kib=$(( $(getconf PAGESIZE) / 1024 ))
+user_mib=$(( (rss_after - rss_before) / 1024 ))
+sock_mib=$(( (sock_after - sock_before) * page_kib / 1024 ))
+slab_mib=$(( (slab_after - slab_before) / 1024 ))
+{
+    echo
+    echo "## 200,000 connections: a $NODES-node cluster on one machine — $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
+    echo
+    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/^Mem:/ {print $2}') GiB."
+    echo "\`SCALE_DEVICES=$DEVICES SCALE_NODES=$NODES SCALE_RATE=$RATE SCALE_HOLD=$HOLD loadtest/scale.sh\` (\`make scale\`):"
+    echo "$NODES simplepush processes (1 event loop each, memcached backend, cluster routing) sharing one memcached;"
+    echo "one \`simplepush-loadtest connect\` per node holding $PER devices × 1 channel; once all were connected,"
+    echo "\`simplepush-loadtest notify\` added $SAMPLE devices on node 0 and sent $RATE updates/s for $HOLD s to them"
+    echo "through node 1, so every update was stored in memcached and forwarded between nodes."
+    echo
+    echo "| figure | value |"
+    echo "|---|---|"
+    echo "| devices connected (hello + register) / failed | $ok / $failed (peak seen in /status: $peak_clients, after $connected_after s) |"
+    echo "| sample updates sent / received / lost / unanswered | $sent / $received / $lost / $unanswered |"
+    echo "| sample latency update → notification p50 / p99 / p99.9 / max | $lat |"
+    echo "| servers' RSS, all $NODES processes, growth | $user_mib MiB ($(( user_mib * 1048576 / (ok > 0 ? ok : 1) )) bytes per connection) |"
+    echo "| kernel TCP buffer memory (/proc/net/sockstat mem), growth | $sock_mib MiB |"
+    echo "| kernel socket objects (slab: TCP, inodes, dentries, files, epoll), growth, both ends | $slab_mib MiB |"
+    echo "| /proc/net/sockstat at the peak | \`$sockstat\` |"
+    echo
+    echo "The kernel figures count both ends of every connection (server and tester share the machine)."
+} >>"$OUT"
+echo "== results appended to $OUT"
+tail -20 "$OUT"
