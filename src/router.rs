@@ -14,22 +14,15 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sm::{ChannelId, Id, Uaid};
 
+use crate::store::Delivery;
+
 use crate::http::{Head, Response};
 
 /// What the router listener is asked to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteRequest {
-    /// Deliver this update live if the UAID is connected here.
-    Deliver {
-        /// The owner.
-        uaid: Uaid,
-        /// The channel.
-        channel: ChannelId,
-        /// The version.
-        version: u64,
-        /// Live-only data.
-        data: Option<String>,
-    },
+    /// Deliver this update live if the UAID is connected here (and the version is still pending).
+    Deliver(Delivery),
     /// Close the UAID's socket here, if it is still the one named: it connected elsewhere.
     Kick {
         /// The UAID.
@@ -79,12 +72,12 @@ pub fn parse(head: &Head, body: &[u8], secret: &str) -> Result<RouteRequest, Res
         .ok_or_else(bad)?;
     let version = v["version"].as_u64().ok_or_else(bad)?;
     let data = v["data"].as_str().map(str::to_string);
-    Ok(RouteRequest::Deliver {
+    Ok(RouteRequest::Deliver(Delivery {
         uaid,
         channel,
         version,
         data,
-    })
+    }))
 }
 
 /// Sends one request to another node; `Some(status)` if it answered within `timeout` in all.
@@ -125,25 +118,11 @@ fn send(
 }
 
 /// Forwards an update; true if the other node wrote it to the UAID's socket.
-pub fn forward(
-    url: &str,
-    secret: &str,
-    timeout: Duration,
-    uaid: &Uaid,
-    channel: &ChannelId,
-    version: u64,
-    data: Option<&str>,
-) -> bool {
-    let body =
-        json!({"channelID": channel.to_string(), "version": version, "data": data}).to_string();
-    send(
-        url,
-        "PUT",
-        &format!("/route/{uaid}"),
-        secret,
-        &body,
-        timeout,
-    ) == Some(200)
+pub fn forward(url: &str, secret: &str, timeout: Duration, d: &Delivery) -> bool {
+    let body = json!({"channelID": d.channel.to_string(), "version": d.version, "data": d.data})
+        .to_string();
+    let path = format!("/route/{}", d.uaid);
+    send(url, "PUT", &path, secret, &body, timeout) == Some(200)
 }
 
 /// Tells another node to close its socket `conn` for the UAID.
@@ -190,9 +169,9 @@ mod tests {
         let body =
             br#"{"channelID":"0cb8a613-8e2b-4b47-b370-51098daa8401","version":5,"data":"x"}"#;
         match parse(&h, body, SECRET).unwrap() {
-            RouteRequest::Deliver { version, data, .. } => {
-                assert_eq!(version, 5);
-                assert_eq!(data.as_deref(), Some("x"));
+            RouteRequest::Deliver(d) => {
+                assert_eq!(d.version, 5);
+                assert_eq!(d.data.as_deref(), Some("x"));
             }
             other => panic!("{other:?}"),
         }

@@ -18,7 +18,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use sm::message::HelloUaid;
 use sm::update::Outcome;
-use sm::{ChannelId, Effect, Id, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
+use sm::{Effect, Id, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Config;
@@ -29,7 +29,7 @@ use crate::router::{self, RouteRequest};
 use crate::store::memcached::{self, MemcachedStore};
 use crate::store::memory::MemoryStore;
 use crate::store::workers::Pool;
-use crate::store::{ConnRef, Done, Job, PutResult, Runner, Unavailable};
+use crate::store::{ConnRef, Delivery, Done, Job, PutResult, Runner, Unavailable};
 use crate::token::Tokens;
 use crate::ws::{Incoming, Link};
 
@@ -116,32 +116,9 @@ pub struct Adopted {
 pub enum Cross {
     /// Take over this WebSocket.
     Adopt(Box<Adopted>),
-    /// Store and deliver an app-server update for a UAID this loop owns; answer `conn`.
-    Put {
-        /// The waiting HTTP request, on the loop that read it.
-        conn: ConnRef,
-        /// The owner.
-        uaid: Uaid,
-        /// The channel.
-        channel: ChannelId,
-        /// The version.
-        version: u64,
-        /// Live-only data.
-        data: Option<String>,
-    },
-    /// A cluster forward for a UAID this loop owns: check, deliver, answer `conn`.
-    Route {
-        /// The waiting router request.
-        conn: ConnRef,
-        /// The owner.
-        uaid: Uaid,
-        /// The channel.
-        channel: ChannelId,
-        /// The version.
-        version: u64,
-        /// Live-only data.
-        data: Option<String>,
-    },
+    /// A storage job for a UAID this loop owns (an update to store and deliver, a cluster
+    /// forward to check and deliver); its answer goes back to the job's connection.
+    Store(Job),
     /// A cluster kick for a UAID this loop owns.
     Kick {
         /// The UAID.
@@ -893,26 +870,13 @@ impl Server {
         {
             h.waiting = Some(head.keep_alive);
         }
-        let (version, data) = (upd.version, upd.data);
-        match owner(&uaid, self.peers.mail.len()) {
-            w if w == self.id => self.store.submit(Job::Put {
-                conn,
-                uaid,
-                channel,
-                version,
-                data,
-            }),
-            w => self.peers.send(
-                w,
-                Cross::Put {
-                    conn,
-                    uaid,
-                    channel,
-                    version,
-                    data,
-                },
-            ),
-        }
+        let d = Delivery {
+            uaid,
+            channel,
+            version: upd.version,
+            data: upd.data,
+        };
+        self.submit_owned(Job::Put { conn, d });
         None
     }
 
@@ -921,6 +885,14 @@ impl Server {
         match self.conns.get(key).map(|c| &c.state) {
             Some(State::Ws(w)) => w.bound,
             _ => None,
+        }
+    }
+
+    /// Runs a job on the loop that owns its UAID: here, or through that loop's mailbox.
+    fn submit_owned(&mut self, job: Job) {
+        match owner(&job.uaid(), self.peers.mail.len()) {
+            w if w == self.id => self.store.submit(job),
+            w => self.peers.send(w, Cross::Store(job)),
         }
     }
 
@@ -976,16 +948,9 @@ impl Server {
                 reply,
                 previous_node,
             } => self.session_done(conn, &op, reply, previous_node),
-            Done::Checked {
-                conn,
-                uaid,
-                channel,
-                version,
-                data,
-                current,
-            } => {
+            Done::Checked { conn, d, current } => {
                 let resp = match current {
-                    Ok(true) => match self.deliver(&uaid, &channel, version, data.as_deref()) {
+                    Ok(true) => match self.deliver(&d) {
                         Outcome::Delivered => Response::json(200, "{}"),
                         Outcome::Stored => Response::json(404, "\"Not connected\""),
                     },
@@ -995,14 +960,7 @@ impl Server {
                 };
                 self.answer(conn, resp);
             }
-            Done::Put {
-                conn,
-                uaid,
-                channel,
-                version,
-                data,
-                result,
-            } => self.put_done(conn, uaid, channel, version, data, result),
+            Done::Put { conn, d, result } => self.put_done(conn, d, result),
             Done::Forwarded { conn, delivered } => {
                 let outcome = if delivered {
                     Outcome::Delivered
@@ -1016,23 +974,18 @@ impl Server {
         }
     }
 
-    fn put_done(
-        &mut self,
-        conn: ConnRef,
-        uaid: Uaid,
-        channel: ChannelId,
-        version: u64,
-        data: Option<String>,
-        result: Result<PutResult, Unavailable>,
-    ) {
+    fn put_done(&mut self, conn: ConnRef, d: Delivery, result: Result<PutResult, Unavailable>) {
         let node = match result {
             Ok(PutResult::Stored { node }) => node,
             Ok(PutResult::UnknownChannel) => return self.answer(conn, endpoint::gone()),
             Err(Unavailable) => return self.answer(conn, endpoint::unavailable()),
         };
-        let outcome = self.deliver(&uaid, &channel, version, data.as_deref());
+        let outcome = self.deliver(&d);
         debug!(
-            "update uaid={uaid} channel={channel} version={version} -> {}",
+            "update uaid={} channel={} version={} -> {}",
+            d.uaid,
+            d.channel,
+            d.version,
             outcome.status()
         );
         let remote = match (&self.cluster, node.as_deref().map(node_url)) {
@@ -1046,16 +999,11 @@ impl Server {
         };
         let (secret, timeout) = (cluster.secret.clone(), cluster.timeout);
         self.store.forward(Box::new(move || {
-            let delivered = router::forward(
-                &node,
-                &secret,
-                timeout,
-                &uaid,
-                &channel,
-                version,
-                data.as_deref(),
+            let delivered = router::forward(&node, &secret, timeout, &d);
+            debug!(
+                "forwarded uaid={} version={} to {node}: delivered={delivered}",
+                d.uaid, d.version
             );
-            debug!("forwarded uaid={uaid} version={version} to {node}: delivered={delivered}");
             Done::Forwarded { conn, delivered }
         }));
     }
@@ -1094,12 +1042,7 @@ impl Server {
         };
         let resp = match router::parse(head, body, &secret) {
             Err(r) => r,
-            Ok(RouteRequest::Deliver {
-                uaid,
-                channel,
-                version,
-                data,
-            }) => {
+            Ok(RouteRequest::Deliver(d)) => {
                 // Check the version is still pending (not acked, not unregistered) before writing
                 // it: it was stored on another node, possibly before an unregister handled here.
                 let Some(conn) = self.conn_ref(key) else {
@@ -1112,17 +1055,7 @@ impl Server {
                 {
                     h.waiting = Some(head.keep_alive);
                 }
-                let job = Job::Check {
-                    conn,
-                    uaid,
-                    channel,
-                    version,
-                    data,
-                };
-                return match owner(&uaid, self.peers.mail.len()) {
-                    w if w == self.id => self.store.submit(job),
-                    w => self.peers.send(w, cross_route(job)),
-                };
+                return self.submit_owned(Job::Check { conn, d });
             }
             Ok(RouteRequest::Kick { uaid, conn }) => {
                 let w = owner(&uaid, self.peers.mail.len());
@@ -1224,13 +1157,8 @@ impl Server {
     }
 
     /// Writes a live notification if the UAID has a socket here that can take it.
-    fn deliver(
-        &mut self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-        data: Option<&str>,
-    ) -> Outcome {
+    fn deliver(&mut self, d: &Delivery) -> Outcome {
+        let uaid = &d.uaid;
         let Some(key) = self.registry.get(uaid) else {
             return Outcome::Stored;
         };
@@ -1249,7 +1177,7 @@ impl Server {
         if w.bound != Some(*uaid) {
             return Outcome::Stored;
         }
-        let Some(frame) = w.session.notify(channel, version, data) else {
+        let Some(frame) = w.session.notify(&d.channel, d.version, d.data.as_deref()) else {
             return Outcome::Stored;
         };
         let max_output = self.cfg.websocket.max_output_buffer;
@@ -1487,32 +1415,7 @@ impl Server {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
                 Cross::Adopt(a) => self.adopt(*a),
-                Cross::Put {
-                    conn,
-                    uaid,
-                    channel,
-                    version,
-                    data,
-                } => self.store.submit(Job::Put {
-                    conn,
-                    uaid,
-                    channel,
-                    version,
-                    data,
-                }),
-                Cross::Route {
-                    conn,
-                    uaid,
-                    channel,
-                    version,
-                    data,
-                } => self.store.submit(Job::Check {
-                    conn,
-                    uaid,
-                    channel,
-                    version,
-                    data,
-                }),
+                Cross::Store(job) => self.store.submit(job),
                 Cross::Kick { uaid, conn } => self.kick_here(uaid, &conn),
                 Cross::Answer { conn, resp } => self.answer(conn, resp),
                 Cross::Shutdown => self.shut_down(),
@@ -1711,27 +1614,6 @@ fn node_url(record: &str) -> &str {
 /// The connection id of a node record.
 fn node_conn(record: &str) -> &str {
     record.split_once(' ').map_or("", |(_, id)| id)
-}
-
-/// A cluster check job, sent to the loop that owns its UAID.
-fn cross_route(job: Job) -> Cross {
-    match job {
-        Job::Check {
-            conn,
-            uaid,
-            channel,
-            version,
-            data,
-        } => Cross::Route {
-            conn,
-            uaid,
-            channel,
-            version,
-            data,
-        },
-        // Only check jobs are routed this way.
-        _ => Cross::Shutdown,
-    }
 }
 
 /// A listening socket that several loops can share (SO_REUSEPORT: the kernel spreads connections).

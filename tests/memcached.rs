@@ -9,11 +9,16 @@ use common::{chid, have_memcached, memcached_section, put, request, Memcached, S
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
 
 fn node(mc: &[&Memcached]) -> Server {
+    node_with(mc, "")
+}
+
+/// A node on these memcached servers, with more `[storage]` keys.
+fn node_with(mc: &[&Memcached], storage_keys: &str) -> Server {
     let addrs: Vec<_> = mc.iter().map(|m| m.addr).collect();
     Server::start_with(
         "",
         &format!(
-            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}",
+            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}{storage_keys}\n",
             memcached_section(&addrs)
         ),
     )
@@ -266,13 +271,7 @@ fn unused_registrations_expire_and_use_refreshes_them() {
         return;
     }
     let mc = Memcached::start();
-    let s = Server::start_with(
-        "",
-        &format!(
-            "{}registration_ttl_secs = 2\n",
-            memcached_section(&[mc.addr])
-        ),
-    );
+    let s = node_with(&[&mc], "registration_ttl_secs = 2");
     let mut c = s.client();
     let uaid = c.hello_new();
     let first = c.register(&chid(1));
@@ -313,13 +312,7 @@ fn a_pending_version_outlives_the_registration_lifetime() {
         return;
     }
     let mc = Memcached::start();
-    let s = Server::start_with(
-        "",
-        &format!(
-            "{}registration_ttl_secs = 2\npending_ttl_secs = 600\n",
-            memcached_section(&[mc.addr])
-        ),
-    );
+    let s = node_with(&[&mc], "registration_ttl_secs = 2\npending_ttl_secs = 600");
     let mut c = s.client();
     let uaid = c.hello_new();
     let ep = c.register(&chid(1));

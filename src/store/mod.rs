@@ -83,6 +83,19 @@ pub struct ConnRef {
     pub gen: u32,
 }
 
+/// One update on its way to a device: stored, checked, forwarded or written to the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The owner.
+    pub uaid: Uaid,
+    /// The channel.
+    pub channel: ChannelId,
+    /// The version.
+    pub version: u64,
+    /// Data for a live delivery only; never stored.
+    pub data: Option<String>,
+}
+
 /// A unit of storage work.
 #[derive(Debug)]
 pub enum Job {
@@ -99,27 +112,15 @@ pub enum Job {
     Check {
         /// The router request waiting.
         conn: ConnRef,
-        /// The owner.
-        uaid: Uaid,
-        /// The channel.
-        channel: ChannelId,
-        /// The version forwarded.
-        version: u64,
-        /// Data for a live delivery.
-        data: Option<String>,
+        /// The forwarded update.
+        d: Delivery,
     },
     /// An app-server update to store.
     Put {
         /// The HTTP connection waiting.
         conn: ConnRef,
-        /// The owner.
-        uaid: Uaid,
-        /// The channel.
-        channel: ChannelId,
-        /// The version.
-        version: u64,
-        /// Data for a live delivery only.
-        data: Option<String>,
+        /// The update.
+        d: Delivery,
     },
     /// Cluster: this node now holds the UAID's socket.
     Bound {
@@ -147,10 +148,8 @@ impl Job {
                 | StoreOp::Unregister { uaid, .. }
                 | StoreOp::Ack { uaid, .. } => *uaid,
             },
-            Job::Put { uaid, .. }
-            | Job::Check { uaid, .. }
-            | Job::Bound { uaid, .. }
-            | Job::Unbound { uaid, .. } => *uaid,
+            Job::Put { d, .. } | Job::Check { d, .. } => d.uaid,
+            Job::Bound { uaid, .. } | Job::Unbound { uaid, .. } => *uaid,
         }
     }
 
@@ -163,32 +162,14 @@ impl Job {
                 reply: StoreReply::Unavailable,
                 previous_node: None,
             },
-            Job::Put {
-                conn,
-                uaid,
-                channel,
-                version,
-                ..
-            } => Done::Put {
+            Job::Put { conn, d } => Done::Put {
                 conn: *conn,
-                uaid: *uaid,
-                channel: *channel,
-                version: *version,
-                data: None,
+                d: d.clone(),
                 result: Err(Unavailable),
             },
-            Job::Check {
-                conn,
-                uaid,
-                channel,
-                version,
-                ..
-            } => Done::Checked {
+            Job::Check { conn, d } => Done::Checked {
                 conn: *conn,
-                uaid: *uaid,
-                channel: *channel,
-                version: *version,
-                data: None,
+                d: d.clone(),
                 current: Err(Unavailable),
             },
             Job::Bound { .. } | Job::Unbound { .. } => Done::Nothing,
@@ -214,29 +195,17 @@ pub enum Done {
     Checked {
         /// The router request.
         conn: ConnRef,
-        /// The owner.
-        uaid: Uaid,
-        /// The channel.
-        channel: ChannelId,
-        /// The version.
-        version: u64,
-        /// Data for a live delivery.
-        data: Option<String>,
+        /// The forwarded update.
+        d: Delivery,
         /// Whether the version is still the pending one.
         current: Result<bool, Unavailable>,
     },
     /// For [`Job::Put`].
     Put {
-        /// The connection.
+        /// The HTTP request.
         conn: ConnRef,
-        /// The owner.
-        uaid: Uaid,
-        /// The channel.
-        channel: ChannelId,
-        /// The version.
-        version: u64,
-        /// Data for a live delivery.
-        data: Option<String>,
+        /// The update.
+        d: Delivery,
         /// The store's answer.
         result: Result<PutResult, Unavailable>,
     },
@@ -270,33 +239,17 @@ pub fn run(backend: &dyn Backend, job: Job) -> Done {
                 previous_node,
             }
         }
-        Job::Check {
+        Job::Check { conn, d } => Done::Checked {
+            current: backend
+                .pending(&d.uaid, &d.channel)
+                .map(|p| p == Some(d.version)),
             conn,
-            uaid,
-            channel,
-            version,
-            data,
-        } => Done::Checked {
-            conn,
-            uaid,
-            channel,
-            version,
-            data,
-            current: backend.pending(&uaid, &channel).map(|p| p == Some(version)),
+            d,
         },
-        Job::Put {
+        Job::Put { conn, d } => Done::Put {
+            result: backend.put(&d.uaid, &d.channel, d.version),
             conn,
-            uaid,
-            channel,
-            version,
-            data,
-        } => Done::Put {
-            conn,
-            uaid,
-            channel,
-            version,
-            data,
-            result: backend.put(&uaid, &channel, version),
+            d,
         },
         Job::Bound { uaid, node } => Done::Bound {
             uaid,
