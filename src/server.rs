@@ -147,12 +147,14 @@ pub struct Peers {
 }
 
 impl Peers {
-    fn send(&self, worker: usize, msg: Cross) {
-        if let Some((tx, waker)) = self.mail.get(worker) {
-            if tx.send(msg).is_ok() {
-                let _ = waker.wake();
-            }
-        }
+    /// Mails `msg` to a loop; gives it back if that loop has already stopped.
+    fn send(&self, worker: usize, msg: Cross) -> Result<(), Cross> {
+        let Some((tx, waker)) = self.mail.get(worker) else {
+            return Err(msg);
+        };
+        tx.send(msg).map_err(|e| e.0)?;
+        let _ = waker.wake();
+        Ok(())
     }
 }
 
@@ -434,7 +436,13 @@ impl Server {
             return Duration::from_millis(50);
         }
         let now = self.now_ms();
-        let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let next = self
+            .timers
+            .peek()
+            .map(|Reverse((at, _, _))| *at)
+            .into_iter()
+            .chain(self.shutdown_at)
+            .min();
         let wait = next.map_or(1000, |at| at.saturating_sub(now).min(1000));
         Duration::from_millis(wait)
     }
@@ -453,7 +461,8 @@ impl Server {
             self.peers.open.load(Ordering::Relaxed)
         );
         for w in (0..self.peers.mail.len()).filter(|&w| w != self.id) {
-            self.peers.send(w, Cross::Shutdown);
+            // A loop that has stopped already needs no telling.
+            let _ = self.peers.send(w, Cross::Shutdown);
         }
         self.shut_down();
     }
@@ -892,7 +901,12 @@ impl Server {
     fn submit_owned(&mut self, job: Job) {
         match owner(&job.uaid(), self.peers.mail.len()) {
             w if w == self.id => self.store.submit(job),
-            w => self.peers.send(w, Cross::Store(job)),
+            w => {
+                if let Err(Cross::Store(job)) = self.peers.send(w, Cross::Store(job)) {
+                    // The owner has stopped (shutdown): answer as if storage were down.
+                    self.finish(job.failed());
+                }
+            }
         }
     }
 
@@ -912,9 +926,11 @@ impl Server {
     /// Answers a request that waited, then goes on with the connection's next request.
     fn answer(&mut self, conn: ConnRef, resp: Response) {
         if conn.worker as usize != self.id {
-            return self
+            // If that loop has stopped, its connection is gone with it.
+            let _ = self
                 .peers
                 .send(conn.worker as usize, Cross::Answer { conn, resp });
+            return;
         }
         if !self.is_current(conn) {
             return;
@@ -924,7 +940,9 @@ impl Server {
             _ => return,
         };
         self.respond(conn.key, resp, keep);
-        self.http_event(conn.key);
+        // The next pipelined request waits for the next round, after the other sockets: answering
+        // inline answers would let one client keep this loop to itself.
+        self.again.push(conn.key);
     }
 
     /// Handles every finished storage job and forward.
@@ -1062,7 +1080,8 @@ impl Server {
                 if w == self.id {
                     self.kick_here(uaid, &conn);
                 } else {
-                    self.peers.send(w, Cross::Kick { uaid, conn });
+                    // A stopped loop has closed its sockets already.
+                    let _ = self.peers.send(w, Cross::Kick { uaid, conn });
                 }
                 Response::json(200, "{}")
             }
@@ -1222,6 +1241,10 @@ impl Server {
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
+        if self.shutdown_at.is_some() {
+            // Upgraded while the server stops: it gets its 101 and, at once, a going-away close.
+            self.begin_close(key, CloseCode::Away, "server shutting down");
+        }
         self.ws_event(key);
     }
 
@@ -1266,6 +1289,10 @@ impl Server {
             match w.link.next(&mut self.scratch, max) {
                 Ok(Some(Incoming::Data(payload))) => self.on_payload(key, &payload),
                 Ok(Some(Incoming::Close)) => self.on_peer_close(key),
+                Ok(Some(Incoming::Busy)) => {
+                    self.again.push(key);
+                    break;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     debug!("conn {key}: {e}");
@@ -1356,7 +1383,14 @@ impl Server {
             session: w.session,
             payload,
         };
-        self.peers.send(to, Cross::Adopt(Box::new(adopted)));
+        if self
+            .peers
+            .send(to, Cross::Adopt(Box::new(adopted)))
+            .is_err()
+        {
+            // The owner has stopped (shutdown): the socket is dropped, closing it.
+            self.peers.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Takes over a WebSocket from another loop and handles the hello it brought.
@@ -1396,6 +1430,10 @@ impl Server {
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
+        if self.shutdown_at.is_some() {
+            self.begin_close(key, CloseCode::Away, "server shutting down");
+            return self.flush_ws(key);
+        }
         let outer = self.reading.replace(key);
         if let Some(Conn {
             state: State::Ws(w),
@@ -1445,7 +1483,7 @@ impl Server {
         let (id, loops) = (self.id, self.peers.mail.len());
         let effects = match sm::parse(payload) {
             Ok(req) => {
-                if let Inbound::Hello(h) = &req.kind {
+                if let (Inbound::Hello(h), false) = (&req.kind, w.closing) {
                     if let (HelloUaid::Valid(u), None) = (&h.uaid, w.session.uaid()) {
                         let to = owner(u, loops);
                         if to != id {

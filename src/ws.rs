@@ -16,6 +16,10 @@ use tungstenite::protocol::frame::FrameHeader;
 pub const READ_CHUNK: usize = 16 * 1024;
 /// The longest control frame payload (RFC 6455 5.5).
 const MAX_CONTROL: usize = 125;
+/// Reads per call to [`Link::next`] before it yields, so one flooding peer cannot hold the loop.
+const READ_BUDGET: usize = 4;
+/// Frames that complete no message (pings, pongs, fragments) per call before it yields.
+const FRAME_BUDGET: usize = 64;
 
 /// A complete message, or the peer's close.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub enum Incoming {
     Data(Vec<u8>),
     /// The peer's close frame; our reply is already queued.
     Close,
+    /// This call's share of work is spent and input may remain: call again after other sockets.
+    Busy,
 }
 
 /// Why the socket must be closed.
@@ -161,10 +167,15 @@ impl Link {
         scratch: &mut Vec<u8>,
         max_size: usize,
     ) -> Result<Option<Incoming>, WsError> {
+        let (mut reads, mut frames) = (0, 0);
         loop {
-            if let Some(msg) = self.parse(max_size)? {
+            if let Some(msg) = self.parse(max_size, &mut frames)? {
                 return Ok(Some(msg));
             }
+            if reads == READ_BUDGET {
+                return Ok(Some(Incoming::Busy));
+            }
+            reads += 1;
             scratch.resize(READ_CHUNK, 0);
             let n = match self.stream.read(scratch) {
                 Ok(0) => return Err(WsError::Io(ErrorKind::UnexpectedEof.into())),
@@ -178,9 +189,14 @@ impl Link {
         }
     }
 
-    /// Parses frames from the kept input until one completes a message.
-    fn parse(&mut self, max_size: usize) -> Result<Option<Incoming>, WsError> {
+    /// Parses frames from the kept input until one completes a message (or the frame budget is
+    /// spent: [`Incoming::Busy`]).
+    fn parse(&mut self, max_size: usize, frames: &mut usize) -> Result<Option<Incoming>, WsError> {
         loop {
+            if *frames >= FRAME_BUDGET {
+                return Ok(Some(Incoming::Busy));
+            }
+            *frames += 1;
             let Some(input) = self.input.as_mut() else {
                 return Ok(None);
             };
@@ -290,12 +306,13 @@ impl Link {
             }
             Control::Pong => Ok(None),
             Control::Close => {
+                let code = close_code(&payload)?;
                 self.close_received = true;
                 if !self.close_sent {
                     // Echo the peer's code, as RFC 6455 5.5.1 suggests.
-                    let code = payload.get(..2).map(<[u8]>::to_vec).unwrap_or_default();
+                    let echo = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
                     self.close_sent = true;
-                    self.send(OpCode::Control(Control::Close), &code)?;
+                    self.send(OpCode::Control(Control::Close), &echo)?;
                 }
                 Ok(Some(Incoming::Close))
             }
@@ -388,6 +405,26 @@ fn write_some(stream: &mut TcpStream, mut buf: &[u8]) -> Result<usize, WsError> 
         }
     }
     Ok(total)
+}
+
+/// The code of a close frame (`None` for an empty one), refusing what RFC 6455 7.4 forbids on the
+/// wire: a one-byte payload, reserved or never-sent codes, a reason that is not UTF-8.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    let Some(code) = payload.get(..2) else {
+        return match payload.len() {
+            0 => Ok(None),
+            _ => Err(WsError::Protocol("one-byte close frame")),
+        };
+    };
+    let code = u16::from_be_bytes([code[0], code[1]]);
+    let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !allowed {
+        return Err(WsError::Protocol("close code not allowed on the wire"));
+    }
+    if std::str::from_utf8(&payload[2..]).is_err() {
+        return Err(WsError::BadUtf8);
+    }
+    Ok(Some(code))
 }
 
 fn complete(text: bool, data: Vec<u8>) -> Result<Incoming, WsError> {
@@ -540,6 +577,53 @@ mod tests {
         peer.read_exact(&mut buf[..6]).unwrap();
         assert_eq!(&buf[..6], &[0x81, 1, b'a', 0x81, 1, b'b']);
         assert!(link.output.is_none());
+    }
+
+    #[test]
+    fn bad_close_frames_are_protocol_errors() {
+        for (payload, what) in [
+            (vec![3u8], "one byte"),
+            (1005u16.to_be_bytes().to_vec(), "1005"),
+            (999u16.to_be_bytes().to_vec(), "999"),
+            (5000u16.to_be_bytes().to_vec(), "5000"),
+        ] {
+            let (mut link, mut peer) = pair();
+            peer.write_all(&masked(0x88, &payload)).unwrap();
+            assert!(
+                matches!(next(&mut link), Err(WsError::Protocol(_))),
+                "{what}"
+            );
+        }
+        let (mut link, mut peer) = pair();
+        let mut p = 1000u16.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0xff, 0xfe]);
+        peer.write_all(&masked(0x88, &p)).unwrap();
+        assert!(matches!(next(&mut link), Err(WsError::BadUtf8)));
+    }
+
+    #[test]
+    fn a_flood_of_control_frames_yields() {
+        let (mut link, mut peer) = pair();
+        let mut bytes = Vec::new();
+        for _ in 0..200 {
+            bytes.extend(masked(0x8A, b"pong"));
+        }
+        bytes.extend(masked(0x81, b"after"));
+        peer.write_all(&bytes).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut scratch = Vec::new();
+        let mut busy = 0;
+        loop {
+            match link.next(&mut scratch, 1 << 20).unwrap() {
+                Some(Incoming::Busy) => busy += 1,
+                Some(Incoming::Data(d)) => {
+                    assert_eq!(d, b"after");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(busy >= 3, "yielded {busy} times");
     }
 
     #[test]

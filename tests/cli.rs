@@ -108,3 +108,21 @@ fn sigterm_closes_clients_and_exits_promptly() {
     }
     assert!(s.log().contains("shutdown complete"));
 }
+
+#[test]
+fn shutdown_keeps_to_its_timeout_when_clients_do_not_answer() {
+    let mut s = Server::start_with("shutdown_timeout_ms = 800\nclose_timeout_ms = 5000", "");
+    let mut clients: Vec<common::Client> = (0..10).map(|_| s.client()).collect();
+    for c in &mut clients {
+        c.hello_new();
+    }
+    // Nobody reads the close frames, so nobody answers them: only the shutdown timeout ends it.
+    let t = std::time::Instant::now();
+    let status = s.terminate(Duration::from_secs(5)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
+}

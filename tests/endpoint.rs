@@ -437,9 +437,30 @@ fn connections_above_the_cap_are_refused_and_held_ones_keep_working() {
     }
     assert!(s.wait_log("max_connections reached"));
     drop(_filler);
-    std::thread::sleep(Duration::from_millis(100));
+    // Once the server has seen the filler go, one slot is free again: take it with a kept-alive
+    // connection (retrying while the close is still on its way) and send every update through it.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let mut conn = loop {
+        assert!(
+            std::time::Instant::now() < end,
+            "the freed slot never came back"
+        );
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(b"GET /status HTTP/1.1\r\n\r\n");
+        let mut buf = [0u8; 512];
+        if matches!(c.read(&mut buf), Ok(n) if n > 0) {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     for (i, c) in held.iter_mut().enumerate() {
-        assert_eq!(put(&eps[i], "version=77").status, 200);
+        let path = split_url(&eps[i]).1;
+        let req = format!("PUT {path} HTTP/1.1\r\nContent-Length: 10\r\n\r\nversion=77");
+        conn.write_all(req.as_bytes()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = conn.read(&mut buf).unwrap();
+        assert_eq!(parse_reply(&String::from_utf8_lossy(&buf[..n])).status, 200);
         assert_eq!(c.recv()["updates"][0]["version"], 77);
     }
 }
@@ -467,4 +488,43 @@ fn expect_100_continue_gets_the_go_ahead() {
     let _ = conn.read_to_string(&mut rest);
     assert_eq!(parse_reply(&rest).status, 200, "{rest}");
     assert_eq!(c.recv()["updates"][0]["data"].as_str().unwrap().len(), 2000);
+}
+
+#[test]
+fn a_pipelining_app_server_does_not_starve_the_others() {
+    let s = Server::start_with("workers = 1", "");
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    c.close();
+    let (addr, path) = split_url(&ep);
+    let one = format!("PUT {path} HTTP/1.1\r\nContent-Length: 9\r\n\r\nversion=1");
+    let burst = one.repeat(2000);
+    let mut conn = TcpStream::connect(addr).unwrap();
+    let reader = conn.try_clone().unwrap();
+    // Drain the answers so that the server keeps reading requests.
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        let mut buf = [0u8; 65536];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let flood = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if conn.write_all(burst.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        assert_eq!(request(s.addr, "GET", "/status", &[], "").status, 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "status took {:?}",
+            t.elapsed()
+        );
+    }
+    flood.join().unwrap();
 }

@@ -574,3 +574,42 @@ fn a_flooding_client_does_not_starve_the_others() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flood.join().unwrap();
 }
+
+#[test]
+fn a_ping_flood_neither_starves_others_nor_grows_memory() {
+    use std::io::Write;
+    let s = Server::start_with("", "[websocket]\nmax_output_buffer = 65536\n");
+    let mut flooder = s.client();
+    flooder.hello_new();
+    // Masked 125-byte WebSocket pings, written raw and never read: every pong piles up unread.
+    let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    frame.extend(std::iter::repeat_n(b'p' ^ 1, 125));
+    let burst: Vec<u8> = frame.repeat(1000);
+    let raw = flooder.ws.get_mut().try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let mut raw = raw;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if raw.write_all(&burst).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        assert_eq!(
+            common::request(s.addr, "GET", "/status", &[], "").status,
+            200
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "status took {:?}",
+            t.elapsed()
+        );
+    }
+    let dropped = flood.join().unwrap();
+    assert!(dropped, "a peer that never reads its pongs is dropped");
+    assert!(s.rss() < 64 << 20, "server RSS {} bytes", s.rss());
+}
