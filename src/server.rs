@@ -626,9 +626,13 @@ impl Server {
             return;
         };
         match &conn.state {
-            State::Ws(w) if !w.closing => {
+            State::Ws(w) if !w.closing && w.bound.is_none() => {
                 debug!("conn {key}: no hello in time");
                 self.begin_close(key, CloseCode::Policy, "hello timeout");
+            }
+            State::Ws(w) if !w.closing => {
+                debug!("conn {key}: a frame left incomplete too long");
+                self.begin_close(key, CloseCode::Policy, "incomplete frame");
             }
             _ => {
                 debug!("conn {key}: timed out");
@@ -1262,6 +1266,7 @@ impl Server {
         let outer = self.reading.replace(key);
         self.read_ws(key);
         self.reading = outer;
+        self.watch_partial(key);
         self.flush_ws(key);
     }
 
@@ -1303,6 +1308,29 @@ impl Server {
                     break;
                 }
             }
+        }
+    }
+
+    /// After hello, a socket holding part of a frame gets the request timeout to send the rest:
+    /// otherwise idle sockets could each pin up to a message's worth of memory for ever.
+    fn watch_partial(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let State::Ws(w) = &conn.state else {
+            return;
+        };
+        if w.bound.is_none() || w.closing {
+            // Before hello the hello timeout applies; while closing, the close timeout.
+            return;
+        }
+        match (w.link.has_partial(), conn.deadline) {
+            (true, 0) => {
+                let at = self.now_ms() + self.cfg.server.request_timeout_ms;
+                self.set_deadline(key, at);
+            }
+            (false, d) if d != 0 => self.set_deadline(key, 0),
+            _ => {}
         }
     }
 

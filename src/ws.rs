@@ -155,6 +155,11 @@ impl Link {
         &mut self.stream
     }
 
+    /// Part of a frame or message is held, waiting for the rest.
+    pub fn has_partial(&self) -> bool {
+        self.input.is_some() || self.fragments.is_some()
+    }
+
     /// Both close frames are through and nothing is left to send: drop the connection.
     pub fn finished(&self) -> bool {
         self.close_sent && self.close_received && self.output.is_none()

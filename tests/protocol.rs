@@ -613,3 +613,24 @@ fn a_ping_flood_neither_starves_others_nor_grows_memory() {
     assert!(dropped, "a peer that never reads its pongs is dropped");
     assert!(s.rss() < 64 << 20, "server RSS {} bytes", s.rss());
 }
+
+#[test]
+fn a_frame_left_incomplete_after_hello_is_closed_after_the_request_timeout() {
+    use std::io::Write;
+    let s = Server::start_with("request_timeout_ms = 300", "");
+    let mut c = s.client();
+    c.hello_new();
+    // A masked text frame announcing 60,000 bytes, of which 10 are sent.
+    let mut partial = vec![0x81, 0x80 | 126];
+    partial.extend_from_slice(&60_000u16.to_be_bytes());
+    partial.extend_from_slice(&[1, 2, 3, 4]);
+    partial.extend_from_slice(&[b'x'; 10]);
+    c.ws.get_mut().write_all(&partial).unwrap();
+    assert_eq!(c.expect_close(), Some(1008));
+    // A whole frame in time is fine: another client sending slowly but completely stays.
+    let mut ok = s.client();
+    ok.hello_new();
+    std::thread::sleep(Duration::from_millis(500));
+    ok.send("{}");
+    assert_eq!(ok.recv_text(), "{}");
+}
