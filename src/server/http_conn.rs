@@ -1,0 +1,232 @@
+//! HTTP connections on the event loop: reading requests, routing them, writing answers.
+
+use super::*;
+
+/// Writes as much of `out[*written..]` as the socket takes. `Ok(true)` when all is written.
+pub(super) fn write_out(
+    stream: &mut TcpStream,
+    out: &[u8],
+    written: &mut usize,
+) -> io::Result<bool> {
+    while *written < out.len() {
+        match stream.write(&out[*written..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => *written += n,
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+impl Server {
+    pub(super) fn http_event(&mut self, key: usize) {
+        let mut handled = 0;
+        loop {
+            let max_head = self.cfg.endpoint.max_header_size;
+            let Some(Conn {
+                state: State::Http(h),
+                ..
+            }) = self.conns.get_mut(key)
+            else {
+                return;
+            };
+            match write_out(&mut h.stream, &h.out, &mut h.written) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => return self.drop_conn(key),
+            }
+            if h.waiting.is_some() {
+                return;
+            }
+            if !h.out.is_empty() {
+                h.out = Vec::new();
+                h.written = 0;
+                if h.close_after {
+                    let _ = h.stream.shutdown(std::net::Shutdown::Write);
+                    return self.drop_conn(key);
+                }
+                if !h.continued {
+                    let at = self.now_ms() + self.cfg.server.keep_alive_timeout_ms;
+                    self.set_deadline(key, at);
+                }
+                continue;
+            }
+            match http::parse_head(&h.buf, max_head) {
+                Parsed::Complete(head) => {
+                    let need = head.head_len.saturating_add(head.content_length);
+                    if head.content_length > self.cfg.endpoint.max_body_size {
+                        let r = Response::json(413, "\"Request body too large\"").closing();
+                        self.respond(key, r, false);
+                        continue;
+                    }
+                    if head.upgrade.is_none() && h.buf.len() < need {
+                        if head.expect_continue && !h.continued && h.out.is_empty() {
+                            // curl waits a second for this before sending a body over 1 KiB.
+                            h.continued = true;
+                            h.out = http::CONTINUE.to_vec();
+                            h.written = 0;
+                            continue;
+                        }
+                        if !self.read_more(key) {
+                            return;
+                        }
+                        continue;
+                    }
+                    handled += 1;
+                    if handled > BUDGET {
+                        self.again.push(key);
+                        return;
+                    }
+                    self.request(key, head);
+                    let still_http = matches!(
+                        self.conns.get(key).map(|c| &c.state),
+                        Some(State::Http(h)) if h.waiting.is_none()
+                    );
+                    if !still_http {
+                        return;
+                    }
+                }
+                Parsed::Partial => {
+                    if !self.read_more(key) {
+                        return;
+                    }
+                }
+                Parsed::Bad(r) => self.respond(key, r, false),
+            }
+        }
+    }
+
+    /// Reads what the socket has. `false` when there is nothing more to do now.
+    pub(super) fn read_more(&mut self, key: usize) -> bool {
+        let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return false;
+        };
+        let was_idle = h.buf.is_empty();
+        let len = h.buf.len();
+        h.buf.resize(len + READ_CHUNK, 0);
+        let res = h.stream.read(&mut h.buf[len..]);
+        let got = match &res {
+            Ok(n) => *n,
+            Err(_) => 0,
+        };
+        h.buf.truncate(len + got);
+        match res {
+            Ok(0) => {
+                self.drop_conn(key);
+                false
+            }
+            Ok(_) => {
+                if was_idle {
+                    // A new request started: it gets the request timeout, not the idle one.
+                    let at = self.now_ms() + self.cfg.server.request_timeout_ms;
+                    self.set_deadline(key, at);
+                }
+                true
+            }
+            Err(e) if would_block(&e) => false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => true,
+            Err(_) => {
+                self.drop_conn(key);
+                false
+            }
+        }
+    }
+
+    /// Queues a response and removes the request bytes it answers.
+    pub(super) fn respond(&mut self, key: usize, resp: Response, keep_alive: bool) {
+        let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let keep = keep_alive && !resp.close && self.shutdown_at.is_none();
+        h.waiting = None;
+        h.continued = false;
+        h.out = resp.to_bytes(keep);
+        h.written = 0;
+        h.close_after |= !keep;
+        if h.close_after {
+            h.buf = Vec::new();
+        }
+    }
+
+    pub(super) fn request(&mut self, key: usize, head: Head) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let roles = conn.roles;
+        let State::Http(h) = &mut conn.state else {
+            return;
+        };
+        if let Some(upgrade) = &head.upgrade {
+            if !roles.websocket {
+                return self.respond(key, endpoint::not_found().closing(), false);
+            }
+            return match upgrade {
+                Ok(up) => self.start_upgrade(key, &head, up),
+                Err(r) => self.respond(key, r.clone(), false),
+            };
+        }
+        let need = head.head_len + head.content_length;
+        let body: Vec<u8> = h.buf[head.head_len..need].to_vec();
+        h.buf.drain(..need);
+        if h.buf.is_empty() {
+            h.buf = Vec::new();
+        }
+        if roles.router {
+            return self.route_request(key, &head, &body);
+        }
+        let resp = match endpoint::route(&head) {
+            Route::Update(token) if roles.endpoint => match self.update(key, &head, token, &body) {
+                Some(r) => r,
+                None => return,
+            },
+            Route::Status => Response::json(
+                200,
+                format!(
+                    "{{\"status\":\"OK\",\"clients\":{},\"version\":\"{}\"}}",
+                    self.peers
+                        .clients
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .sum::<usize>(),
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ),
+            Route::Health if self.store.healthy() => Response::json(200, "{\"status\":\"OK\"}"),
+            Route::Health => Response::json(503, "{\"status\":\"NOT OK\"}"),
+            _ => endpoint::not_found(),
+        };
+        self.respond(key, resp, head.keep_alive);
+    }
+
+    /// Answers a request that waited, then goes on with the connection's next request.
+    pub(super) fn answer(&mut self, conn: ConnRef, resp: Response) {
+        if conn.worker as usize != self.id {
+            // If that loop has stopped, its connection is gone with it.
+            let _ = self
+                .peers
+                .send(conn.worker as usize, Cross::Answer { conn, resp });
+            return;
+        }
+        if !self.is_current(conn) {
+            return;
+        }
+        let keep = match self.conns.get(conn.key).map(|c| &c.state) {
+            Some(State::Http(h)) => h.waiting.unwrap_or(false),
+            _ => return,
+        };
+        self.respond(conn.key, resp, keep);
+        // The next pipelined request waits for the next round, after the other sockets: answering
+        // inline answers would let one client keep this loop to itself.
+        self.again.push(conn.key);
+    }
+}

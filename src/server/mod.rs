@@ -1,0 +1,671 @@
+//! The event loop: one `mio::Poll`, a slab of connections, timers, and the effects `sm` asks for.
+//!
+//! This file holds the loop itself (listeners, accepting, timers, shutdown); the connections'
+//! work is in `http_conn`, `websocket` and `updates`, the cluster's in `cluster`, and what several
+//! loops of one process share in `loops`. The submodules see this one's imports (`use super::*`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use sm::message::HelloUaid;
+use sm::update::Outcome;
+use sm::{Effect, Id, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::config::Config;
+use crate::endpoint::{self, Route};
+use crate::http::{self, Head, Parsed, Response};
+use crate::registry::Registry;
+use crate::router::{self, RouteRequest};
+use crate::store::memcached::{self, MemcachedStore};
+use crate::store::memory::MemoryStore;
+use crate::store::workers::Pool;
+use crate::store::{ConnRef, Delivery, Done, Job, PutResult, Runner, Unavailable};
+use crate::token::Tokens;
+use crate::ws::{Incoming, Link};
+
+mod cluster;
+mod http_conn;
+mod loops;
+mod updates;
+mod websocket;
+
+use cluster::{node_url, Cluster};
+use loops::{fresh_owned, owner, Cross, Peers};
+pub use loops::{run_all, start};
+
+const SIGNALS: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+const LISTENER_BASE: usize = usize::MAX - 16;
+const READ_CHUNK: usize = 4096;
+/// Messages or requests handled per connection per wakeup, so that one busy peer cannot starve the rest.
+const BUDGET: usize = 64;
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug)]
+struct Roles {
+    websocket: bool,
+    endpoint: bool,
+    router: bool,
+}
+
+struct Listener {
+    socket: TcpListener,
+    roles: Roles,
+}
+
+/// An HTTP connection reading a request or writing a response.
+struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    written: usize,
+    close_after: bool,
+    /// `Some(keep_alive)` while the request's answer waits on storage or another node.
+    waiting: Option<bool>,
+    /// `100 Continue` was sent for the request being read.
+    continued: bool,
+}
+
+/// A WebSocket with its protocol session.
+struct WsConn {
+    link: Link,
+    session: Session,
+    /// The UAID this socket is registered for, kept here because a closed session forgets it.
+    bound: Option<Uaid>,
+    /// Our close frame is out (or the peer's was read): only waiting for the end.
+    closing: bool,
+}
+
+// The WebSocket variant is the long-lived, common one: boxing it would add an allocation and a
+// pointer to every idle connection, while the short-lived HTTP states merely waste some padding.
+#[allow(clippy::large_enum_variant)]
+enum State {
+    Http(HttpConn),
+    Ws(WsConn),
+    /// Only for the instant a connection changes state; its socket is in hand.
+    Moving,
+}
+
+struct Conn {
+    gen: u32,
+    /// Monotonic ms at which the current timer fires; 0 = none.
+    deadline: u64,
+    /// The time of this connection's entry in the timer heap; 0 = none. A later deadline reuses
+    /// it (re-armed when it fires), so the heap holds about one entry per connection.
+    queued: u64,
+    roles: Roles,
+    state: State,
+}
+
+/// One event loop: its listeners, connections and everything they share. Runs on one thread.
+pub struct Server {
+    /// This loop's number.
+    id: usize,
+    peers: Arc<Peers>,
+    inbox: Receiver<Cross>,
+    poll: Poll,
+    listeners: Vec<Listener>,
+    /// Only loop 0 takes the signals, and tells the others.
+    signals: Option<Signals>,
+    conns: Slab<Conn>,
+    registry: Registry,
+    store: Runner,
+    cluster: Option<Cluster>,
+    tokens: Arc<Tokens>,
+    cfg: Config,
+    public_url: String,
+    limits: Limits,
+    /// Read buffer shared by every WebSocket: sockets keep only leftovers of their own.
+    scratch: Vec<u8>,
+    timers: BinaryHeap<Reverse<(u64, usize, u32)>>,
+    start: Instant,
+    next_gen: u32,
+    spare_fd: Option<File>,
+    shutdown_at: Option<u64>,
+    last_refusal_log: u64,
+    /// Connections that used up their budget with input left: served again after the next poll.
+    again: Vec<usize>,
+    /// The WebSocket whose input is being read right now.
+    reading: Option<usize>,
+    /// An accept failed for a reason other than file descriptors: retry soon.
+    accept_retry: bool,
+}
+
+fn wall_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn fresh_uaid_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    if !crate::random::fill(&mut b) {
+        // Never seen in practice; the clock still makes a unique enough id for one process.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::WouldBlock
+}
+
+/// Logs why the loop stopped.
+pub fn report(result: io::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("event loop failed: {e}");
+            1
+        }
+    }
+}
+
+/// The storage runner the configuration asks for.
+/// The memcached backend all loops share, if configured.
+fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
+    if cfg.storage.backend != "memcached" {
+        return Ok(None);
+    }
+    let st = &cfg.storage;
+    let settings = memcached::Settings {
+        servers: st.servers.clone(),
+        timeout: Duration::from_millis(st.timeout_ms),
+        pool_size: (st.pool_size * loops_wanted(cfg)) as u32,
+        pending_ttl: st.pending_ttl_secs as u32,
+        registration_ttl: st.registration_ttl_secs as u32,
+    };
+    let backend =
+        MemcachedStore::start(settings).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+    if !backend.healthy_now() {
+        warn!(
+            "memcached not reachable yet at {}; answering 503 until it is",
+            st.servers.join(", ")
+        );
+    }
+    Ok(Some(backend))
+}
+
+/// One loop's storage runner: its own memory shard, or worker threads over the shared memcached.
+fn open_store(cfg: &Config, shared: Option<Arc<MemcachedStore>>, waker: Arc<mio::Waker>) -> Runner {
+    match shared {
+        None => Runner::inline(Box::new(MemoryStore::new())),
+        Some(backend) => Runner::Pool(Pool::start(
+            backend,
+            cfg.storage.pool_size,
+            cfg.storage.pool_size,
+            waker,
+        )),
+    }
+}
+
+fn loops_wanted(cfg: &Config) -> usize {
+    match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// A listening socket that several loops can share (SO_REUSEPORT: the kernel spreads connections).
+fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+impl Server {
+    /// Binds this loop's listeners (on `same` addresses, when loop 0 already chose them).
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        cfg: Config,
+        tokens: Arc<Tokens>,
+        id: usize,
+        peers: Arc<Peers>,
+        inbox: Receiver<Cross>,
+        poll: Poll,
+        waker: Arc<mio::Waker>,
+        same: Option<&[SocketAddr]>,
+        memcached: Option<Arc<MemcachedStore>>,
+    ) -> io::Result<Server> {
+        let store = open_store(&cfg, memcached, waker);
+        let parse = |text: &str, key: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| io::Error::new(ErrorKind::InvalidInput, key.to_string()))
+        };
+        let split = !cfg.server.endpoint_listen.is_empty();
+        let mut wanted = vec![(
+            parse(&cfg.server.listen, "server.listen")?,
+            Roles {
+                websocket: true,
+                endpoint: !split,
+                router: false,
+            },
+        )];
+        if split {
+            wanted.push((
+                parse(&cfg.server.endpoint_listen, "server.endpoint_listen")?,
+                Roles {
+                    websocket: false,
+                    endpoint: true,
+                    router: false,
+                },
+            ));
+        }
+        if !cfg.cluster.router_listen.is_empty() {
+            wanted.push((
+                parse(&cfg.cluster.router_listen, "cluster.router_listen")?,
+                Roles {
+                    websocket: false,
+                    endpoint: false,
+                    router: true,
+                },
+            ));
+        }
+        let mut listeners = Vec::new();
+        for (i, (addr, roles)) in wanted.into_iter().enumerate() {
+            let addr = same.and_then(|a| a.get(i).copied()).unwrap_or(addr);
+            listeners.push(Listener {
+                socket: listen_shared(addr)?,
+                roles,
+            });
+        }
+        let endpoint_addr = listeners[if split { 1 } else { 0 }].socket.local_addr()?;
+        let cluster = match listeners.iter().find(|l| l.roles.router) {
+            None => None,
+            Some(l) => Some(Cluster {
+                url: if cfg.cluster.router_url.is_empty() {
+                    format!("http://{}", l.socket.local_addr()?)
+                } else {
+                    cfg.cluster.router_url.trim_end_matches('/').to_string()
+                },
+                secret: cfg.cluster.secret.clone(),
+                timeout: Duration::from_millis(cfg.cluster.timeout_ms),
+            }),
+        };
+        for (i, l) in listeners.iter_mut().enumerate() {
+            poll.registry().register(
+                &mut l.socket,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            )?;
+        }
+        let signals = if id == 0 {
+            let mut signals = Signals::new([SIGTERM, SIGINT])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+        let public_url = if cfg.server.public_url.is_empty() {
+            format!("http://{endpoint_addr}")
+        } else {
+            cfg.server.public_url.trim_end_matches('/').to_string()
+        };
+        let limits = Limits {
+            max_channels: cfg.websocket.max_channels,
+            min_ping_interval_ms: cfg.websocket.min_ping_interval_ms,
+        };
+        Ok(Server {
+            id,
+            peers,
+            inbox,
+            poll,
+            listeners,
+            signals,
+            conns: Slab::with_capacity(1024),
+            registry: Registry::default(),
+            store,
+            cluster,
+            tokens,
+            cfg,
+            public_url,
+            limits,
+            scratch: Vec::with_capacity(crate::ws::READ_CHUNK),
+            timers: BinaryHeap::new(),
+            start: Instant::now(),
+            next_gen: 0,
+            spare_fd: File::open("/dev/null").ok(),
+            shutdown_at: None,
+            last_refusal_log: 0,
+            again: Vec::new(),
+            reading: None,
+            accept_retry: false,
+        })
+    }
+
+    /// The bound addresses: the WebSocket listener first, then the endpoint listener if split,
+    /// then the router listener of a cluster node.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.socket.local_addr().ok())
+            .collect()
+    }
+
+    /// The base URL of handed-out endpoints.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Runs until SIGTERM/SIGINT and a drained shutdown.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signal(),
+                    WAKER => self.read_inbox(),
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(key) => self.conn_event(key),
+                }
+                self.finish_jobs();
+            }
+            self.finish_jobs();
+            for key in std::mem::take(&mut self.again) {
+                self.conn_event(key);
+                self.finish_jobs();
+            }
+            if std::mem::take(&mut self.accept_retry) {
+                for i in 0..self.listeners.len() {
+                    self.accept(i);
+                }
+            }
+            self.fire_timers();
+            if let Some(at) = self.shutdown_at {
+                if self.conns.is_empty() || self.now_ms() >= at {
+                    self.inbox_drop();
+                    info!(
+                        "shutdown complete, {} connections dropped",
+                        self.conns.len()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.again.is_empty() {
+            return Duration::ZERO;
+        }
+        if self.accept_retry {
+            return Duration::from_millis(50);
+        }
+        let now = self.now_ms();
+        let next = self
+            .timers
+            .peek()
+            .map(|Reverse((at, _, _))| *at)
+            .into_iter()
+            .chain(self.shutdown_at)
+            .min();
+        let wait = next.map_or(1000, |at| at.saturating_sub(now).min(1000));
+        Duration::from_millis(wait)
+    }
+
+    fn on_signal(&mut self) {
+        let got: Vec<i32> = match self.signals.as_mut() {
+            Some(s) => s.pending().collect(),
+            None => return,
+        };
+        if got.is_empty() || self.shutdown_at.is_some() {
+            return;
+        }
+        info!(
+            "signal {:?}: closing {} connections",
+            got,
+            self.peers.open.load(Ordering::Relaxed)
+        );
+        for w in (0..self.peers.mail.len()).filter(|&w| w != self.id) {
+            // A loop that has stopped already needs no telling.
+            let _ = self.peers.send(w, Cross::Shutdown);
+        }
+        self.shut_down();
+    }
+
+    /// Stops accepting and closes every connection, gracefully, within the shutdown timeout.
+    fn shut_down(&mut self) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        self.shutdown_at = Some(self.now_ms() + self.cfg.server.shutdown_timeout_ms);
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        self.listeners.clear();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let idle_http = matches!(
+                self.conns.get(key).map(|c| &c.state),
+                Some(State::Http(h)) if h.buf.is_empty() && h.written >= h.out.len()
+            );
+            if idle_http {
+                self.drop_conn(key);
+            } else if let Some(Conn {
+                state: State::Http(h),
+                ..
+            }) = self.conns.get_mut(key)
+            {
+                h.close_after = true;
+            } else {
+                self.begin_close(key, CloseCode::Away, "server shutting down");
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let roles = listener.roles;
+            match listener.socket.accept() {
+                Ok((stream, _)) => self.admit(stream, roles),
+                Err(e) if would_block(&e) => return,
+                Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
+                    // EMFILE/ENFILE: free the spare descriptor to take one connection off the backlog
+                    // and close it. Linux reports EMFILE even with an empty backlog, so stop as soon
+                    // as that second accept finds nothing.
+                    self.log_refusal("out of file descriptors");
+                    self.spare_fd = None;
+                    // The accepted stream is closed here, before the spare is reopened in its place.
+                    let took_one = self
+                        .listeners
+                        .get(index)
+                        .is_some_and(|l| l.socket.accept().is_ok());
+                    self.spare_fd = File::open("/dev/null").ok();
+                    if !took_one || self.spare_fd.is_none() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // ENOBUFS, ENOMEM and the like: the backlog is not drained, so try again soon
+                    // rather than wait for the next connection to signal the listener.
+                    warn!("accept: {e}");
+                    self.accept_retry = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn log_refusal(&mut self, why: &str) {
+        let now = self.now_ms();
+        if now.saturating_sub(self.last_refusal_log) >= 1000 || self.last_refusal_log == 0 {
+            warn!("refusing connections: {why}");
+            self.last_refusal_log = now.max(1);
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, roles: Roles) {
+        if self.peers.open.load(Ordering::Relaxed) >= self.cfg.server.max_connections {
+            self.log_refusal("max_connections reached");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("register: {e}");
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        self.peers.open.fetch_add(1, Ordering::Relaxed);
+        entry.insert(Conn {
+            gen: self.next_gen,
+            deadline: 0,
+            queued: 0,
+            roles,
+            state: State::Http(HttpConn {
+                stream,
+                buf: Vec::new(),
+                out: Vec::new(),
+                written: 0,
+                close_after: false,
+                waiting: None,
+                continued: false,
+            }),
+        });
+        let at = self.now_ms() + self.cfg.server.request_timeout_ms;
+        self.set_deadline(key, at);
+    }
+
+    fn set_deadline(&mut self, key: usize, at: u64) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.deadline = at;
+        if at != 0 && (c.queued == 0 || at < c.queued) {
+            c.queued = at;
+            self.timers.push(Reverse((at, key, c.gen)));
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now_ms();
+        while let Some(&Reverse((at, key, gen))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.gen != gen || c.queued != at {
+                continue;
+            }
+            c.queued = 0;
+            if c.deadline == 0 {
+                continue;
+            }
+            if c.deadline <= now {
+                self.expire(key);
+            } else {
+                // Pushed later since this entry was queued: wait for the new time.
+                c.queued = c.deadline;
+                self.timers.push(Reverse((c.deadline, key, gen)));
+            }
+        }
+    }
+
+    fn expire(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        match &conn.state {
+            State::Ws(w) if !w.closing && w.bound.is_none() => {
+                debug!("conn {key}: no hello in time");
+                self.begin_close(key, CloseCode::Policy, "hello timeout");
+            }
+            State::Ws(w) if !w.closing => {
+                debug!("conn {key}: a frame left incomplete too long");
+                self.begin_close(key, CloseCode::Policy, "incomplete frame");
+            }
+            _ => {
+                debug!("conn {key}: timed out");
+                self.drop_conn(key);
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let conn = self.conns.remove(key);
+        self.peers.open.fetch_sub(1, Ordering::Relaxed);
+        let registry = self.poll.registry();
+        match conn.state {
+            State::Http(mut h) => drop(registry.deregister(&mut h.stream)),
+            State::Ws(mut w) => {
+                drop(registry.deregister(w.link.stream_mut()));
+                if let Some(uaid) = w.bound {
+                    self.unbind(&uaid, key, conn.gen);
+                }
+            }
+            State::Moving => {}
+        }
+    }
+
+    fn conn_event(&mut self, key: usize) {
+        match self.conns.get(key).map(|c| &c.state) {
+            Some(State::Http(_)) => self.http_event(key),
+            Some(State::Ws(_)) => self.ws_event(key),
+            Some(State::Moving) | None => {}
+        }
+    }
+
+    fn conn_ref(&self, key: usize) -> Option<ConnRef> {
+        self.conns.get(key).map(|c| ConnRef {
+            worker: self.id as u16,
+            key,
+            gen: c.gen,
+        })
+    }
+
+    fn is_current(&self, conn: ConnRef) -> bool {
+        conn.worker as usize == self.id
+            && self.conns.get(conn.key).is_some_and(|c| c.gen == conn.gen)
+    }
+}

@@ -1,0 +1,293 @@
+//! WebSocket connections on the event loop: upgrade, frames in, session effects out, close.
+
+use super::*;
+
+pub(super) fn log_request(key: usize, uaid: Option<Uaid>, kind: &Inbound) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let who = uaid.map_or_else(|| "-".to_string(), |u| u.to_string());
+    match kind {
+        Inbound::Ack(items) => {
+            for i in items {
+                let code = i.code.map_or_else(|| "-".to_string(), |c| c.to_string());
+                debug!(
+                    "conn {key}: ack uaid={who} channel={} version={} code={code}",
+                    i.channel_id, i.version
+                );
+            }
+        }
+        other => debug!("conn {key}: uaid={who} {other:?}"),
+    }
+}
+
+impl Server {
+    /// Turns the HTTP connection into a WebSocket. The 101 response goes out with the replies to
+    /// whatever the client sent right behind its upgrade request, in one write.
+    pub(super) fn start_upgrade(&mut self, key: usize, head: &Head, up: &http::Upgrade) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
+            return self.drop_conn(key);
+        };
+        let leftover = h
+            .buf
+            .get(head.head_len..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let mut link = Link::new(h.stream, leftover);
+        link.cork();
+        link.queue_raw(http::switching_protocols(up));
+        conn.state = State::Ws(WsConn {
+            link,
+            session: Session::new(),
+            bound: None,
+            closing: false,
+        });
+        let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
+        self.set_deadline(key, at);
+        if self.shutdown_at.is_some() {
+            // Upgraded while the server stops: it gets its 101 and, at once, a going-away close.
+            self.begin_close(key, CloseCode::Away, "server shutting down");
+        }
+        self.ws_event(key);
+    }
+
+    pub(super) fn ws_event(&mut self, key: usize) {
+        if let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            // Replies to everything read in this round go out in one write (`flush_ws`).
+            w.link.cork();
+        }
+        let outer = self.reading.replace(key);
+        self.read_ws(key);
+        self.reading = outer;
+        self.watch_partial(key);
+        self.flush_ws(key);
+    }
+
+    /// Reads and handles messages until the socket has no more, the session waits on storage, or
+    /// the budget is spent.
+    pub(super) fn read_ws(&mut self, key: usize) {
+        let mut handled = 0;
+        loop {
+            let Some(Conn {
+                state: State::Ws(w),
+                ..
+            }) = self.conns.get_mut(key)
+            else {
+                return;
+            };
+            if w.session.is_busy() {
+                break;
+            }
+            handled += 1;
+            if handled > BUDGET {
+                self.again.push(key);
+                break;
+            }
+            let max = self.cfg.websocket.max_message_size;
+            match w.link.next(&mut self.scratch, max) {
+                Ok(Some(Incoming::Data(payload))) => self.on_payload(key, &payload),
+                Ok(Some(Incoming::Close)) => self.on_peer_close(key),
+                Ok(Some(Incoming::Busy)) => {
+                    self.again.push(key);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!("conn {key}: {e}");
+                    match e.close_code() {
+                        Some(code) => self.begin_close(key, code, "protocol error"),
+                        None => return self.drop_conn(key),
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// After hello, a socket holding part of a frame gets the request timeout to send the rest:
+    /// otherwise idle sockets could each pin up to a message's worth of memory for ever.
+    pub(super) fn watch_partial(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let State::Ws(w) = &conn.state else {
+            return;
+        };
+        if w.bound.is_none() || w.closing {
+            // Before hello the hello timeout applies; while closing, the close timeout.
+            return;
+        }
+        match (w.link.has_partial(), conn.deadline) {
+            (true, 0) => {
+                let at = self.now_ms() + self.cfg.server.request_timeout_ms;
+                self.set_deadline(key, at);
+            }
+            (false, d) if d != 0 => self.set_deadline(key, 0),
+            _ => {}
+        }
+    }
+
+    pub(super) fn flush_ws(&mut self, key: usize) {
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let max_output = self.cfg.websocket.max_output_buffer;
+        match w.link.uncork(max_output) {
+            Ok(()) if w.link.finished() => self.drop_conn(key),
+            Ok(()) => {}
+            Err(_) => self.drop_conn(key),
+        }
+    }
+
+    pub(super) fn on_peer_close(&mut self, key: usize) {
+        // The UAID is offline from this moment: the next update is stored (202).
+        if let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            w.session.close();
+            w.closing = true;
+            if let Some(uaid) = w.bound.take() {
+                self.unbind_current(&uaid, key);
+            }
+        }
+        let at = self.now_ms() + self.cfg.server.close_timeout_ms;
+        self.set_deadline(key, at);
+    }
+
+    /// Sends a close frame and waits (bounded) for the peer's.
+    pub(super) fn begin_close(&mut self, key: usize, code: CloseCode, reason: &'static str) {
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return self.drop_conn(key);
+        };
+        if w.closing {
+            // Already closing: its deadline stands, whatever the peer sends meanwhile.
+            return;
+        }
+        w.closing = true;
+        let uaid = w.bound.take();
+        w.session.close();
+        let closed = w.link.send_close(code, reason).is_ok();
+        if let Some(uaid) = uaid {
+            self.unbind_current(&uaid, key);
+        }
+        if !closed {
+            return self.drop_conn(key);
+        }
+        let at = self.now_ms() + self.cfg.server.close_timeout_ms;
+        self.set_deadline(key, at);
+    }
+
+    pub(super) fn on_payload(&mut self, key: usize, payload: &[u8]) {
+        let now = self.now_ms();
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let (id, loops) = (self.id, self.peers.mail.len());
+        let effects = match sm::parse(payload) {
+            Ok(req) => {
+                if let (Inbound::Hello(h), false) = (&req.kind, w.closing) {
+                    if let (HelloUaid::Valid(u), None) = (&h.uaid, w.session.uaid()) {
+                        let to = owner(u, loops);
+                        if to != id {
+                            return self.hand_over(key, to, payload.to_vec());
+                        }
+                    }
+                }
+                log_request(key, w.session.uaid(), &req.kind);
+                w.session
+                    .handle(req, &self.limits, now, &mut || fresh_owned(id, loops))
+            }
+            Err(refused) => {
+                debug!("conn {key}: refused message: {:?}", refused.rejection);
+                w.session.refused(refused)
+            }
+        };
+        self.apply(key, effects, None);
+    }
+
+    /// Carries out the session's effects in order. `claimed`: a UAID whose node record the hello
+    /// job already set for this socket.
+    pub(super) fn apply(&mut self, key: usize, effects: Vec<Effect>, claimed: Option<Uaid>) {
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Send(text) => {
+                    let Some(Conn {
+                        state: State::Ws(w),
+                        ..
+                    }) = self.conns.get_mut(key)
+                    else {
+                        return;
+                    };
+                    if let Err(e) = w.link.send_text(&text) {
+                        debug!("conn {key}: write failed: {e}");
+                        return self.drop_conn(key);
+                    }
+                }
+                Effect::Close => self.begin_close(key, CloseCode::Normal, ""),
+                Effect::Store(op) => {
+                    // The session is busy until the answer arrives (`session_done`).
+                    if let Some(conn) = self.conn_ref(key) {
+                        let node = match op {
+                            StoreOp::Hello { .. } => self.node_id(key, conn.gen),
+                            _ => None,
+                        };
+                        self.store.submit(Job::Session { conn, op, node });
+                        if self.store.is_inline() {
+                            // Answered already: reply now, inside this round's single write.
+                            self.finish_jobs();
+                        }
+                    }
+                }
+                Effect::Bind(uaid) => {
+                    debug!("conn {key}: hello uaid={uaid}");
+                    self.set_deadline(key, 0);
+                    if let Some(Conn {
+                        state: State::Ws(w),
+                        ..
+                    }) = self.conns.get_mut(key)
+                    {
+                        w.bound = Some(uaid);
+                    }
+                    let replaced = self.registry.bind(uaid, key);
+                    self.peers.clients[self.id].store(self.registry.len(), Ordering::Relaxed);
+                    if let Some(old) = replaced {
+                        if self.bound_to(old) == Some(uaid) {
+                            debug!("conn {old}: replaced by conn {key} for uaid={uaid}");
+                            self.begin_close(
+                                old,
+                                CloseCode::Normal,
+                                "replaced by a newer connection",
+                            );
+                        }
+                    }
+                    let node = self.conn_ref(key).and_then(|r| self.node_id(key, r.gen));
+                    if let Some(node) = node.filter(|_| claimed != Some(uaid)) {
+                        self.store.submit(Job::Bound { uaid, node });
+                    }
+                }
+            }
+        }
+    }
+}
