@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Standard benchmark of simplepush on this machine (loopback only), in about four minutes:
+# Standard benchmark of simplepush on this machine (loopback only), in about two minutes:
 #   1. connect: 19,000 devices x 1 channel held 10 s (server RSS per connection, CPU per hello+register)
 #   2. notify: 1,000 PUT/s for 20 s to 19,000 held devices (latency p50/p99/p99.9, loss)
 #   3. notify ladder: 2k, 5k, 10k, 20k PUT/s for 10 s each (highest rate with p99 <= 10 ms, no loss)

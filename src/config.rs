@@ -125,7 +125,7 @@ pub struct StorageConfig {
     pub servers: Vec<String>,
     /// memcached connect, read and write timeout.
     pub timeout_ms: u64,
-    /// Storage worker threads, and connections per memcached server.
+    /// Per event loop: storage workers and forwarding threads (memcached: × loops connections).
     pub pool_size: usize,
     /// Lifetime of a stored version not yet acked, in seconds.
     pub pending_ttl_secs: u64,
@@ -185,6 +185,11 @@ impl std::error::Error for ConfigError {}
 
 const ENV_PREFIX: &str = "SIMPLEPUSH_";
 
+/// A validation error naming the key.
+fn bad<T>(key: &str, why: &str) -> Result<T, ConfigError> {
+    Err(ConfigError(format!("config: {key}: {why}")))
+}
+
 impl Config {
     /// Loads the file (if any), applies environment overrides and validates.
     pub fn load(
@@ -204,7 +209,28 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("config: {key}: {why}")));
+        let timeouts = [
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "server.keep_alive_timeout_ms",
+                self.server.keep_alive_timeout_ms,
+            ),
+            ("server.close_timeout_ms", self.server.close_timeout_ms),
+            (
+                "server.shutdown_timeout_ms",
+                self.server.shutdown_timeout_ms,
+            ),
+            (
+                "websocket.hello_timeout_ms",
+                self.websocket.hello_timeout_ms,
+            ),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, ms)| *ms == 0) {
+            return bad(
+                key,
+                "must be at least 1 (a timeout of 0 would end every connection at once)",
+            );
+        }
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return bad("server.listen", "not an address like 127.0.0.1:8080");
         }
@@ -246,7 +272,6 @@ impl Config {
     }
 
     fn validate_storage(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("config: {key}: {why}")));
         let st = &self.storage;
         if st.backend != "memory" && st.backend != "memcached" {
             return bad("storage.backend", "must be \"memory\" or \"memcached\"");
@@ -281,7 +306,6 @@ impl Config {
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("config: {key}: {why}")));
         let c = &self.cluster;
         if c.router_listen.is_empty() {
             return Ok(());
@@ -411,6 +435,17 @@ mod tests {
             toml::Table::try_from(&d).unwrap(),
             "config.sample.toml must state the defaults"
         );
+        // And state every one of them: a missing key would load as its default too.
+        let text: toml::Table = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+        for (section, keys) in toml::Table::try_from(&d).unwrap() {
+            for key in keys.as_table().unwrap().keys() {
+                let present = text
+                    .get(&section)
+                    .and_then(|t| t.as_table())
+                    .is_some_and(|t| t.contains_key(key));
+                assert!(present, "config.sample.toml lacks {section}.{key}");
+            }
+        }
     }
 
     #[test]
@@ -476,6 +511,10 @@ mod tests {
         .unwrap_err()
         .0;
         assert!(e.contains("memcached"), "{e}");
+        let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_REQUEST_TIMEOUT_MS", "0")]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("server.request_timeout_ms"), "{e}");
         let e = Config::load(Some(Path::new("/nonexistent/x.toml")), env(&[]))
             .unwrap_err()
             .0;

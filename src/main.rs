@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     let servers = match server::start(cfg, tokens) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("simplepush: cannot listen: {e}");
+            eprintln!("simplepush: cannot start: {e}");
             return ExitCode::from(2);
         }
     };

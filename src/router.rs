@@ -27,7 +27,7 @@ pub enum RouteRequest {
     Kick {
         /// The UAID.
         uaid: Uaid,
-        /// The socket's id (`<key>.<generation>`) from the node record.
+        /// The socket's id (`<loop>.<key>.<generation>`) from the node record.
         conn: String,
     },
 }

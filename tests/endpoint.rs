@@ -363,7 +363,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 }
 
 #[test]
-fn health_is_ok_with_the_memory_store() {
+fn health_is_ok_while_the_store_is() {
     let s = Server::start();
     let r = request(s.addr, "GET", "/health", &[], "");
     assert_eq!(r.status, 200);

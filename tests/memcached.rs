@@ -329,3 +329,73 @@ fn a_pending_version_outlives_the_registration_lifetime() {
     );
     assert_eq!(c.recv()["updates"][0]["version"], 4);
 }
+
+#[test]
+fn a_register_after_an_update_does_not_shorten_the_pending_version() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node_with(&[&mc], "registration_ttl_secs = 2\npending_ttl_secs = 8");
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let ep = c.register(&chid(1));
+    c.close();
+    assert_eq!(put(&ep, "version=42").status, 202);
+    let mut c = s.client();
+    c.hello(&uaid, &[&chid(1)]);
+    assert_eq!(c.recv()["updates"][0]["version"], 42);
+    c.register(&chid(2));
+    c.close();
+    std::thread::sleep(Duration::from_millis(3500));
+    // Channel 2's registration has expired, but version 42 lives 8 s and keeps the UAID known.
+    let mut c = s.client();
+    assert_eq!(c.hello(&uaid, &[&chid(1), &chid(2)])["uaid"], uaid.as_str());
+    assert_eq!(c.recv()["updates"][0]["version"], 42);
+}
+
+#[test]
+fn registration_ttl_zero_means_nothing_expires() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node_with(&[&mc], "registration_ttl_secs = 0\npending_ttl_secs = 2");
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let ep = c.register(&chid(1));
+    assert_eq!(put(&ep, "version=5").status, 200);
+    assert_eq!(c.recv()["updates"][0]["version"], 5);
+    c.ack(&chid(1), 5);
+    c.close();
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut c = s.client();
+    assert_eq!(
+        c.hello(&uaid, &[&chid(1)])["uaid"],
+        uaid.as_str(),
+        "still known"
+    );
+    assert_eq!(put(&ep, "version=6").status, 200);
+    assert_eq!(c.recv()["updates"][0]["version"], 6);
+}
+
+#[test]
+fn a_device_whose_registrations_all_expired_starts_over() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node_with(&[&mc], "registration_ttl_secs = 1\npending_ttl_secs = 600");
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let ep = c.register(&chid(1));
+    c.close();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(put(&ep, "version=1").status, 410);
+    let mut c = s.client();
+    assert_ne!(
+        c.hello(&uaid, &[&chid(1)])["uaid"],
+        uaid.as_str(),
+        "a new UAID, to re-register"
+    );
+}

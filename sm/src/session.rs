@@ -174,11 +174,6 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
-    /// True once a hello has completed on this socket.
-    pub fn has_said_hello(&self) -> bool {
-        self.uaid().is_some()
-    }
-
     /// Marks the session closed (peer close, kick, shutdown): it delivers nothing more.
     pub fn close(&mut self) {
         self.state = State::Closed;

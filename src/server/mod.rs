@@ -180,7 +180,6 @@ pub fn report(result: io::Result<()>) -> i32 {
     }
 }
 
-/// The storage runner the configuration asks for.
 /// The memcached backend all loops share, if configured.
 fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
     if cfg.storage.backend != "memcached" {

@@ -25,6 +25,11 @@ use super::{Backend, HelloFound, PutResult, Unavailable};
 
 /// How many times a `cas` write is retried when another writer got there first.
 const CAS_RETRIES: usize = 16;
+/// Lifetime of a node record: a socket's record is replaced or released long before, unless its
+/// node died; then it must not stay for ever. (memcached's longest relative expiry, 30 days.)
+const NODE_TTL: u32 = 30 * 24 * 3600;
+/// Lifetime of a released node record (`-`).
+const RELEASED_TTL: u32 = 60;
 /// How often an unhealthy backend probes the servers.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
@@ -203,10 +208,18 @@ impl MemcachedStore {
         c.touch(key, ttl).map(|_| ()).map_err(|e| self.fail(i, &e))
     }
 
+    /// Lifetime of a pending version: at least a registration's (0 = no expiry, then none either).
     fn pending_ttl(&self) -> u32 {
-        self.settings
-            .pending_ttl
-            .max(self.settings.registration_ttl)
+        match self.settings.registration_ttl {
+            0 => 0,
+            reg => self.settings.pending_ttl.max(reg),
+        }
+    }
+
+    /// Lifetime of the channel list: as long as the longest-lived record it leads to. Whether the
+    /// UAID is known is decided by its live records, not by the list alone.
+    fn list_ttl(&self) -> u32 {
+        self.pending_ttl()
     }
 
     /// Rewrites the channel list with `cas` until it sticks; `change` returns `None` for no change.
@@ -216,7 +229,7 @@ impl MemcachedStore {
         change: impl Fn(Option<&str>) -> Option<String>,
     ) -> Result<(), Unavailable> {
         let key = list_key(uaid);
-        let ttl = self.settings.registration_ttl;
+        let ttl = self.list_ttl();
         for _ in 0..CAS_RETRIES {
             match self.gets(&key)? {
                 None => {
@@ -299,6 +312,13 @@ impl Backend for MemcachedStore {
         let channels = parse_list(&list);
         let keys: Vec<String> = channels.iter().map(|c| chan_key(uaid, c)).collect();
         let records = self.get_many(&keys)?;
+        // Every registration expired: the device must start over with a new UAID and register again.
+        if !channels.is_empty() && records.is_empty() {
+            if let Some(n) = node {
+                self.unbind_node(uaid, n)?;
+            }
+            return Ok(HelloFound::default());
+        }
         let ttl = self.settings.registration_ttl;
         let mut pending = Vec::new();
         for (c, key) in channels.iter().zip(&keys) {
@@ -313,13 +333,7 @@ impl Backend for MemcachedStore {
                 None => {}
             }
         }
-        // The list lives as long as the longest-lived record it leads to.
-        let list_ttl = if pending.is_empty() {
-            ttl
-        } else {
-            self.pending_ttl()
-        };
-        self.touch(&list_key(uaid), list_ttl)?;
+        self.touch(&list_key(uaid), self.list_ttl())?;
         Ok(HelloFound {
             known: true,
             pending,
@@ -408,7 +422,7 @@ impl Backend for MemcachedStore {
             return Err(Unavailable);
         }
         // The hello that flushes this version finds the channel through the list: keep it as long.
-        self.touch(&list_key(uaid), self.pending_ttl())?;
+        self.touch(&list_key(uaid), self.list_ttl())?;
         let node = self.get(&node_key(uaid))?.filter(|n| n != "-");
         Ok(PutResult::Stored { node })
     }
@@ -417,7 +431,7 @@ impl Backend for MemcachedStore {
         self.check()?;
         let key = node_key(uaid);
         let previous = self.get(&key)?;
-        self.set(&key, node, 0)?;
+        self.set(&key, node, NODE_TTL)?;
         Ok(previous.filter(|p| p != "-" && p != node))
     }
 
@@ -426,7 +440,7 @@ impl Backend for MemcachedStore {
         let key = node_key(uaid);
         if let Some((current, cas)) = self.gets(&key)? {
             if current == node {
-                self.cas(&key, "-", 0, cas)?;
+                self.cas(&key, "-", RELEASED_TTL, cas)?;
             }
         }
         Ok(())
