@@ -188,17 +188,9 @@ impl Server {
                 endpoint: false,
                 router: false,
             },
-            state: State::Ws(WsConn {
-                link,
-                session,
-                bound: None,
-                closing: false,
-            }),
+            state: State::Moving,
         });
-        let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
-        self.set_deadline(key, at);
-        if self.shutdown_at.is_some() {
-            self.begin_close(key, CloseCode::Away, "server shutting down");
+        if !self.open_ws(key, link, session) {
             return self.flush_ws(key);
         }
         let outer = self.reading.replace(key);

@@ -39,19 +39,29 @@ impl Server {
         let mut link = Link::new(h.stream, leftover);
         link.cork();
         link.queue_raw(http::switching_protocols(up));
+        self.open_ws(key, link, Session::new());
+        self.ws_event(key);
+    }
+
+    /// Makes connection `key` a WebSocket waiting for its hello (the hello timeout runs). While the
+    /// server stops it is closed at once with "going away"; `false` then.
+    pub(super) fn open_ws(&mut self, key: usize, link: Link, session: Session) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
         conn.state = State::Ws(WsConn {
             link,
-            session: Session::new(),
+            session,
             bound: None,
             closing: false,
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
         if self.shutdown_at.is_some() {
-            // Upgraded while the server stops: it gets its 101 and, at once, a going-away close.
             self.begin_close(key, CloseCode::Away, "server shutting down");
+            return false;
         }
-        self.ws_event(key);
+        true
     }
 
     pub(super) fn ws_event(&mut self, key: usize) {
