@@ -504,13 +504,21 @@ impl Server {
                     self.log_refusal("out of file descriptors");
                     self.spare_fd = None;
                     // The accepted stream is closed here, before the spare is reopened in its place.
-                    let took_one = self
+                    let second = self
                         .listeners
                         .get(index)
-                        .is_some_and(|l| l.socket.accept().is_ok());
+                        .map(|l| l.socket.accept().map(drop));
                     self.spare_fd = File::open("/dev/null").ok();
-                    if !took_one || self.spare_fd.is_none() {
-                        return;
+                    match second {
+                        Some(Ok(())) if self.spare_fd.is_some() => {}
+                        Some(Err(e)) if would_block(&e) => return,
+                        // Still out of descriptors (another loop of this process took the one
+                        // freed): connections may wait in the backlog with no new event to tell
+                        // of them, so try again shortly.
+                        _ => {
+                            self.accept_retry = true;
+                            return;
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}

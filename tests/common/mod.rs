@@ -399,6 +399,21 @@ pub fn put(endpoint: &str, body: &str) -> HttpReply {
     )
 }
 
+/// PUT a form body; `None` when the connection closed without an answer (e.g. refused at a limit).
+pub fn try_put(endpoint: &str, body: &str) -> Option<HttpReply> {
+    let (addr, path) = split_url(endpoint);
+    let req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    (!buf.is_empty()).then(|| parse_reply(&String::from_utf8_lossy(&buf)))
+}
+
 /// `http://host:port/path` → (address, path).
 pub fn split_url(url: &str) -> (SocketAddr, String) {
     let rest = url.strip_prefix("http://").expect("http URL");
