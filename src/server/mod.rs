@@ -410,7 +410,8 @@ impl Server {
                 if self.conns.is_empty() || self.now_ms() >= at {
                     self.inbox_drop();
                     info!(
-                        "shutdown complete, {} connections dropped",
+                        "event loop {}: shutdown complete, {} connections dropped",
+                        self.id,
                         self.conns.len()
                     );
                     return Ok(());
