@@ -4,6 +4,7 @@
 mod config;
 mod endpoint;
 mod http;
+mod nonblocking;
 mod random;
 mod registry;
 mod router;

@@ -6,11 +6,13 @@
 //! only until they are consumed. Output goes straight to the socket; only what the socket does not
 //! take is kept, up to a cap.
 
-use std::io::{self, Cursor, ErrorKind, Read, Write};
+use std::io::{self, Cursor, ErrorKind, Read};
 
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
+
+use crate::nonblocking::{would_block, write_some};
 
 /// Bytes read from the socket per read call.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -100,10 +102,6 @@ pub struct Link {
     close_received: bool,
     /// Frames are gathered in `output` until [`Link::uncork`]: one write for several replies.
     corked: bool,
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == ErrorKind::WouldBlock
 }
 
 impl Link {
@@ -366,7 +364,7 @@ impl Link {
             }));
             return Ok(());
         }
-        let written = write_some(&mut self.stream, &frame)?;
+        let written = write_some(&mut self.stream, &frame).map_err(WsError::Io)?;
         if written < frame.len() {
             self.output = Some(Box::new(Output {
                 buf: frame,
@@ -384,7 +382,8 @@ impl Link {
         let Some(out) = self.output.as_mut() else {
             return Ok(());
         };
-        out.written += write_some(&mut self.stream, &out.buf[out.written..])?;
+        out.written +=
+            write_some(&mut self.stream, &out.buf[out.written..]).map_err(WsError::Io)?;
         if out.written == out.buf.len() {
             self.output = None;
         } else if out.buf.len() - out.written > max_output {
@@ -392,24 +391,6 @@ impl Link {
         }
         Ok(())
     }
-}
-
-/// Writes what the socket takes now.
-fn write_some(stream: &mut TcpStream, mut buf: &[u8]) -> Result<usize, WsError> {
-    let mut total = 0;
-    while !buf.is_empty() {
-        match stream.write(buf) {
-            Ok(0) => return Err(WsError::Io(ErrorKind::WriteZero.into())),
-            Ok(n) => {
-                total += n;
-                buf = &buf[n..];
-            }
-            Err(e) if would_block(&e) => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(WsError::Io(e)),
-        }
-    }
-    Ok(total)
 }
 
 /// The code of a close frame (`None` for an empty one), refusing what RFC 6455 7.4 forbids on the
@@ -442,6 +423,7 @@ fn complete(text: bool, data: Vec<u8>) -> Result<Incoming, WsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::time::Duration;
 
     /// A connected pair: our Link on one end, a plain socket as the peer.

@@ -8,16 +8,8 @@ pub(super) fn write_out(
     out: &[u8],
     written: &mut usize,
 ) -> io::Result<bool> {
-    while *written < out.len() {
-        match stream.write(&out[*written..]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => *written += n,
-            Err(e) if would_block(&e) => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
+    *written += write_some(stream, &out[*written..])?;
+    Ok(*written == out.len())
 }
 
 impl Server {

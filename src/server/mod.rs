@@ -7,7 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fs::File;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -28,6 +28,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::config::Config;
 use crate::endpoint::{self, Route};
 use crate::http::{self, Head, Parsed, Response};
+use crate::nonblocking::{would_block, write_some};
 use crate::registry::Registry;
 use crate::router::{self, RouteRequest};
 use crate::store::memcached::{self, MemcachedStore};
@@ -163,10 +164,6 @@ fn fresh_uaid_bytes() -> [u8; 16] {
         b = t.to_le_bytes();
     }
     b
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == ErrorKind::WouldBlock
 }
 
 /// Logs why the loop stopped.
