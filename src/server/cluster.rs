@@ -57,16 +57,9 @@ impl Server {
             Ok(RouteRequest::Deliver(d)) => {
                 // Check the version is still pending (not acked, not unregistered) before writing
                 // it: it was stored on another node, possibly before an unregister handled here.
-                let Some(conn) = self.conn_ref(key) else {
+                let Some(conn) = self.park(key, head.keep_alive) else {
                     return;
                 };
-                if let Some(Conn {
-                    state: State::Http(h),
-                    ..
-                }) = self.conns.get_mut(key)
-                {
-                    h.waiting = Some(head.keep_alive);
-                }
                 return self.submit_owned(Job::Check { conn, d });
             }
             Ok(RouteRequest::Kick { uaid, conn }) => {

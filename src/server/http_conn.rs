@@ -13,6 +13,19 @@ pub(super) fn write_out(
 }
 
 impl Server {
+    /// Holds the HTTP request on `key` until its answer arrives (`answer`); the reference to answer.
+    pub(super) fn park(&mut self, key: usize, keep_alive: bool) -> Option<ConnRef> {
+        let conn = self.conn_ref(key)?;
+        if let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            h.waiting = Some(keep_alive);
+        }
+        Some(conn)
+    }
+
     pub(super) fn http_event(&mut self, key: usize) {
         let mut handled = 0;
         loop {

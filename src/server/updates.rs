@@ -23,14 +23,7 @@ impl Server {
             Ok(p) => p,
             Err(r) => return Some(r),
         };
-        let conn = self.conn_ref(key)?;
-        if let Some(Conn {
-            state: State::Http(h),
-            ..
-        }) = self.conns.get_mut(key)
-        {
-            h.waiting = Some(head.keep_alive);
-        }
+        let conn = self.park(key, head.keep_alive)?;
         let d = Delivery {
             uaid,
             channel,
