@@ -271,7 +271,9 @@ fn unused_registrations_expire_and_use_refreshes_them() {
         return;
     }
     let mc = Memcached::start();
-    let s = node_with(&[&mc], "registration_ttl_secs = 2");
+    // memcached's clock ticks once a second, so a 3 s lifetime ends 2 to 3 s after the last use:
+    // hellos come every 0.8 s, and the unused device waits 4.8 s.
+    let s = node_with(&[&mc], "registration_ttl_secs = 3");
     let mut c = s.client();
     let uaid = c.hello_new();
     let first = c.register(&chid(1));
@@ -282,13 +284,13 @@ fn unused_registrations_expire_and_use_refreshes_them() {
     d.hello_new();
     let unused = d.register(&chid(3));
     d.close();
-    for _ in 0..4 {
-        std::thread::sleep(Duration::from_millis(900));
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(800));
         let mut c = s.client();
         c.hello(&uaid, &[&chid(1), &chid(2)]);
         c.close();
     }
-    // Both channels of the device that keeps saying hello outlive the 2 s lifetime.
+    // Both channels of the device that keeps saying hello outlive the 3 s lifetime.
     assert_eq!(
         put(&first, "version=1").status,
         202,
@@ -302,7 +304,7 @@ fn unused_registrations_expire_and_use_refreshes_them() {
     assert_eq!(
         put(&unused, "version=1").status,
         410,
-        "expired after 2 s unused"
+        "expired after 3 s unused"
     );
 }
 
