@@ -20,6 +20,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Several nodes sharing one memcached pool.
     pub cluster: ClusterConfig,
+    /// WebPush (RFC 8030) beside SimplePush.
+    pub webpush: WebPushConfig,
+    /// The operators' listener: metrics and health.
+    pub admin: AdminConfig,
 }
 
 /// `[server]`
@@ -42,8 +46,11 @@ pub struct ServerConfig {
     pub keep_alive_timeout_ms: u64,
     /// How long to wait for the peer's close frame after sending ours.
     pub close_timeout_ms: u64,
-    /// How long a SIGTERM/SIGINT shutdown may take before sockets are dropped.
+    /// How long a SIGTERM/SIGINT shutdown may take, after the drain, before sockets are dropped.
     pub shutdown_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, WebSockets are closed evenly over this time, so that devices reconnect to
+    /// other nodes gradually; 0 = all at once.
+    pub drain_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +65,7 @@ impl Default for ServerConfig {
             keep_alive_timeout_ms: 30_000,
             close_timeout_ms: 2_000,
             shutdown_timeout_ms: 3_000,
+            drain_ms: 5_000,
         }
     }
 }
@@ -146,6 +154,44 @@ impl Default for StorageConfig {
     }
 }
 
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listener for `GET /metrics`, `/health` and `/status`; empty = none.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig {
+            listen: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+/// `[webpush]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebPushConfig {
+    /// Serve WebPush: answer `use_webpush` hellos in that dialect and accept `POST /wpush/...`.
+    pub enabled: bool,
+    /// Longest TTL a message is kept for, in seconds; larger TTLs are lowered to it.
+    pub max_ttl_secs: u64,
+    /// Messages allowed to wait per UAID; a push beyond gets 429.
+    pub max_messages: usize,
+}
+
+impl Default for WebPushConfig {
+    fn default() -> WebPushConfig {
+        WebPushConfig {
+            enabled: true,
+            max_ttl_secs: 2_592_000,
+            max_messages: 100,
+        }
+    }
+}
+
 /// `[cluster]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -184,6 +230,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 const ENV_PREFIX: &str = "SIMPLEPUSH_";
+/// memcached reads larger expiry times as absolute Unix times.
+const MAX_TTL: u64 = 30 * 24 * 3600;
 
 /// A validation error naming the key.
 fn bad<T>(key: &str, why: &str) -> Result<T, ConfigError> {
@@ -267,6 +315,15 @@ impl Config {
         if self.endpoint.max_header_size < 1024 {
             return bad("endpoint.max_header_size", "must be at least 1024");
         }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return bad("admin.listen", "not an address like 127.0.0.1:8081");
+        }
+        if self.webpush.max_ttl_secs > MAX_TTL {
+            return bad("webpush.max_ttl_secs", "must be at most 2592000 (30 days)");
+        }
+        if self.webpush.max_messages == 0 || self.webpush.max_messages > 1000 {
+            return bad("webpush.max_messages", "must be 1 to 1000");
+        }
         self.validate_storage()?;
         self.validate_cluster()
     }
@@ -291,8 +348,6 @@ impl Config {
         if st.pool_size == 0 || st.pool_size > 256 {
             return bad("storage.pool_size", "must be 1 to 256");
         }
-        // memcached reads larger expiry times as absolute Unix times.
-        const MAX_TTL: u64 = 30 * 24 * 3600;
         if st.pending_ttl_secs == 0 || st.pending_ttl_secs > MAX_TTL {
             return bad("storage.pending_ttl_secs", "must be 1 to 2592000 (30 days)");
         }

@@ -11,6 +11,15 @@ use crate::token::Tokens;
 pub enum Route<'a> {
     /// `/update/<token>`.
     Update(&'a str),
+    /// `/wpush/v1/<token>` and `/wpush/v2/<token>`.
+    WebPush {
+        /// A v2 token (bound to an app server key).
+        v2: bool,
+        /// The token.
+        token: &'a str,
+    },
+    /// `/m/<message id>`: a message URL.
+    Message(&'a str),
     /// `GET /status`.
     Status,
     /// `GET /health`.
@@ -21,8 +30,18 @@ pub enum Route<'a> {
 
 /// Picks the route for a request head.
 pub fn route(head: &Head) -> Route<'_> {
-    if let Some(token) = head.path.strip_prefix("/update/") {
+    let path = head.path.as_str();
+    if let Some(token) = path.strip_prefix("/update/") {
         return Route::Update(token);
+    }
+    if let Some(token) = path.strip_prefix("/wpush/v1/") {
+        return Route::WebPush { v2: false, token };
+    }
+    if let Some(token) = path.strip_prefix("/wpush/v2/") {
+        return Route::WebPush { v2: true, token };
+    }
+    if let Some(id) = path.strip_prefix("/m/") {
+        return Route::Message(id);
     }
     match (head.method, head.path.as_str()) {
         (Method::Get, "/status" | "/status/") => Route::Status,

@@ -7,6 +7,8 @@ pub enum Method {
     Get,
     /// PUT
     Put,
+    /// POST
+    Post,
     /// DELETE
     Delete,
     /// Any other method.
@@ -37,6 +39,8 @@ pub struct Head {
     pub content_length: usize,
     /// `Authorization`, if sent.
     pub authorization: Option<String>,
+    /// The WebPush headers (RFC 8030/8291), if sent.
+    pub push: PushFields,
     /// `Expect: 100-continue`: the client waits for a go-ahead before the body.
     pub expect_continue: bool,
     /// Whether the connection stays open after the response.
@@ -52,8 +56,10 @@ pub struct Head {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Body, sent as `application/json`.
+    /// Body.
     pub body: String,
+    /// Its media type (`application/json` unless set).
+    pub content_type: &'static str,
     /// Extra header lines, each without CRLF.
     pub headers: Vec<String>,
     /// Close the connection after this response.
@@ -66,9 +72,16 @@ impl Response {
         Response {
             status,
             body: body.into(),
+            content_type: "application/json",
             headers: Vec::new(),
             close: false,
         }
+    }
+
+    /// The same with another media type.
+    pub fn typed(mut self, content_type: &'static str) -> Response {
+        self.content_type = content_type;
+        self
     }
 
     /// The same, closing the connection afterwards.
@@ -86,9 +99,10 @@ impl Response {
     /// The bytes on the wire.
     pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len()
         );
         if self.close || !keep_alive {
@@ -109,15 +123,19 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        201 => "Created",
         202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         410 => "Gone",
         411 => "Length Required",
         413 => "Payload Too Large",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -132,7 +150,7 @@ pub enum Parsed {
     /// The head is not complete yet.
     Partial,
     /// A complete head.
-    Complete(Head),
+    Complete(Box<Head>),
     /// A request to refuse, then close.
     Bad(Response),
 }
@@ -169,6 +187,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Parsed {
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
         "PUT" => Method::Put,
+        "POST" => Method::Post,
         "DELETE" => Method::Delete,
         _ => Method::Other,
     };
@@ -193,18 +212,71 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Parsed {
         _ => true,
     };
     let upgrade = h.upgrade_websocket.then(|| h.upgrade(method));
-    Parsed::Complete(Head {
+    Parsed::Complete(Box::new(Head {
         method,
         path: path.to_string(),
         query: query.to_string(),
         content_type: h.content_type,
         content_length: h.content_length.unwrap_or(0),
         authorization: h.authorization,
+        push: h.push,
         expect_continue: h.expect_continue,
         keep_alive,
         upgrade,
         head_len,
-    })
+    }))
+}
+
+/// The headers of a WebPush request.
+#[derive(Clone, Debug, Default)]
+pub struct PushFields {
+    /// `TTL`
+    pub ttl: Option<String>,
+    /// `Urgency`
+    pub urgency: Option<String>,
+    /// `Topic`
+    pub topic: Option<String>,
+    /// `Content-Encoding`
+    pub content_encoding: Option<String>,
+    /// `Encryption`
+    pub encryption: Option<String>,
+    /// `Crypto-Key`
+    pub crypto_key: Option<String>,
+}
+
+impl PushFields {
+    /// Borrowed, as the protocol crate takes them.
+    pub fn as_headers(&self) -> sm::webpush::PushHeaders<'_> {
+        sm::webpush::PushHeaders {
+            ttl: self.ttl.as_deref(),
+            urgency: self.urgency.as_deref(),
+            topic: self.topic.as_deref(),
+            content_encoding: self.content_encoding.as_deref(),
+            encryption: self.encryption.as_deref(),
+            crypto_key: self.crypto_key.as_deref(),
+        }
+    }
+
+    fn take(&mut self, name: &str, value: &str) -> bool {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        let slot = if is("ttl") {
+            &mut self.ttl
+        } else if is("urgency") {
+            &mut self.urgency
+        } else if is("topic") {
+            &mut self.topic
+        } else if is("content-encoding") {
+            &mut self.content_encoding
+        } else if is("encryption") {
+            &mut self.encryption
+        } else if is("crypto-key") {
+            &mut self.crypto_key
+        } else {
+            return false;
+        };
+        *slot = Some(value.to_string());
+        true
+    }
 }
 
 /// The headers the server acts on.
@@ -213,6 +285,7 @@ struct Fields {
     content_type: Option<String>,
     content_length: Option<usize>,
     authorization: Option<String>,
+    push: PushFields,
     expect_continue: bool,
     connection: Option<String>,
     chunked: bool,
@@ -225,6 +298,9 @@ struct Fields {
 impl Fields {
     fn take(&mut self, name: &str, value: &str) -> Result<(), Response> {
         let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if self.push.take(name, value) {
+            return Ok(());
+        }
         if is("content-type") {
             self.content_type = Some(value.to_string());
         } else if is("content-length") {
@@ -308,7 +384,7 @@ mod tests {
 
     fn complete(raw: &str) -> Head {
         match parse_head(raw.as_bytes(), 8192) {
-            Parsed::Complete(h) => h,
+            Parsed::Complete(h) => *h,
             other => panic!("{other:?}"),
         }
     }

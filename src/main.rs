@@ -1,25 +1,14 @@
 //! simplepush: a SimplePush server. One WebSocket per device; app servers wake devices with
 //! `PUT /update/<token>`.
 
-mod config;
-mod endpoint;
-mod http;
-mod nonblocking;
-mod random;
-mod registry;
-mod router;
-mod server;
-mod store;
-mod token;
-mod ws;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use log::{info, warn};
 
-use crate::config::Config;
-use crate::token::Tokens;
+use simplepush::config::Config;
+use simplepush::server;
+use simplepush::token::Tokens;
 
 const HELP: &str = "\
 simplepush: a SimplePush server (Mozilla's push protocol over WebSocket)
@@ -109,7 +98,14 @@ fn main() -> ExitCode {
     let Some(first) = servers.first() else {
         return ExitCode::from(2);
     };
-    let addrs: Vec<String> = first.local_addrs().iter().map(|a| a.to_string()).collect();
+    let addrs: Vec<String> = first
+        .service_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    if let Some(admin) = first.admin_addr() {
+        info!("admin listener on {admin} (GET /metrics, /health, /status)");
+    }
     info!(
         "simplepush {} listening on {} (endpoints at {}/update/..., {} event loops)",
         env!("CARGO_PKG_VERSION"),

@@ -36,6 +36,11 @@ impl Registry {
     pub fn len(&self) -> usize {
         self.live.len()
     }
+
+    /// No UAID is live.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
 }
 
 #[cfg(test)]

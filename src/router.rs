@@ -1,7 +1,8 @@
 //! The cluster router: updates forwarded between nodes that share memcached.
 //!
 //! A node that stores an update for a UAID whose socket is on another node sends
-//! `PUT /route/<uaid>` with `{"channelID","version","data"}` to that node's router listener; it
+//! `PUT /route/<uaid>` with `{"channelID","version","data"}` (a WebPush message: `{"channelID",
+//! "message"}`) to that node's router listener; it
 //! answers 200 if it wrote the update to the socket, 404 if the UAID is not connected there. A node
 //! that takes over a UAID sends `DELETE /route/<uaid>` to the previous one, which closes its socket.
 //! Both carry `Authorization: Bearer <secret>`. The requests are made on worker threads, never on
@@ -14,7 +15,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sm::{ChannelId, Id, Uaid};
 
-use crate::store::Delivery;
+use crate::metrics::METRICS;
+use crate::store::{codec, Delivery, Notice};
 
 use crate::http::{Head, Response};
 
@@ -70,13 +72,24 @@ pub fn parse(head: &Head, body: &[u8], secret: &str) -> Result<RouteRequest, Res
         .and_then(Id::parse)
         .map(ChannelId)
         .ok_or_else(bad)?;
-    let version = v["version"].as_u64().ok_or_else(bad)?;
-    let data = v["data"].as_str().map(str::to_string);
+    let notice = match v.get("message") {
+        Some(m) => {
+            let (msg, _) = codec::decode(m).ok_or_else(bad)?;
+            if msg.channel != channel {
+                return Err(bad());
+            }
+            Notice::Message(Box::new(msg))
+        }
+        None => Notice::Version {
+            version: v["version"].as_u64().ok_or_else(bad)?,
+            data: v["data"].as_str().map(str::to_string),
+        },
+    };
     Ok(RouteRequest::Deliver(Delivery {
         uaid,
         channel,
-        version,
-        data,
+        notice,
+        received: std::time::Instant::now(),
     }))
 }
 
@@ -119,16 +132,31 @@ fn send(
 
 /// Forwards an update; true if the other node wrote it to the UAID's socket.
 pub fn forward(url: &str, secret: &str, timeout: Duration, d: &Delivery) -> bool {
-    let body = json!({"channelID": d.channel.to_string(), "version": d.version, "data": d.data})
-        .to_string();
+    let body = match &d.notice {
+        Notice::Version { version, data } => {
+            json!({"channelID": d.channel.to_string(), "version": version, "data": data})
+        }
+        Notice::Message(m) => {
+            json!({"channelID": d.channel.to_string(), "message": codec::encode(m, None)})
+        }
+    }
+    .to_string();
     let path = format!("/route/{}", d.uaid);
-    send(url, "PUT", &path, secret, &body, timeout) == Some(200)
+    match send(url, "PUT", &path, secret, &body, timeout) {
+        Some(status) => status == 200,
+        None => {
+            METRICS.router_error();
+            false
+        }
+    }
 }
 
 /// Tells another node to close its socket `conn` for the UAID.
 pub fn kick(url: &str, secret: &str, timeout: Duration, uaid: &Uaid, conn: &str) {
     let path = format!("/route/{uaid}?conn={conn}");
-    let _ = send(url, "DELETE", &path, secret, "", timeout);
+    if send(url, "DELETE", &path, secret, "", timeout).is_none() {
+        METRICS.router_error();
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +168,7 @@ mod tests {
 
     fn head(raw: &str) -> Head {
         match parse_head(raw.as_bytes(), 8192) {
-            Parsed::Complete(h) => h,
+            Parsed::Complete(h) => *h,
             other => panic!("{other:?}"),
         }
     }
@@ -169,10 +197,13 @@ mod tests {
         let body =
             br#"{"channelID":"0cb8a613-8e2b-4b47-b370-51098daa8401","version":5,"data":"x"}"#;
         match parse(&h, body, SECRET).unwrap() {
-            RouteRequest::Deliver(d) => {
-                assert_eq!(d.version, 5);
-                assert_eq!(d.data.as_deref(), Some("x"));
-            }
+            RouteRequest::Deliver(d) => assert_eq!(
+                d.notice,
+                Notice::Version {
+                    version: 5,
+                    data: Some("x".into())
+                }
+            ),
             other => panic!("{other:?}"),
         }
         assert_eq!(parse(&h, b"{}", SECRET).unwrap_err().status, 400);

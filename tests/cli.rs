@@ -91,7 +91,7 @@ fn environment_overrides_the_file() {
 
 #[test]
 fn sigterm_closes_clients_and_exits_promptly() {
-    let mut s = Server::start();
+    let mut s = Server::start_with("drain_ms = 300", "");
     let mut clients: Vec<common::Client> = (0..20).map(|_| s.client()).collect();
     for c in &mut clients {
         c.hello_new();
@@ -111,7 +111,10 @@ fn sigterm_closes_clients_and_exits_promptly() {
 
 #[test]
 fn shutdown_keeps_to_its_timeout_when_clients_do_not_answer() {
-    let mut s = Server::start_with("shutdown_timeout_ms = 800\nclose_timeout_ms = 5000", "");
+    let mut s = Server::start_with(
+        "shutdown_timeout_ms = 800\nclose_timeout_ms = 5000\ndrain_ms = 0",
+        "",
+    );
     let mut clients: Vec<common::Client> = (0..10).map(|_| s.client()).collect();
     for c in &mut clients {
         c.hello_new();
@@ -125,4 +128,49 @@ fn shutdown_keeps_to_its_timeout_when_clients_do_not_answer() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+#[test]
+fn sigterm_drains_sockets_gradually() {
+    let mut s = Server::start_with("drain_ms = 1500\nworkers = 1", "");
+    let mut clients: Vec<common::Client> = (0..15).map(|_| s.client()).collect();
+    for c in &mut clients {
+        c.hello_new();
+    }
+    let pid = s.pid();
+    let t = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    // Every client answers its close frame at once, as a device would; note when each came.
+    let handles: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let got = c.next(Duration::from_secs(5));
+                (got, t.elapsed())
+            })
+        })
+        .collect();
+    let mut times: Vec<Duration> = handles
+        .into_iter()
+        .map(|h| {
+            let (got, at) = h.join().unwrap();
+            assert!(matches!(got, Got::Close(Some(1001))), "{got:?}");
+            at
+        })
+        .collect();
+    times.sort();
+    assert!(times[0] < Duration::from_millis(500), "{times:?}");
+    assert!(times[14] > Duration::from_millis(1000), "{times:?}");
+    assert!(times[14] < Duration::from_millis(2500), "{times:?}");
+    // Spread out, not in one burst: the middle one about halfway.
+    assert!(
+        times[7] > Duration::from_millis(400) && times[7] < Duration::from_millis(1200),
+        "{times:?}"
+    );
+    let status = s.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    assert!(s.log().contains("draining 15 sockets over 1500 ms"));
 }

@@ -214,3 +214,50 @@ fn a_kick_for_another_socket_leaves_the_current_one_alone() {
     c.send("{}");
     assert_eq!(c.recv_text(), "{}");
 }
+
+/// A raw `POST` of a WebPush message; returns the status.
+fn push_via(s: &Server, endpoint: &str, body: &str) -> u16 {
+    let path = split_url(endpoint).1;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: {}\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    );
+    raw_http(s.addr, req.as_bytes()).status
+}
+
+#[test]
+fn webpush_messages_route_between_nodes_and_wait_for_the_device() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let (n1, n2) = (node(&mc), node(&mc));
+    assert!(n1.wait_log("memcached reachable"));
+    let mut c1 = n1.client();
+    c1.send_json(serde_json::json!({"messageType":"hello","use_webpush":true,"broadcasts":{}}));
+    let uaid = c1.recv()["uaid"].as_str().unwrap().to_string();
+    c1.send_json(serde_json::json!({"messageType":"register","channelID":chid(1)}));
+    let ep = c1.recv()["pushEndpoint"].as_str().unwrap().to_string();
+    assert!(ep.contains("/wpush/v1/"), "{ep}");
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Sent to node 2, delivered live by node 1, with its payload.
+    assert_eq!(push_via(&n2, &ep, "routed"), 201);
+    let n = c1.recv();
+    assert_eq!(n["channelID"], chid(1));
+    assert_eq!(n["data"], "cm91dGVk");
+    let id = n["version"].as_str().unwrap().to_string();
+    c1.send_json(serde_json::json!({"messageType":"ack","updates":[{"channelID":chid(1),"version":id,"code":100}]}));
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Away: node 2 stores it; the device comes back on node 2 and gets only the unacked one.
+    drop(c1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(push_via(&n1, &ep, "later"), 201);
+    let mut c2 = n2.client();
+    c2.send_json(serde_json::json!({"messageType":"hello","use_webpush":true,"uaid":uaid}));
+    assert_eq!(c2.recv()["uaid"], uaid);
+    assert_eq!(c2.recv()["data"], "bGF0ZXI");
+    assert_eq!(c2.next(Duration::from_millis(300)), Got::Nothing);
+}

@@ -8,7 +8,9 @@ pub mod message;
 pub mod reply;
 pub mod session;
 pub mod update;
+pub mod webpush;
 
 pub use ids::{ChannelId, Id, IdForm, Uaid};
 pub use message::{parse, Inbound, Refused, Rejection, Request};
-pub use session::{Effect, Limits, Session, StoreOp, StoreReply};
+pub use session::{Effect, EndpointKind, Limits, Session, StoreOp, StoreReply};
+pub use webpush::{AppKey, Message};

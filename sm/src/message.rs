@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::ids::{ChannelId, Id, Uaid};
+use crate::webpush::AppKey;
 
 /// The `uaid` a hello carried.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,13 +27,42 @@ pub struct Hello {
     pub use_webpush: bool,
 }
 
+/// The version an ack names: a SimplePush number, or a WebPush message id.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AckVersion {
+    /// SimplePush: the integer version.
+    Number(u64),
+    /// WebPush: the message id, echoed as received.
+    Message(String),
+}
+
+impl std::fmt::Display for AckVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckVersion::Number(n) => write!(f, "{n}"),
+            AckVersion::Message(id) => f.write_str(id),
+        }
+    }
+}
+
+/// The `key` of a register (WebPush): the app server's VAPID public key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RegisterKey {
+    /// No key: a v1 endpoint.
+    None,
+    /// A well-formed key: a v2 endpoint bound to it.
+    Valid(AppKey),
+    /// A key that is not a base64url uncompressed P-256 point.
+    Invalid,
+}
+
 /// One `{channelID, version}` of an ack.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AckItem {
     /// The acknowledged channel.
     pub channel_id: ChannelId,
     /// The acknowledged version.
-    pub version: u64,
+    pub version: AckVersion,
     /// Firefox's delivery code (100 delivered, 101 decryption error, 102 not delivered).
     pub code: Option<u64>,
 }
@@ -47,7 +77,12 @@ pub enum Inbound {
     /// The handshake.
     Hello(Hello),
     /// Register a channel; the id is already validated.
-    Register(ChannelId),
+    Register {
+        /// The new channel.
+        channel: ChannelId,
+        /// The app server's key, for WebPush.
+        key: RegisterKey,
+    },
     /// Unregister a channel, as the client spelled it; `id` is `None` when it is not UUID-shaped.
     Unregister {
         /// The channelID exactly as sent, for the reply.
@@ -59,6 +94,8 @@ pub enum Inbound {
     Ack(Vec<AckItem>),
     /// Firefox's `broadcast_subscribe`: accepted, and for now answered with nothing.
     BroadcastSubscribe,
+    /// Firefox's `nack`: its service worker failed on a message. Accepted; the message stays stored.
+    Nack,
 }
 
 /// Why a payload was not turned into an [`Inbound`].
@@ -138,6 +175,7 @@ fn classify(obj: &Map<String, Value>) -> Option<Inbound> {
         "unregister" => unregister(obj),
         "ack" => ack(obj),
         "broadcast_subscribe" => Some(Inbound::BroadcastSubscribe),
+        "nack" => Some(Inbound::Nack),
         _ => None,
     }
 }
@@ -169,10 +207,16 @@ fn hello(obj: &Map<String, Value>) -> Option<Hello> {
 }
 
 fn register(obj: &Map<String, Value>) -> Option<Inbound> {
-    match field(obj, "channelID") {
-        Some(Value::String(s)) => Id::parse(s).map(|id| Inbound::Register(ChannelId(id))),
-        _ => None,
-    }
+    let channel = match field(obj, "channelID") {
+        Some(Value::String(s)) => ChannelId(Id::parse(s)?),
+        _ => return None,
+    };
+    let key = match field(obj, "key") {
+        None => RegisterKey::None,
+        Some(Value::String(s)) => AppKey::parse(s).map_or(RegisterKey::Invalid, RegisterKey::Valid),
+        Some(_) => RegisterKey::Invalid,
+    };
+    Some(Inbound::Register { channel, key })
 }
 
 fn unregister(obj: &Map<String, Value>) -> Option<Inbound> {
@@ -211,7 +255,9 @@ fn ack_item(item: &Map<String, Value>) -> Option<Option<AckItem>> {
     };
     let version = match field(item, "version") {
         None => None,
-        Some(Value::Number(n)) => Some(n.as_u64()?),
+        Some(Value::Number(n)) => Some(AckVersion::Number(n.as_u64()?)),
+        // WebPush message ids; a SimplePush session refuses them.
+        Some(Value::String(s)) if !s.is_empty() => Some(AckVersion::Message(s.clone())),
         Some(_) => return None,
     };
     let code = match field(item, "code") {
@@ -296,7 +342,13 @@ mod tests {
         let k = kind(&format!(
             r#"{{"messagetype":"REGISTER","channelid":"{CHID}"}}"#
         ));
-        assert!(matches!(k, Inbound::Register(_)));
+        assert!(matches!(
+            k,
+            Inbound::Register {
+                key: RegisterKey::None,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -391,7 +443,7 @@ mod tests {
             panic!("not an ack")
         };
         assert_eq!(items.len(), 1);
-        assert_eq!(items[0].version, 5);
+        assert_eq!(items[0].version, AckVersion::Number(5));
         assert_eq!(items[0].code, Some(100));
     }
 
@@ -403,7 +455,8 @@ mod tests {
             r#"{"messageType":"ack","updates":"x"}"#,
             r#"{"messageType":"ack","updates":[5]}"#,
             r#"{"messageType":"ack","updates":[{"channelID":5,"version":1}]}"#,
-            r#"{"messageType":"ack","updates":[{"channelID":"x","version":"1"}]}"#,
+            r#"{"messageType":"ack","updates":[{"channelID":"x","version":""}]}"#,
+            r#"{"messageType":"ack","updates":[{"channelID":"x","version":true}]}"#,
             r#"{"messageType":"ack","updates":[{"channelID":"x","version":-1}]}"#,
             r#"{"messageType":"ack","updates":[{"channelID":"x","version":1.5}]}"#,
         ] {
@@ -416,6 +469,51 @@ mod tests {
         assert_eq!(
             kind(r#"{"messageType":"broadcast_subscribe","broadcasts":{"a":"1"}}"#),
             Inbound::BroadcastSubscribe
+        );
+    }
+
+    #[test]
+    fn register_keys() {
+        let key = format!("BA{}", "A".repeat(85));
+        let k = kind(&format!(
+            r#"{{"messageType":"register","channelID":"{CHID}","key":"{key}="}}"#
+        ));
+        assert!(matches!(
+            k,
+            Inbound::Register {
+                key: RegisterKey::Valid(_),
+                ..
+            }
+        ));
+        for bad in [r#""abc""#, "5", r#""""#] {
+            let k = kind(&format!(
+                r#"{{"messageType":"register","channelID":"{CHID}","key":{bad}}}"#
+            ));
+            assert!(
+                matches!(
+                    k,
+                    Inbound::Register {
+                        key: RegisterKey::Invalid,
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn webpush_acks_carry_message_ids_and_nack_is_accepted() {
+        let s = format!(
+            r#"{{"messageType":"ack","updates":[{{"channelID":"{CHID}","version":"msg-1","code":100}}]}}"#
+        );
+        let Inbound::Ack(items) = kind(&s) else {
+            panic!("not an ack")
+        };
+        assert_eq!(items[0].version, AckVersion::Message("msg-1".into()));
+        assert_eq!(
+            kind(r#"{"messageType":"nack","version":"x","code":301}"#),
+            Inbound::Nack
         );
     }
 }

@@ -3,6 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::ids::{ChannelId, Uaid};
+use crate::webpush::{Encoding, Message};
 
 /// The text of a pong (and of a purge reply).
 pub const PONG: &str = "{}";
@@ -34,9 +35,56 @@ pub fn error(raw: Map<String, Value>, status: ErrorStatus) -> String {
     Value::Object(obj).to_string()
 }
 
-/// The hello reply.
-pub fn hello(uaid: &Uaid) -> String {
+/// The hello reply; a WebPush hello gets autopush's `use_webpush` and `broadcasts` too.
+pub fn hello(uaid: &Uaid, webpush: bool) -> String {
+    if webpush {
+        return json!({
+            "messageType": "hello",
+            "uaid": uaid.to_string(),
+            "status": 200,
+            "use_webpush": true,
+            "broadcasts": {},
+        })
+        .to_string();
+    }
     json!({"messageType": "hello", "uaid": uaid.to_string(), "status": 200}).to_string()
+}
+
+/// A register that failed without closing the socket (a bad `key`): the client's subscribe fails.
+pub fn register_error(channel: &ChannelId, status: u16, error: &str) -> String {
+    json!({
+        "messageType": "register",
+        "channelID": channel.to_string(),
+        "status": status,
+        "error": error,
+    })
+    .to_string()
+}
+
+/// A WebPush notification: one message, with its payload and the headers to decrypt it.
+pub fn message(m: &Message) -> String {
+    let mut out = json!({
+        "messageType": "notification",
+        "channelID": m.channel.to_string(),
+        "version": m.id,
+        "ttl": m.ttl,
+    });
+    if let (Some((data, enc)), Value::Object(obj)) = (&m.payload, &mut out) {
+        let headers = match enc {
+            Encoding::Aes128gcm => json!({"encoding": "aes128gcm"}),
+            Encoding::Aesgcm {
+                encryption,
+                crypto_key,
+            } => json!({
+                "encoding": "aesgcm",
+                "encryption": encryption,
+                "crypto_key": crypto_key,
+            }),
+        };
+        obj.insert("data".into(), data.as_str().into());
+        obj.insert("headers".into(), headers);
+    }
+    out.to_string()
 }
 
 /// The register reply.
@@ -102,5 +150,42 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&notification(&[(chid, 7)], Some("hi\""))).unwrap();
         assert_eq!(v["updates"][0]["data"], "hi\"");
+    }
+
+    #[test]
+    fn webpush_hello_and_messages() {
+        let u = Uaid(Id::parse("9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e").unwrap());
+        let v: Value = serde_json::from_str(&hello(&u, true)).unwrap();
+        assert_eq!(v["use_webpush"], true);
+        assert_eq!(v["broadcasts"], json!({}));
+        let v: Value = serde_json::from_str(&hello(&u, false)).unwrap();
+        assert!(v.get("use_webpush").is_none());
+
+        let chid = ChannelId(Id::parse("0cb8a613-8e2b-4b47-b370-51098daa8401").unwrap());
+        let mut m = Message {
+            channel: chid,
+            id: "m1".into(),
+            ttl: 60,
+            topic: None,
+            payload: None,
+        };
+        let v: Value = serde_json::from_str(&message(&m)).unwrap();
+        assert_eq!(
+            v,
+            json!({"messageType":"notification","channelID":"0cb8a613-8e2b-4b47-b370-51098daa8401","version":"m1","ttl":60})
+        );
+        m.payload = Some((
+            "AAA".into(),
+            Encoding::Aesgcm {
+                encryption: "salt=s".into(),
+                crypto_key: "dh=k".into(),
+            },
+        ));
+        let v: Value = serde_json::from_str(&message(&m)).unwrap();
+        assert_eq!(v["data"], "AAA");
+        assert_eq!(
+            v["headers"],
+            json!({"encoding":"aesgcm","encryption":"salt=s","crypto_key":"dh=k"})
+        );
     }
 }

@@ -7,8 +7,11 @@
 use serde_json::{Map, Value};
 
 use crate::ids::{ChannelId, Id, Uaid};
-use crate::message::{Hello, HelloUaid, Inbound, Refused, Rejection, Request};
+use crate::message::{
+    AckVersion, Hello, HelloUaid, Inbound, Refused, RegisterKey, Rejection, Request,
+};
 use crate::reply::{self, ErrorStatus};
+use crate::webpush::{AppKey, Message};
 
 /// Protocol limits the session enforces.
 #[derive(Clone, Copy, Debug)]
@@ -17,6 +20,8 @@ pub struct Limits {
     pub max_channels: usize,
     /// Pings closer together than this are an error; 0 disables the check.
     pub min_ping_interval_ms: u64,
+    /// Honour `use_webpush`; when false every client is answered as SimplePush.
+    pub webpush: bool,
 }
 
 impl Default for Limits {
@@ -24,6 +29,7 @@ impl Default for Limits {
         Limits {
             max_channels: 200,
             min_ping_interval_ms: 20_000,
+            webpush: true,
         }
     }
 }
@@ -39,6 +45,15 @@ pub enum Effect {
     Store(StoreOp),
     /// This socket is now the UAID's live connection; close any older one.
     Bind(Uaid),
+}
+
+/// Which endpoint a registration gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// `/update/<token>`: SimplePush versions.
+    SimplePush,
+    /// `/wpush/v1/<token>` without a key, `/wpush/v2/<token>` bound to the app server's key.
+    WebPush(Option<Box<AppKey>>),
 }
 
 /// A storage operation the session waits on.
@@ -57,6 +72,8 @@ pub enum StoreOp {
         uaid: Uaid,
         /// The new channel.
         channel: ChannelId,
+        /// The endpoint to mint once it is recorded.
+        kind: EndpointKind,
     },
     /// Forget the channel and anything pending for it.
     Unregister {
@@ -65,12 +82,14 @@ pub enum StoreOp {
         /// The channel.
         channel: ChannelId,
     },
-    /// Remove each pending version that equals the acked one.
+    /// Remove each pending version that equals the acked one, and each acked message.
     Ack {
         /// The owner.
         uaid: Uaid,
-        /// The acked versions.
+        /// The acked SimplePush versions.
         items: Vec<(ChannelId, u64)>,
+        /// The acked WebPush message ids.
+        messages: Vec<(ChannelId, String)>,
     },
 }
 
@@ -81,8 +100,10 @@ pub enum StoreReply {
     Hello {
         /// The store has a record of the UAID (it has registered a channel).
         known: bool,
-        /// Stored versions, to flush after the reply.
+        /// Stored versions, to flush after the reply (SimplePush).
         pending: Vec<(ChannelId, u64)>,
+        /// Stored messages, to flush after the reply (WebPush).
+        messages: Vec<Message>,
     },
     /// For [`StoreOp::Register`]: the endpoint URL to hand out.
     Registered {
@@ -134,6 +155,8 @@ enum State {
 pub struct Session {
     state: State,
     last_ping_ms: Option<u64>,
+    /// The last hello asked for WebPush (autopush's dialect).
+    webpush: bool,
 }
 
 impl Default for Session {
@@ -152,6 +175,7 @@ impl Session {
         Session {
             state: State::AwaitingHello,
             last_ping_ms: None,
+            webpush: false,
         }
     }
 
@@ -162,6 +186,11 @@ impl Session {
             State::Busy { uaid, .. } => *uaid,
             _ => None,
         }
+    }
+
+    /// True once a hello asked for WebPush: messages, not versions, are delivered.
+    pub fn is_webpush(&self) -> bool {
+        self.webpush
     }
 
     /// True while a storage operation is outstanding: hold further input back.
@@ -239,6 +268,8 @@ impl Session {
             return self.closing(fail(raw, ErrorStatus::InvalidCommand));
         }
         let current = self.uaid();
+        self.webpush = h.use_webpush && limits.webpush;
+        let webpush = self.webpush;
         let requested = match (h.uaid, current) {
             (HelloUaid::Invalid, _) => {
                 return self.closing(fail(raw, ErrorStatus::ServiceUnavailable))
@@ -251,7 +282,10 @@ impl Session {
             (HelloUaid::Empty, None) => {
                 let uaid = Uaid(Id::fresh(fresh()));
                 self.state = State::Ready(uaid);
-                return vec![Effect::Bind(uaid), Effect::Send(reply::hello(&uaid))];
+                return vec![
+                    Effect::Bind(uaid),
+                    Effect::Send(reply::hello(&uaid, webpush)),
+                ];
             }
             (HelloUaid::Valid(u), None) => u,
         };
@@ -280,10 +314,29 @@ impl Session {
             return self.closing(fail(raw, ErrorStatus::InvalidCommand));
         };
         let (pending, op) = match kind {
-            Inbound::Register(channel) => (
-                Pending::Register { channel, raw },
-                StoreOp::Register { uaid, channel },
-            ),
+            Inbound::Register { channel, key } => {
+                let kind = match (self.webpush, key) {
+                    (false, _) => EndpointKind::SimplePush,
+                    (true, RegisterKey::None) => EndpointKind::WebPush(None),
+                    (true, RegisterKey::Valid(k)) => EndpointKind::WebPush(Some(Box::new(k))),
+                    (true, RegisterKey::Invalid) => {
+                        // The client's subscribe fails; its socket and other channels are fine.
+                        return vec![Effect::Send(reply::register_error(
+                            &channel,
+                            400,
+                            "Invalid key: not a base64url uncompressed P-256 public key",
+                        ))];
+                    }
+                };
+                (
+                    Pending::Register { channel, raw },
+                    StoreOp::Register {
+                        uaid,
+                        channel,
+                        kind,
+                    },
+                )
+            }
             Inbound::Unregister {
                 raw: raw_channel,
                 id,
@@ -297,16 +350,42 @@ impl Session {
                     StoreOp::Unregister { uaid, channel },
                 )
             }
-            Inbound::Ack(items) => {
-                if items.is_empty() {
+            Inbound::Ack(list) => {
+                let mut items = Vec::new();
+                let mut messages = Vec::new();
+                for i in list {
+                    match i.version {
+                        AckVersion::Number(v) => items.push((i.channel_id, v)),
+                        AckVersion::Message(id) if self.webpush => {
+                            messages.push((i.channel_id, id))
+                        }
+                        // pushgo: a string version is an invalid command.
+                        AckVersion::Message(_) => {
+                            return self.closing(fail(raw, ErrorStatus::InvalidCommand))
+                        }
+                    }
+                }
+                if items.is_empty() && messages.is_empty() {
                     return Vec::new();
                 }
-                let items = items.iter().map(|i| (i.channel_id, i.version)).collect();
-                (Pending::Ack, StoreOp::Ack { uaid, items })
+                (
+                    Pending::Ack,
+                    StoreOp::Ack {
+                        uaid,
+                        items,
+                        messages,
+                    },
+                )
             }
-            Inbound::Ping | Inbound::Purge | Inbound::Hello(_) | Inbound::BroadcastSubscribe => {
-                return Vec::new()
+            // pushgo answers a messageType it does not know with 401 and a close.
+            Inbound::Nack if !self.webpush => {
+                return self.closing(fail(raw, ErrorStatus::InvalidCommand))
             }
+            Inbound::Nack
+            | Inbound::Ping
+            | Inbound::Purge
+            | Inbound::Hello(_)
+            | Inbound::BroadcastSubscribe => return Vec::new(),
         };
         self.state = State::Busy {
             uaid: Some(uaid),
@@ -342,17 +421,27 @@ impl Session {
                     forget,
                     ..
                 },
-                StoreReply::Hello { known, pending },
+                StoreReply::Hello {
+                    known,
+                    pending,
+                    messages,
+                },
             ) => {
                 let reset = forget || (need_known && !known);
-                let (chosen, pending) = if reset {
-                    (fresh, Vec::new())
+                let (chosen, pending, messages) = if reset {
+                    (fresh, Vec::new(), Vec::new())
                 } else {
-                    (requested, pending)
+                    (requested, pending, messages)
                 };
                 self.state = State::Ready(chosen);
-                let mut out = vec![Effect::Bind(chosen), Effect::Send(reply::hello(&chosen))];
-                if !pending.is_empty() {
+                let mut out = vec![
+                    Effect::Bind(chosen),
+                    Effect::Send(reply::hello(&chosen, self.webpush)),
+                ];
+                // Each dialect gets what it can read; the rest stays stored for a client that can.
+                if self.webpush {
+                    out.extend(messages.iter().map(|m| Effect::Send(reply::message(m))));
+                } else if !pending.is_empty() {
                     out.push(Effect::Send(reply::notification(&pending, None)));
                 }
                 out
@@ -383,9 +472,23 @@ impl Session {
     /// The frame for a live update, or `None` when this socket cannot take one (no hello yet, or closed).
     /// Also while a storage call is out, a repeated hello's included: that socket already had its
     /// hello reply, and an update stored after the hello's read would otherwise wait for the next one.
+    /// A WebPush socket takes no SimplePush versions: the version stays stored (202).
     pub fn notify(&self, channel: &ChannelId, version: u64, data: Option<&str>) -> Option<String> {
         self.uaid()?;
+        if self.webpush {
+            return None;
+        }
         Some(reply::notification(&[(*channel, version)], data))
+    }
+
+    /// The frame for a live WebPush message, or `None` when this socket cannot take one (no hello
+    /// yet, closed, or a SimplePush socket, which could not decrypt it).
+    pub fn notify_message(&self, message: &Message) -> Option<String> {
+        self.uaid()?;
+        if !self.webpush {
+            return None;
+        }
+        Some(reply::message(message))
     }
 }
 
@@ -442,6 +545,7 @@ mod tests {
             self.s.on_store(StoreReply::Hello {
                 known: true,
                 pending: vec![],
+                messages: vec![],
             });
             assert_eq!(self.s.uaid(), Some(uaid(u)));
         }
@@ -584,6 +688,7 @@ mod tests {
         let eff = t.s.on_store(StoreReply::Hello {
             known: false,
             pending: vec![],
+            messages: vec![],
         });
         assert_eq!(sent(&eff)[0]["uaid"], dashed);
     }
@@ -597,6 +702,7 @@ mod tests {
         let eff = t.s.on_store(StoreReply::Hello {
             known: false,
             pending: vec![(chid(C1), 3)],
+            messages: vec![],
         });
         assert_eq!(eff[0], Effect::Bind(uaid(FRESH_STR)));
         assert_eq!(sent(&eff).len(), 1, "nothing of the old UAID is flushed");
@@ -612,6 +718,7 @@ mod tests {
         let eff = t.s.on_store(StoreReply::Hello {
             known: false,
             pending: vec![],
+            messages: vec![],
         });
         assert_eq!(sent(&eff)[0]["uaid"], FRESH_STR);
     }
@@ -625,6 +732,7 @@ mod tests {
         let eff = t.s.on_store(StoreReply::Hello {
             known: true,
             pending: vec![(chid(C1), 3), (chid(C2), 4)],
+            messages: vec![],
         });
         assert_eq!(eff[0], Effect::Bind(uaid(U1)));
         let msgs = sent(&eff);
@@ -656,6 +764,7 @@ mod tests {
         let eff = t.s.on_store(StoreReply::Hello {
             known: false,
             pending: vec![],
+            messages: vec![],
         });
         assert_eq!(sent(&eff)[0]["uaid"], FRESH_STR);
     }
@@ -692,6 +801,7 @@ mod tests {
             let eff = t.s.on_store(StoreReply::Hello {
                 known: true,
                 pending: vec![(chid(C1), 9)],
+                messages: vec![],
             });
             let msgs = sent(&eff);
             assert_eq!(msgs[0]["uaid"], U1);
@@ -731,7 +841,8 @@ mod tests {
             eff,
             vec![Effect::Store(StoreOp::Register {
                 uaid: uaid(U1),
-                channel: chid(C1)
+                channel: chid(C1),
+                kind: EndpointKind::SimplePush
             })]
         );
         let eff = t.s.on_store(StoreReply::Registered {
@@ -773,7 +884,7 @@ mod tests {
             eff,
             vec![Effect::Store(StoreOp::Unregister {
                 uaid: uaid(U1),
-                channel: chid(C1)
+                channel: chid(C1),
             })]
         );
         let eff = t.s.on_store(StoreReply::Done);
@@ -807,7 +918,8 @@ mod tests {
             eff,
             vec![Effect::Store(StoreOp::Ack {
                 uaid: uaid(U1),
-                items: vec![(chid(C1), 5)]
+                items: vec![(chid(C1), 5)],
+                messages: vec![]
             })]
         );
         assert!(t.s.on_store(StoreReply::Done).is_empty());
@@ -860,5 +972,188 @@ mod tests {
         let mut t = T::new();
         t.send("banana");
         assert!(t.send("{}").is_empty());
+    }
+
+    fn webpush_ready(
+        t: &mut T,
+        pending: Vec<(ChannelId, u64)>,
+        messages: Vec<Message>,
+    ) -> Vec<Effect> {
+        let eff = t.send(&format!(
+            r#"{{"messageType":"hello","use_webpush":true,"broadcasts":{{}},"uaid":"{U1}"}}"#
+        ));
+        assert!(matches!(eff[..], [Effect::Store(StoreOp::Hello { .. })]));
+        t.s.on_store(StoreReply::Hello {
+            known: true,
+            pending,
+            messages,
+        })
+    }
+
+    fn msg(id: &str) -> Message {
+        Message {
+            channel: chid(C1),
+            id: id.into(),
+            ttl: 30,
+            topic: None,
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn webpush_hello_flushes_messages_not_versions() {
+        let mut t = T::new();
+        let eff = webpush_ready(&mut t, vec![(chid(C2), 9)], vec![msg("a"), msg("b")]);
+        let out = sent(&eff);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0]["use_webpush"], true);
+        assert_eq!(out[0]["broadcasts"], json!({}));
+        assert_eq!(out[1]["version"], "a");
+        assert_eq!(out[2]["version"], "b");
+        assert!(t.s.is_webpush());
+
+        // A SimplePush hello of the same data gets the versions and no messages.
+        let mut t = T::new();
+        let eff = t.send(&format!(
+            r#"{{"messageType":"hello","uaid":"{U1}","channelIDs":[]}}"#
+        ));
+        assert_eq!(eff.len(), 1);
+        let eff = t.s.on_store(StoreReply::Hello {
+            known: true,
+            pending: vec![(chid(C2), 9)],
+            messages: vec![msg("a")],
+        });
+        let out = sent(&eff);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1]["updates"][0]["version"], 9);
+    }
+
+    #[test]
+    fn webpush_can_be_switched_off() {
+        let mut t = T::new();
+        t.limits.webpush = false;
+        let eff = t.send(r#"{"messageType":"hello","use_webpush":true,"broadcasts":{}}"#);
+        let out = sent(&eff);
+        assert!(out[0].get("use_webpush").is_none());
+        assert!(!t.s.is_webpush());
+    }
+
+    #[test]
+    fn fresh_webpush_hello_needs_no_channel_ids() {
+        let mut t = T::new();
+        let eff = t.send(r#"{"messageType":"hello","use_webpush":true,"broadcasts":{}}"#);
+        let out = sent(&eff);
+        assert_eq!(out[0]["uaid"], FRESH_STR);
+        assert_eq!(out[0]["use_webpush"], true);
+    }
+
+    #[test]
+    fn webpush_register_binds_the_key_and_refuses_a_bad_one() {
+        let mut t = T::new();
+        webpush_ready(&mut t, vec![], vec![]);
+        let eff = t.send(&format!(
+            r#"{{"messageType":"register","channelID":"{C1}"}}"#
+        ));
+        assert!(matches!(
+            eff[..],
+            [Effect::Store(StoreOp::Register {
+                kind: EndpointKind::WebPush(None),
+                ..
+            })]
+        ));
+        t.s.on_store(StoreReply::Registered {
+            endpoint: "e".into(),
+        });
+        let key = format!("BA{}", "A".repeat(85));
+        let eff = t.send(&format!(
+            r#"{{"messageType":"register","channelID":"{C1}","key":"{key}"}}"#
+        ));
+        assert!(matches!(
+            eff[..],
+            [Effect::Store(StoreOp::Register {
+                kind: EndpointKind::WebPush(Some(_)),
+                ..
+            })]
+        ));
+        t.s.on_store(StoreReply::Registered {
+            endpoint: "e".into(),
+        });
+        let eff = t.send(&format!(
+            r#"{{"messageType":"register","channelID":"{C2}","key":"nope"}}"#
+        ));
+        let out = sent(&eff);
+        assert_eq!(out[0]["status"], 400);
+        assert_eq!(out[0]["channelID"], C2);
+        assert!(!closes(&eff));
+        assert!(!t.s.is_closed());
+    }
+
+    #[test]
+    fn simplepush_register_ignores_a_key() {
+        let mut t = T::new();
+        t.ready(U1);
+        let eff = t.send(&format!(
+            r#"{{"messageType":"register","channelID":"{C1}","key":"nope"}}"#
+        ));
+        assert!(matches!(
+            eff[..],
+            [Effect::Store(StoreOp::Register {
+                kind: EndpointKind::SimplePush,
+                ..
+            })]
+        ));
+    }
+
+    #[test]
+    fn webpush_acks_remove_messages_and_simplepush_refuses_string_versions() {
+        let mut t = T::new();
+        webpush_ready(&mut t, vec![], vec![]);
+        let eff = t.send(&format!(
+            r#"{{"messageType":"ack","updates":[{{"channelID":"{C1}","version":"m-1","code":100}},{{"channelID":"{C2}","version":4}}]}}"#
+        ));
+        assert_eq!(
+            eff,
+            vec![Effect::Store(StoreOp::Ack {
+                uaid: uaid(U1),
+                items: vec![(chid(C2), 4)],
+                messages: vec![(chid(C1), "m-1".into())],
+            })]
+        );
+        assert!(t.s.on_store(StoreReply::Done).is_empty());
+        assert!(t
+            .send(r#"{"messageType":"nack","version":"m-1","code":301}"#)
+            .is_empty());
+
+        let mut t = T::new();
+        t.ready(U1);
+        let eff = t.send(&format!(
+            r#"{{"messageType":"ack","updates":[{{"channelID":"{C1}","version":"m-1"}}]}}"#
+        ));
+        assert_eq!(error_status(&eff), 401);
+        let mut t = T::new();
+        t.ready(U1);
+        assert_eq!(
+            error_status(&t.send(r#"{"messageType":"nack","version":"m-1","code":301}"#)),
+            401
+        );
+    }
+
+    #[test]
+    fn live_delivery_matches_the_dialect() {
+        let mut t = T::new();
+        webpush_ready(&mut t, vec![], vec![]);
+        assert!(t.s.notify(&chid(C1), 5, None).is_none());
+        let frame = t.s.notify_message(&msg("x")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["version"], "x");
+        assert_eq!(v["ttl"], 30);
+
+        let mut t = T::new();
+        t.ready(U1);
+        assert!(t.s.notify_message(&msg("x")).is_none());
+        assert!(t.s.notify(&chid(C1), 5, None).is_some());
+        // Before any hello, neither.
+        let t = T::new();
+        assert!(t.s.notify_message(&msg("x")).is_none());
     }
 }

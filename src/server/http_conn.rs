@@ -84,7 +84,7 @@ impl Server {
                         self.again.push(key);
                         return;
                     }
-                    self.request(key, head);
+                    self.request(key, *head);
                     let still_http = matches!(
                         self.conns.get(key).map(|c| &c.state),
                         Some(State::Http(h)) if h.waiting.is_none()
@@ -189,28 +189,78 @@ impl Server {
         if roles.router {
             return self.route_request(key, &head, &body);
         }
+        if roles.admin {
+            let resp = self.admin_request(&head);
+            return self.respond(key, resp, head.keep_alive);
+        }
         let resp = match endpoint::route(&head) {
             Route::Update(token) if roles.endpoint => match self.update(key, &head, token, &body) {
                 Some(r) => r,
                 None => return,
             },
-            Route::Status => Response::json(
-                200,
-                format!(
-                    "{{\"status\":\"OK\",\"clients\":{},\"version\":\"{}\"}}",
-                    self.peers
-                        .clients
-                        .iter()
-                        .map(|c| c.load(Ordering::Relaxed))
-                        .sum::<usize>(),
-                    env!("CARGO_PKG_VERSION")
-                ),
-            ),
-            Route::Health if self.store.healthy() => Response::json(200, "{\"status\":\"OK\"}"),
-            Route::Health => Response::json(503, "{\"status\":\"NOT OK\"}"),
+            Route::WebPush { v2, token } if roles.endpoint && self.cfg.webpush.enabled => {
+                match self.push(key, &head, v2, token, &body) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            Route::Message(id) if roles.endpoint && self.cfg.webpush.enabled => {
+                match self.delete_message(key, &head, id) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            Route::Status => self.status(),
+            Route::Health => self.health(),
             _ => endpoint::not_found(),
         };
         self.respond(key, resp, head.keep_alive);
+    }
+
+    fn clients(&self) -> usize {
+        self.peers
+            .clients
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn status(&self) -> Response {
+        let body = format!(
+            "{{\"status\":\"OK\",\"clients\":{},\"version\":\"{}\"}}",
+            self.clients(),
+            env!("CARGO_PKG_VERSION")
+        );
+        Response::json(200, body)
+    }
+
+    fn health(&self) -> Response {
+        if self.store.healthy() {
+            Response::json(200, "{\"status\":\"OK\"}")
+        } else {
+            Response::json(503, "{\"status\":\"NOT OK\"}")
+        }
+    }
+
+    /// The admin listener: metrics, health and status for operators.
+    fn admin_request(&self, head: &Head) -> Response {
+        if head.method != http::Method::Get {
+            return Response::json(405, "\"Method Not Allowed\"").header("Allow: GET");
+        }
+        match head.path.as_str() {
+            "/metrics" => {
+                let gauges = metrics::Gauges {
+                    open: self.peers.open.load(Ordering::Relaxed),
+                    websockets: self.peers.websockets.load(Ordering::Relaxed),
+                    clients: self.clients(),
+                };
+                Response::json(200, metrics::render(&gauges))
+                    .typed("text/plain; version=0.0.4; charset=utf-8")
+            }
+            "/health" => self.health(),
+            "/status" => self.status(),
+            _ => endpoint::not_found(),
+        }
     }
 
     /// Answers a request that waited, then goes on with the connection's next request.

@@ -43,6 +43,8 @@ pub struct Peers {
     pub(super) clients: Vec<AtomicUsize>,
     /// Open connections in the whole process, for `max_connections`.
     pub(super) open: AtomicUsize,
+    /// WebSockets in the whole process (upgraded, with or without hello), for `/metrics`.
+    pub(super) websockets: AtomicUsize,
 }
 
 impl Peers {
@@ -90,6 +92,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
     let peers = Arc::new(Peers {
         clients: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
         open: AtomicUsize::new(0),
+        websockets: AtomicUsize::new(0),
         mail,
     });
     let tokens = Arc::new(tokens);
@@ -144,6 +147,8 @@ impl Server {
             return;
         };
         debug!("conn {key}: hello for a UAID of loop {to}: handing the socket over");
+        // The adopting loop counts it again.
+        self.peers.websockets.fetch_sub(1, Ordering::Relaxed);
         let _ = self.poll.registry().deregister(w.link.stream_mut());
         let adopted = Adopted {
             link: w.link,
@@ -187,6 +192,7 @@ impl Server {
                 websocket: true,
                 endpoint: false,
                 router: false,
+                admin: false,
             },
             state: State::Moving,
         });

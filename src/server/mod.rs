@@ -22,20 +22,25 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use sm::message::HelloUaid;
 use sm::update::Outcome;
-use sm::{Effect, Id, Inbound, Limits, Session, StoreOp, StoreReply, Uaid};
+use sm::webpush::PushError;
+use sm::{
+    ChannelId, Effect, EndpointKind, Id, Inbound, Limits, Session, StoreOp, StoreReply, Uaid,
+};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Config;
 use crate::endpoint::{self, Route};
 use crate::http::{self, Head, Parsed, Response};
+use crate::metrics::{self, Command, Drop as Dropped, Event, METRICS};
 use crate::nonblocking::{would_block, write_some};
 use crate::registry::Registry;
 use crate::router::{self, RouteRequest};
 use crate::store::memcached::{self, MemcachedStore};
 use crate::store::memory::MemoryStore;
 use crate::store::workers::Pool;
-use crate::store::{ConnRef, Delivery, Done, Job, PutResult, Runner, Unavailable};
+use crate::store::{ConnRef, Delivery, Done, Job, Notice, PutResult, Runner, Unavailable};
 use crate::token::Tokens;
+use crate::webpush;
 use crate::ws::{Incoming, Link};
 
 mod cluster;
@@ -55,12 +60,25 @@ const READ_CHUNK: usize = 4096;
 /// Messages or requests handled per connection per wakeup, so that one busy peer cannot starve the rest.
 const BUDGET: usize = 64;
 
+/// How often a drain closes its next share of sockets.
+const DRAIN_TICK_MS: u64 = 20;
+
+/// A shutdown's sockets, closed a share at a time.
+struct Drain {
+    /// Monotonic ms when it began.
+    started: u64,
+    total: usize,
+    /// Still open: (slab key, generation).
+    sockets: Vec<(usize, u32)>,
+}
+
 /// What a listener serves.
 #[derive(Clone, Copy, Debug)]
 struct Roles {
     websocket: bool,
     endpoint: bool,
     router: bool,
+    admin: bool,
 }
 
 struct Listener {
@@ -129,6 +147,8 @@ pub struct Server {
     tokens: Arc<Tokens>,
     cfg: Config,
     public_url: String,
+    /// The origin of `public_url`: what VAPID tokens must name as `aud`.
+    origin: String,
     limits: Limits,
     /// Read buffer shared by every WebSocket: sockets keep only leftovers of their own.
     scratch: Vec<u8>,
@@ -137,6 +157,8 @@ pub struct Server {
     next_gen: u32,
     spare_fd: Option<File>,
     shutdown_at: Option<u64>,
+    /// The WebSockets still to close during a drain.
+    drain: Option<Drain>,
     last_refusal_log: u64,
     /// Connections that used up their budget with input left: served again after the next poll.
     again: Vec<usize>,
@@ -189,6 +211,7 @@ fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
         pool_size: (st.pool_size * loops_wanted(cfg)) as u32,
         pending_ttl: st.pending_ttl_secs as u32,
         registration_ttl: st.registration_ttl_secs as u32,
+        max_messages: cfg.webpush.max_messages,
     };
     let backend =
         MemcachedStore::start(settings).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
@@ -204,7 +227,7 @@ fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
 /// One loop's storage runner: its own memory shard, or worker threads over the shared memcached.
 fn open_store(cfg: &Config, shared: Option<Arc<MemcachedStore>>, waker: Arc<mio::Waker>) -> Runner {
     match shared {
-        None => Runner::inline(Box::new(MemoryStore::new())),
+        None => Runner::inline(Box::new(MemoryStore::new(cfg.webpush.max_messages))),
         Some(backend) => Runner::Pool(Pool::start(
             backend,
             cfg.storage.pool_size,
@@ -259,6 +282,7 @@ impl Server {
                 websocket: true,
                 endpoint: !split,
                 router: false,
+                admin: false,
             },
         )];
         if split {
@@ -268,6 +292,18 @@ impl Server {
                     websocket: false,
                     endpoint: true,
                     router: false,
+                    admin: false,
+                },
+            ));
+        }
+        if !cfg.admin.listen.is_empty() {
+            wanted.push((
+                parse(&cfg.admin.listen, "admin.listen")?,
+                Roles {
+                    websocket: false,
+                    endpoint: false,
+                    router: false,
+                    admin: true,
                 },
             ));
         }
@@ -278,6 +314,7 @@ impl Server {
                     websocket: false,
                     endpoint: false,
                     router: true,
+                    admin: false,
                 },
             ));
         }
@@ -325,7 +362,9 @@ impl Server {
         let limits = Limits {
             max_channels: cfg.websocket.max_channels,
             min_ping_interval_ms: cfg.websocket.min_ping_interval_ms,
+            webpush: cfg.webpush.enabled,
         };
+        let origin = crate::vapid::origin(&public_url);
         Ok(Server {
             id,
             peers,
@@ -340,6 +379,7 @@ impl Server {
             tokens,
             cfg,
             public_url,
+            origin,
             limits,
             scratch: Vec::with_capacity(crate::ws::READ_CHUNK),
             timers: BinaryHeap::new(),
@@ -347,6 +387,7 @@ impl Server {
             next_gen: 0,
             spare_fd: File::open("/dev/null").ok(),
             shutdown_at: None,
+            drain: None,
             last_refusal_log: 0,
             again: Vec::new(),
             reading: None,
@@ -361,6 +402,21 @@ impl Server {
             .iter()
             .filter_map(|l| l.socket.local_addr().ok())
             .collect()
+    }
+
+    /// The addresses of the device, endpoint and router listeners (not the admin one).
+    pub fn service_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter(|l| !l.roles.admin)
+            .filter_map(|l| l.socket.local_addr().ok())
+            .collect()
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let l = self.listeners.iter().find(|l| l.roles.admin)?;
+        l.socket.local_addr().ok()
     }
 
     /// The base URL of handed-out endpoints.
@@ -403,6 +459,7 @@ impl Server {
                 }
             }
             self.fire_timers();
+            self.drain_step();
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || self.now_ms() >= at {
                     self.inbox_drop();
@@ -423,6 +480,9 @@ impl Server {
         }
         if self.accept_retry {
             return Duration::from_millis(50);
+        }
+        if self.drain.is_some() {
+            return Duration::from_millis(DRAIN_TICK_MS);
         }
         let now = self.now_ms();
         let next = self
@@ -461,11 +521,14 @@ impl Server {
         if self.shutdown_at.is_some() {
             return;
         }
-        self.shutdown_at = Some(self.now_ms() + self.cfg.server.shutdown_timeout_ms);
+        let now = self.now_ms();
+        let drain_ms = self.cfg.server.drain_ms;
+        self.shutdown_at = Some(now + drain_ms + self.cfg.server.shutdown_timeout_ms);
         for l in &mut self.listeners {
             let _ = self.poll.registry().deregister(&mut l.socket);
         }
         self.listeners.clear();
+        let mut sockets = Vec::new();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let idle_http = matches!(
@@ -480,7 +543,43 @@ impl Server {
             }) = self.conns.get_mut(key)
             {
                 h.close_after = true;
-            } else {
+            } else if let Some(c) = self.conns.get(key) {
+                sockets.push((key, c.gen));
+            }
+        }
+        info!(
+            "event loop {}: draining {} sockets over {drain_ms} ms",
+            self.id,
+            sockets.len()
+        );
+        self.drain = Some(Drain {
+            started: now,
+            total: sockets.len(),
+            sockets,
+        });
+        self.drain_step();
+    }
+
+    /// Closes the share of the drain's sockets that is due by now.
+    fn drain_step(&mut self) {
+        let Some(d) = self.drain.as_mut() else {
+            return;
+        };
+        let elapsed = self.start.elapsed().as_millis() as u64 - d.started;
+        let span = self.cfg.server.drain_ms;
+        // Rounded up, so that a few sockets do not all wait for the end of the drain.
+        let due = if elapsed >= span {
+            d.total
+        } else {
+            (d.total as u64 * elapsed).div_ceil(span) as usize
+        };
+        let closed = d.total - d.sockets.len();
+        let batch: Vec<(usize, u32)> = d.sockets.drain(..due.saturating_sub(closed)).collect();
+        if d.sockets.is_empty() {
+            self.drain = None;
+        }
+        for (key, gen) in batch {
+            if self.conns.get(key).is_some_and(|c| c.gen == gen) {
                 self.begin_close(key, CloseCode::Away, "server shutting down");
             }
         }
@@ -532,6 +631,7 @@ impl Server {
     }
 
     fn log_refusal(&mut self, why: &str) {
+        METRICS.refused();
         let now = self.now_ms();
         if now.saturating_sub(self.last_refusal_log) >= 1000 || self.last_refusal_log == 0 {
             warn!("refusing connections: {why}");
@@ -644,6 +744,7 @@ impl Server {
         match conn.state {
             State::Http(mut h) => drop(registry.deregister(&mut h.stream)),
             State::Ws(mut w) => {
+                self.peers.websockets.fetch_sub(1, Ordering::Relaxed);
                 drop(registry.deregister(w.link.stream_mut()));
                 if let Some(uaid) = w.bound {
                     self.unbind(&uaid, key, conn.gen);

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// A TTL-0 message that reached no socket is gone: it was never stored.
+fn count_unsent(d: &Delivery) {
+    if matches!(&d.notice, Notice::Message(m) if m.ttl == 0) {
+        METRICS.dropped(Dropped::Offline, 1);
+    }
+}
+
 impl Server {
     /// Starts storing an update; `Some` is an immediate answer, `None` means the answer will follow.
     pub(super) fn update(
@@ -27,10 +34,60 @@ impl Server {
         let d = Delivery {
             uaid,
             channel,
-            version: upd.version,
-            data: upd.data,
+            notice: Notice::Version {
+                version: upd.version,
+                data: upd.data,
+            },
+            received: Instant::now(),
         };
+        METRICS.event(Event::Received, 1);
         self.submit_owned(Job::Put { conn, d });
+        None
+    }
+
+    /// Starts storing a WebPush message (`POST /wpush/...`); `Some` is an immediate answer.
+    pub(super) fn push(
+        &mut self,
+        key: usize,
+        head: &Head,
+        v2: bool,
+        token: &str,
+        body: &[u8],
+    ) -> Option<Response> {
+        let cx = webpush::PushContext {
+            tokens: &self.tokens,
+            origin: &self.origin,
+            max_ttl: self.cfg.webpush.max_ttl_secs,
+            now: wall_secs(),
+        };
+        let (uaid, msg) = match webpush::parse_push(head, v2, token, body, &cx) {
+            Ok(p) => p,
+            Err(e) => return Some(webpush::error(&e)),
+        };
+        let conn = self.park(key, head.keep_alive)?;
+        let d = Delivery {
+            uaid,
+            channel: msg.channel,
+            notice: Notice::Message(Box::new(msg)),
+            received: Instant::now(),
+        };
+        METRICS.event(Event::Received, 1);
+        self.submit_owned(Job::Put { conn, d });
+        None
+    }
+
+    /// Starts removing a waiting message (`DELETE /m/<id>`); `Some` is an immediate answer.
+    pub(super) fn delete_message(&mut self, key: usize, head: &Head, id: &str) -> Option<Response> {
+        let uaid = match webpush::parse_delete(head, id, &self.tokens) {
+            Ok(u) => u,
+            Err(e) => return Some(webpush::error(&e)),
+        };
+        let conn = self.park(key, head.keep_alive)?;
+        self.submit_owned(Job::DeleteMessage {
+            conn,
+            uaid,
+            id: id.to_string(),
+        });
         None
     }
 
@@ -89,13 +146,27 @@ impl Server {
                 self.answer(conn, resp);
             }
             Done::Put { conn, d, result } => self.put_done(conn, d, result),
-            Done::Forwarded { conn, delivered } => {
+            Done::Deleted { conn, result } => {
+                let resp = match result {
+                    Ok(true) => {
+                        METRICS.dropped(Dropped::Deleted, 1);
+                        Response::json(204, "")
+                    }
+                    Ok(false) => webpush::error(&PushError::NoMessage),
+                    Err(Unavailable) => webpush::error(&PushError::Unavailable),
+                };
+                self.answer(conn, resp);
+            }
+            Done::Forwarded { conn, d, delivered } => {
                 let outcome = if delivered {
+                    METRICS.event(Event::Routed, 1);
                     Outcome::Delivered
                 } else {
+                    count_unsent(&d);
                     Outcome::Stored
                 };
-                self.answer(conn, endpoint::outcome(outcome));
+                let resp = self.stored_answer(&d, outcome);
+                self.answer(conn, resp);
             }
             Done::Bound { uaid, previous } => self.kick_elsewhere(uaid, previous),
             Done::Nothing => {}
@@ -108,18 +179,35 @@ impl Server {
         d: Delivery,
         result: Result<PutResult, Unavailable>,
     ) {
-        let node = match result {
-            Ok(PutResult::Stored { node }) => node,
-            Ok(PutResult::UnknownChannel) => return self.answer(conn, endpoint::gone()),
-            Err(Unavailable) => return self.answer(conn, endpoint::unavailable()),
+        let webpush = matches!(d.notice, Notice::Message(_));
+        match &result {
+            Ok(PutResult::Stored { .. }) => METRICS.event(Event::Stored, 1),
+            Ok(PutResult::UnknownChannel) => METRICS.dropped(Dropped::Unregistered, 1),
+            Ok(PutResult::Full) => METRICS.dropped(Dropped::Full, 1),
+            Err(Unavailable) => METRICS.dropped(Dropped::StoreError, 1),
+        }
+        let node = match (result, webpush) {
+            (Ok(PutResult::Stored { node }), _) => node,
+            (Ok(PutResult::UnknownChannel), false) => return self.answer(conn, endpoint::gone()),
+            (Err(Unavailable), false) => return self.answer(conn, endpoint::unavailable()),
+            (Ok(PutResult::Full), false) => return self.answer(conn, endpoint::unavailable()),
+            (Ok(PutResult::UnknownChannel), true) => {
+                return self.answer(conn, webpush::error(&PushError::Gone))
+            }
+            (Ok(PutResult::Full), true) => {
+                return self.answer(conn, webpush::error(&PushError::Full))
+            }
+            (Err(Unavailable), true) => {
+                return self.answer(conn, webpush::error(&PushError::Unavailable))
+            }
         };
         let outcome = self.deliver(&d);
         debug!(
-            "update uaid={} channel={} version={} -> {}",
+            "update uaid={} channel={} version={} -> {:?}",
             d.uaid,
             d.channel,
-            d.version,
-            outcome.status()
+            d.label(),
+            outcome
         );
         let remote = match (&self.cluster, node.as_deref().map(node_url)) {
             (Some(c), Some(url)) if outcome == Outcome::Stored && url != c.url => {
@@ -128,17 +216,34 @@ impl Server {
             _ => None,
         };
         let Some((cluster, node)) = remote else {
-            return self.answer(conn, endpoint::outcome(outcome));
+            if outcome == Outcome::Stored {
+                count_unsent(&d);
+            }
+            let resp = self.stored_answer(&d, outcome);
+            return self.answer(conn, resp);
         };
         let (secret, timeout) = (cluster.secret.clone(), cluster.timeout);
         self.store.forward(Box::new(move || {
             let delivered = router::forward(&node, &secret, timeout, &d);
             debug!(
                 "forwarded uaid={} version={} to {node}: delivered={delivered}",
-                d.uaid, d.version
+                d.uaid,
+                d.label()
             );
-            Done::Forwarded { conn, delivered }
+            Done::Forwarded {
+                conn,
+                d: Box::new(d),
+                delivered,
+            }
         }));
+    }
+
+    /// The app server's answer once an update is stored: 200/202 for a version, 201 for a message.
+    fn stored_answer(&self, d: &Delivery, outcome: Outcome) -> Response {
+        match &d.notice {
+            Notice::Version { .. } => endpoint::outcome(outcome),
+            Notice::Message(m) => webpush::created(&self.public_url, m),
+        }
     }
 
     /// Forgets that connection `key` (of generation `gen`) is the UAID's socket; in a cluster, also
@@ -184,14 +289,17 @@ impl Server {
             _ => None,
         };
         let reply = match (op, reply) {
-            (StoreOp::Register { uaid, channel }, StoreReply::Registered { .. }) => {
-                match self.tokens.seal(uaid, channel) {
-                    Some(token) => StoreReply::Registered {
-                        endpoint: format!("{}/update/{token}", self.public_url),
-                    },
-                    None => StoreReply::Unavailable,
-                }
-            }
+            (
+                StoreOp::Register {
+                    uaid,
+                    channel,
+                    kind,
+                },
+                StoreReply::Registered { .. },
+            ) => match self.endpoint_url(uaid, channel, kind) {
+                Some(endpoint) => StoreReply::Registered { endpoint },
+                None => StoreReply::Unavailable,
+            },
             (_, r) => r,
         };
         let Some(Conn {
@@ -201,6 +309,18 @@ impl Server {
         else {
             return;
         };
+        if let StoreReply::Hello {
+            pending, messages, ..
+        } = &reply
+        {
+            // What the hello flushes, by the dialect the socket reads (unless the UAID is reset).
+            let n = if w.session.is_webpush() {
+                messages.len()
+            } else {
+                pending.len()
+            };
+            METRICS.event(Event::DeliveredStored, n as u64);
+        }
         let effects = w.session.on_store(reply);
         self.apply(conn.key, effects, claimed);
         if let Some(uaid) = claimed {
@@ -211,6 +331,26 @@ impl Server {
         if self.reading != Some(conn.key) {
             self.ws_event(conn.key);
         }
+    }
+
+    /// The endpoint URL for a new registration; `None` without randomness for its nonce.
+    fn endpoint_url(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        kind: &EndpointKind,
+    ) -> Option<String> {
+        let base = &self.public_url;
+        Some(match kind {
+            EndpointKind::SimplePush => {
+                format!("{base}/update/{}", self.tokens.seal(uaid, channel)?)
+            }
+            EndpointKind::WebPush(key) => {
+                let token = self.tokens.seal_webpush(uaid, channel, key.as_deref())?;
+                let v = if key.is_some() { 2 } else { 1 };
+                format!("{base}/wpush/v{v}/{token}")
+            }
+        })
     }
 
     /// Writes a live notification if the UAID has a socket here that can take it.
@@ -234,7 +374,13 @@ impl Server {
         if w.bound != Some(*uaid) {
             return Outcome::Stored;
         }
-        let Some(frame) = w.session.notify(&d.channel, d.version, d.data.as_deref()) else {
+        let frame = match &d.notice {
+            Notice::Version { version, data } => {
+                w.session.notify(&d.channel, *version, data.as_deref())
+            }
+            Notice::Message(m) => w.session.notify_message(m),
+        };
+        let Some(frame) = frame else {
             return Outcome::Stored;
         };
         let max_output = self.cfg.websocket.max_output_buffer;
@@ -243,7 +389,11 @@ impl Server {
             .send_text(&frame)
             .and_then(|()| w.link.flush(max_output));
         match sent {
-            Ok(()) => Outcome::Delivered,
+            Ok(()) => {
+                METRICS.event(Event::DeliveredLive, 1);
+                METRICS.delivery_latency.observe(d.received.elapsed());
+                Outcome::Delivered
+            }
             Err(e) => {
                 debug!("conn {key}: live delivery failed: {e}");
                 self.drop_conn(key);

@@ -3,6 +3,7 @@
 use super::*;
 
 pub(super) fn log_request(key: usize, uaid: Option<Uaid>, kind: &Inbound) {
+    count_request(kind);
     if !log::log_enabled!(log::Level::Debug) {
         return;
     }
@@ -18,6 +19,21 @@ pub(super) fn log_request(key: usize, uaid: Option<Uaid>, kind: &Inbound) {
             }
         }
         other => debug!("conn {key}: uaid={who} {other:?}"),
+    }
+}
+
+fn count_request(kind: &Inbound) {
+    let m = &METRICS;
+    match kind {
+        Inbound::Hello(_) => m.command(Command::Hello, 1),
+        Inbound::Register { .. } => m.command(Command::Register, 1),
+        Inbound::Unregister { .. } => m.command(Command::Unregister, 1),
+        Inbound::Ping => m.command(Command::Ping, 1),
+        Inbound::Ack(items) => {
+            m.command(Command::Ack, items.len() as u64);
+            m.event(Event::Acked, items.len() as u64);
+        }
+        _ => {}
     }
 }
 
@@ -49,6 +65,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
+        self.peers.websockets.fetch_add(1, Ordering::Relaxed);
         conn.state = State::Ws(WsConn {
             link,
             session,

@@ -8,6 +8,9 @@
 //! - `u/<uaid>`: the UAID's channel list, the channel ids as the client spelled them, comma-separated
 //!   (needed because memcached cannot list keys). Changed only by register/unregister, with `cas`.
 //! - `n/<uaid>`: the router URL of the node holding the UAID's socket, or `-`.
+//! - `m/<uaid>`: the UAID's waiting WebPush messages, a JSON list oldest first (`codec::encode_list`),
+//!   expiring with the last of them. Every change is a `gets` + `cas`; only a missing list is
+//!   created, with `add`, and then read back (see [`MemcachedStore::update_messages`]).
 //!
 //! Keys are spread over the servers by a consistent-hash ring. After any error the backend is marked
 //! unhealthy and fails fast (503 upstream) until a probe thread reaches every server again.
@@ -17,11 +20,13 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use log::{info, warn};
-use memcache::{Client, MemcacheError};
-use sm::{ChannelId, Id, Uaid};
+use memcache::{Client, CommandError, MemcacheError};
+use sm::{ChannelId, Id, Message, Uaid};
 
+use super::codec::{decode_list, encode_list};
 use super::ring::Ring;
-use super::{Backend, HelloFound, PutResult, Unavailable};
+use super::{now_secs, Backend, HelloFound, PutResult, StoredMessage, Unavailable};
+use crate::metrics::{Event, METRICS};
 
 /// How many times a `cas` write is retried when another writer got there first.
 const CAS_RETRIES: usize = 16;
@@ -30,6 +35,11 @@ const CAS_RETRIES: usize = 16;
 const NODE_TTL: u32 = 30 * 24 * 3600;
 /// Lifetime of a released node record (`-`).
 const RELEASED_TTL: u32 = 60;
+/// memcached's longest relative expiry: a larger one is read as an absolute Unix time.
+const MAX_RELATIVE_TTL: u32 = 30 * 24 * 3600;
+/// The largest message list written: memcached refuses items over 1 MiB (its default `-I`), and
+/// that refusal is an error that would mark the whole backend down. Beyond this a push gets 429.
+const MAX_LIST_BYTES: usize = 1_000_000;
 /// How often an unhealthy backend probes the servers.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
@@ -46,6 +56,8 @@ pub struct Settings {
     pub pending_ttl: u32,
     /// Lifetime of a registration without use, seconds.
     pub registration_ttl: u32,
+    /// WebPush messages allowed to wait per UAID.
+    pub max_messages: usize,
 }
 
 /// The memcached backend.
@@ -74,6 +86,26 @@ fn node_key(uaid: &Uaid) -> String {
     format!("n/{}", hex(uaid.0.bytes()))
 }
 
+fn msgs_key(uaid: &Uaid) -> String {
+    format!("m/{}", hex(uaid.0.bytes()))
+}
+
+/// The expiry of a message list: until its last message expires. One second more because
+/// memcached's clock ticks once a second and may lag ours; an empty list goes within a second or two.
+fn list_life(list: &[StoredMessage], now: u64) -> u32 {
+    let last = list.iter().map(|m| m.expires_at).max().unwrap_or(now);
+    let secs = last.saturating_sub(now).saturating_add(1);
+    u32::try_from(secs).map_or(MAX_RELATIVE_TTL, |s| s.min(MAX_RELATIVE_TTL))
+}
+
+/// A lifetime of `base` seconds (0 = none) stretched to cover `life`.
+fn outlive(base: u32, life: u32) -> u32 {
+    match base {
+        0 => 0,
+        b => b.max(life),
+    }
+}
+
 fn parse_list(list: &str) -> Vec<ChannelId> {
     let mut out: Vec<ChannelId> = Vec::new();
     for id in list.split(',').filter_map(Id::parse).map(ChannelId) {
@@ -86,6 +118,39 @@ fn parse_list(list: &str) -> Vec<ChannelId> {
 
 fn pending_version(record: &str) -> Option<u64> {
     record.strip_prefix('p')?.parse().ok()
+}
+
+/// Takes the message list (under `key`) out of fetched records, oldest first.
+fn take_messages(records: &mut Vec<(String, String)>, key: Option<&str>) -> Vec<StoredMessage> {
+    match records.iter().position(|(k, _)| Some(k.as_str()) == key) {
+        Some(i) => decode_list(&records.swap_remove(i).1),
+        None => Vec::new(),
+    }
+}
+
+/// `put_message`'s change to a message list: the stored list's lifetime (`None`: full) and the new
+/// list. Finding the message already there is success: it is an `add` of ours, read back.
+fn with_message(
+    list: &[StoredMessage],
+    new: &StoredMessage,
+    max: usize,
+    now: u64,
+) -> (Option<u32>, Option<Vec<StoredMessage>>) {
+    if list.iter().any(|m| m.msg.id == new.msg.id) {
+        return (Some(list_life(list, now)), None);
+    }
+    let replaced = |m: &StoredMessage| {
+        m.msg.channel == new.msg.channel && new.msg.topic.is_some() && m.msg.topic == new.msg.topic
+    };
+    let mut next: Vec<StoredMessage> = list.iter().filter(|m| !replaced(m)).cloned().collect();
+    if next.len() >= max {
+        return (None, None);
+    }
+    next.push(new.clone());
+    if encode_list(&next).len() > MAX_LIST_BYTES {
+        return (None, None);
+    }
+    (Some(list_life(&next, now)), Some(next))
 }
 
 type Cas = (String, u32, Option<u64>);
@@ -198,6 +263,17 @@ impl MemcachedStore {
         c.cas(key, value, ttl, cas).map_err(|e| self.fail(i, &e))
     }
 
+    /// Stores `value` only if `key` is absent; either way a success (read back to tell).
+    fn add(&self, key: &str, value: &str, ttl: u32) -> Result<(), Unavailable> {
+        let (i, c) = self.client(key);
+        match c.add(key, value, ttl) {
+            // The binary protocol reports an existing key as an error; it only means someone else
+            // created it first.
+            Err(MemcacheError::CommandError(CommandError::KeyExists)) => Ok(()),
+            other => other.map_err(|e| self.fail(i, &e)),
+        }
+    }
+
     fn delete(&self, key: &str) -> Result<(), Unavailable> {
         let (i, c) = self.client(key);
         c.delete(key).map(|_| ()).map_err(|e| self.fail(i, &e))
@@ -272,7 +348,111 @@ impl MemcachedStore {
                 self.delete(&chan_key(uaid, &c))?;
             }
         }
-        self.delete(&list_key(uaid))
+        self.delete(&list_key(uaid))?;
+        // After the channel records: a `put_message` racing this finds its channel gone when it
+        // checks again after writing, and takes its message back.
+        self.delete(&msgs_key(uaid))
+    }
+
+    /// Changes the UAID's message list until the change sticks; returns `change`'s answer.
+    ///
+    /// `change` gets the live messages and returns its answer and the new list (`None`: no write).
+    /// It may run several times, so it must depend on the list alone. An existing list is changed
+    /// with `gets` + `cas`, so concurrent writers (other nodes) lose nothing: the loser re-reads.
+    /// A missing list is created with `add`, which stores nothing if another writer created it
+    /// first; either way the loop reads the list back and runs `change` again, which finds its work
+    /// there or redoes it on the other writer's list. (A plain `set` would silently drop the other
+    /// writer's message.) Reading back rather than trusting `add`'s answer also covers the ASCII
+    /// protocol, where the crate hides NOT_STORED. Expired messages are dropped by the next write,
+    /// and with the key, which expires with its last message.
+    ///
+    /// Residual race: if our `add` won and another node removed our message (an ack or DELETE of
+    /// it, or a same-topic replacement) before we read the list back, we take it for a lost `add`
+    /// and store it again. That needs the message delivered and acked, or its URL used, before its
+    /// own push was answered, so in practice only a replacement can do it; the result is the
+    /// order "theirs, then ours", which concurrent pushes may have anyway.
+    fn update_messages<R>(
+        &self,
+        uaid: &Uaid,
+        mut change: impl FnMut(&[StoredMessage]) -> (R, Option<Vec<StoredMessage>>),
+    ) -> Result<R, Unavailable> {
+        let key = msgs_key(uaid);
+        for _ in 0..CAS_RETRIES {
+            let now = now_secs();
+            let current = self.gets(&key)?;
+            let mut list = match &current {
+                Some((text, _)) => decode_list(text),
+                None => Vec::new(),
+            };
+            let before = list.len();
+            list.retain(|m| m.live(now));
+            let expired = (before - list.len()) as u64;
+            let (answer, new) = change(&list);
+            let Some(new) = new else {
+                return Ok(answer);
+            };
+            // No `delete` for an emptied list: it cannot be conditional, and could erase a message
+            // added meanwhile. An empty list expires within a second or two instead.
+            let (text, ttl) = (encode_list(&new), list_life(&new, now));
+            match current {
+                Some((_, cas)) if self.cas(&key, &text, ttl, cas)? => {
+                    // Counted once they are gone for good (a hello only skips them).
+                    METRICS.event(Event::Expired, expired);
+                    return Ok(answer);
+                }
+                Some(_) => {}
+                None => self.add(&key, &text, ttl)?,
+            }
+        }
+        Err(Unavailable)
+    }
+
+    /// Removes the UAID's waiting messages that `gone` picks; whether there were any.
+    fn remove_messages(
+        &self,
+        uaid: &Uaid,
+        gone: impl Fn(&StoredMessage) -> bool,
+    ) -> Result<bool, Unavailable> {
+        self.update_messages(uaid, |list| {
+            let rest: Vec<StoredMessage> = list.iter().filter(|m| !gone(m)).cloned().collect();
+            let removed = rest.len() != list.len();
+            (removed, removed.then_some(rest))
+        })
+    }
+
+    /// Stretches a channel's registration, and the channel list, to outlive the UAID's waiting
+    /// messages (`life` seconds), as `put` does for a pending version: an offline device must still
+    /// be known when it comes back for them. `false` if the channel is gone. (A later register or
+    /// SimplePush update resets these lifetimes to their own; the next hello stretches them again.)
+    fn keep_channel(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        life: u32,
+    ) -> Result<bool, Unavailable> {
+        let key = chan_key(uaid, channel);
+        for _ in 0..CAS_RETRIES {
+            let Some((record, cas)) = self.gets(&key)? else {
+                return Ok(false);
+            };
+            // A pending version's record is left alone: it lives `pending_ttl` already, and
+            // rewriting it would make a concurrent ack's `cas` fail and leave the version pending.
+            // An `r` is written again with `cas` rather than `touch`: a `touch` landing after a
+            // concurrent `put` could cut that version's lifetime down to a registration's.
+            let kept = pending_version(&record).is_some()
+                || self.cas(
+                    &key,
+                    &record,
+                    outlive(self.settings.registration_ttl, life),
+                    cas,
+                )?;
+            if kept {
+                self.touch(&list_key(uaid), outlive(self.list_ttl(), life))?;
+                return Ok(true);
+            }
+        }
+        // Rewritten under us every time: another writer keeps changing it, so it exists.
+        Ok(true)
     }
 }
 
@@ -310,8 +490,11 @@ impl Backend for MemcachedStore {
             None => None,
         };
         let channels = parse_list(&list);
-        let keys: Vec<String> = channels.iter().map(|c| chan_key(uaid, c)).collect();
-        let records = self.get_many(&keys)?;
+        let mut keys: Vec<String> = channels.iter().map(|c| chan_key(uaid, c)).collect();
+        // The messages come in the same round trips as the channel records.
+        keys.push(msgs_key(uaid));
+        let mut records = self.get_many(&keys)?;
+        let stored = take_messages(&mut records, keys.pop().as_deref());
         // Every registration expired: the device must start over with a new UAID and register again.
         if !channels.is_empty() && records.is_empty() {
             if let Some(n) = node {
@@ -319,7 +502,11 @@ impl Backend for MemcachedStore {
             }
             return Ok(HelloFound::default());
         }
-        let ttl = self.settings.registration_ttl;
+        let now = now_secs();
+        let live: Vec<StoredMessage> = stored.into_iter().filter(|m| m.live(now)).collect();
+        // Waiting messages keep the registrations alive as long as they live themselves.
+        let life = list_life(&live, now);
+        let ttl = outlive(self.settings.registration_ttl, life);
         let mut pending = Vec::new();
         for (c, key) in channels.iter().zip(&keys) {
             let record = records
@@ -333,10 +520,11 @@ impl Backend for MemcachedStore {
                 None => {}
             }
         }
-        self.touch(&list_key(uaid), self.list_ttl())?;
+        self.touch(&list_key(uaid), outlive(self.list_ttl(), life))?;
         Ok(HelloFound {
             known: true,
             pending,
+            messages: live.iter().map(|m| m.at(now)).collect(),
             previous_node,
         })
     }
@@ -381,11 +569,26 @@ impl Backend for MemcachedStore {
                 .map(ToString::to_string)
                 .collect();
             Some(rest.join(","))
-        })
+        })?;
+        self.remove_messages(uaid, |m| m.msg.channel == *channel)
+            .map(|_| ())
     }
 
-    fn ack(&self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable> {
+    fn ack(
+        &self,
+        uaid: &Uaid,
+        items: &[(ChannelId, u64)],
+        messages: &[(ChannelId, String)],
+    ) -> Result<(), Unavailable> {
         self.check()?;
+        if !messages.is_empty() {
+            // An ack names the channel too: an id acked under the wrong channel removes nothing.
+            self.remove_messages(uaid, |m| {
+                messages
+                    .iter()
+                    .any(|(c, id)| *c == m.msg.channel && *id == m.msg.id)
+            })?;
+        }
         for (channel, version) in items {
             let key = chan_key(uaid, channel);
             let Some((record, cas)) = self.gets(&key)? else {
@@ -427,6 +630,48 @@ impl Backend for MemcachedStore {
         Ok(PutResult::Stored { node })
     }
 
+    fn put_message(&self, uaid: &Uaid, msg: &Message) -> Result<PutResult, Unavailable> {
+        self.check()?;
+        if self.get(&chan_key(uaid, &msg.channel))?.is_none() {
+            return Ok(PutResult::UnknownChannel);
+        }
+        if msg.ttl > 0 {
+            let now = now_secs();
+            let new = StoredMessage::new(msg.clone(), now);
+            let max = self.settings.max_messages;
+            let Some(life) =
+                self.update_messages(uaid, |list| with_message(list, &new, max, now))?
+            else {
+                return Ok(PutResult::Full);
+            };
+            // Checked again after the write: an unregister (or forget) that deleted the channel
+            // between the first check and the write may have cleaned the list before the write.
+            // If the channel is still there now, its cleanup will come after the write and take it.
+            if !self.keep_channel(uaid, &msg.channel, life)? {
+                self.remove_messages(uaid, |m| m.msg.id == msg.id)?;
+                return Ok(PutResult::UnknownChannel);
+            }
+        }
+        let node = self.get(&node_key(uaid))?.filter(|n| n != "-");
+        Ok(PutResult::Stored { node })
+    }
+
+    fn message_pending(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable> {
+        self.check()?;
+        let now = now_secs();
+        let list = self.get(&msgs_key(uaid))?;
+        Ok(list.is_some_and(|l| {
+            decode_list(&l)
+                .iter()
+                .any(|m| m.msg.id == id && m.live(now))
+        }))
+    }
+
+    fn delete_message(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable> {
+        self.check()?;
+        self.remove_messages(uaid, |m| m.msg.id == id)
+    }
+
     fn bind_node(&self, uaid: &Uaid, node: &str) -> Result<Option<String>, Unavailable> {
         self.check()?;
         let key = node_key(uaid);
@@ -448,5 +693,72 @@ impl Backend for MemcachedStore {
 
     fn healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(chan: u8, id: &str, expires_at: u64, topic: Option<&str>) -> StoredMessage {
+        StoredMessage {
+            msg: Message {
+                channel: ChannelId(Id::fresh([chan; 16])),
+                id: id.into(),
+                ttl: 60,
+                topic: topic.map(str::to_string),
+                payload: None,
+            },
+            expires_at,
+        }
+    }
+
+    fn ids(list: &[StoredMessage]) -> Vec<&str> {
+        list.iter().map(|m| m.msg.id.as_str()).collect()
+    }
+
+    #[test]
+    fn list_life_covers_the_last_message_and_stays_relative() {
+        assert_eq!(list_life(&[], 100), 1);
+        let list = [stored(1, "a", 160, None), stored(1, "b", 130, None)];
+        assert_eq!(list_life(&list, 100), 61);
+        // Past 30 days memcached would read an absolute time (long gone): capped.
+        let far = [stored(1, "a", 100 + 40 * 24 * 3600, None)];
+        assert_eq!(list_life(&far, 100), MAX_RELATIVE_TTL);
+        assert_eq!(
+            list_life(&[stored(1, "a", MAX_RELATIVE_TTL as u64 + 100, None)], 100),
+            MAX_RELATIVE_TTL
+        );
+        assert_eq!(outlive(0, 500), 0, "no expiry stays no expiry");
+        assert_eq!((outlive(10, 500), outlive(900, 500)), (500, 900));
+    }
+
+    #[test]
+    fn with_message_replaces_by_topic_caps_and_is_idempotent() {
+        let list = vec![
+            stored(1, "a", 160, Some("t")),
+            stored(2, "b", 160, Some("t")),
+        ];
+        let (life, next) = with_message(&list, &stored(1, "c", 200, Some("t")), 2, 100);
+        let next = next.unwrap();
+        assert_eq!((life, ids(&next)), (Some(101), vec!["b", "c"]));
+        // Read back after our own `add`: nothing to write.
+        assert_eq!(with_message(&next, &next[1], 2, 100), (Some(101), None));
+        assert_eq!(
+            with_message(&next, &stored(1, "d", 200, None), 2, 100),
+            (None, None)
+        );
+        let big = StoredMessage {
+            msg: Message {
+                payload: Some(("A".repeat(MAX_LIST_BYTES), sm::webpush::Encoding::Aes128gcm)),
+                ..stored(1, "e", 200, None).msg
+            },
+            expires_at: 200,
+        };
+        assert_eq!(
+            with_message(&[], &big, 10, 100),
+            (None, None),
+            "over memcached's item size"
+        );
     }
 }

@@ -3,9 +3,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use sm::{ChannelId, Uaid};
+use sm::{ChannelId, Message, Uaid};
 
-use super::{Backend, HelloFound, PutResult, Unavailable};
+use crate::metrics::{Drop, Event, METRICS};
+
+use super::{now_secs, Backend, HelloFound, PutResult, StoredMessage, Unavailable};
 
 /// "Nothing pending": versions are never 0 (an update's 0 means "now").
 const NONE: u64 = 0;
@@ -46,6 +48,14 @@ impl Channels {
         }
     }
 
+    fn contains(&self, channel: &ChannelId) -> bool {
+        match self {
+            Channels::One(c, _) => c == channel,
+            Channels::Many(m) => m.contains_key(channel),
+            Channels::Empty => false,
+        }
+    }
+
     fn remove(&mut self, channel: &ChannelId) {
         match self {
             Channels::One(c, _) if c == channel => *self = Channels::Empty,
@@ -69,17 +79,40 @@ impl Channels {
     }
 }
 
-/// Registrations and pending versions; used from the loop's thread only.
-#[derive(Default)]
+/// Registrations, pending versions and WebPush messages; used from the loop's thread only.
 pub struct MemoryStore {
     /// UAID → its channels and their pending versions.
     users: RefCell<HashMap<Uaid, Channels>>,
+    /// UAID → its waiting WebPush messages, oldest first. Apart from `users`, so that the
+    /// SimplePush devices (most of them) pay nothing for it.
+    messages: RefCell<HashMap<Uaid, Vec<StoredMessage>>>,
+    /// Waiting messages allowed per UAID.
+    max_messages: usize,
 }
 
 impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> MemoryStore {
-        MemoryStore::default()
+    /// An empty store that keeps at most `max_messages` WebPush messages per UAID.
+    pub fn new(max_messages: usize) -> MemoryStore {
+        MemoryStore {
+            users: RefCell::default(),
+            messages: RefCell::default(),
+            max_messages,
+        }
+    }
+
+    /// Runs `f` on the UAID's live messages (expired ones dropped first), then drops an empty list.
+    fn with_messages<R>(&self, uaid: &Uaid, f: impl FnOnce(&mut Vec<StoredMessage>) -> R) -> R {
+        let now = now_secs();
+        let mut all = self.messages.borrow_mut();
+        let list = all.entry(*uaid).or_default();
+        let before = list.len();
+        list.retain(|m| m.live(now));
+        METRICS.event(Event::Expired, (before - list.len()) as u64);
+        let out = f(list);
+        if list.is_empty() {
+            all.remove(uaid);
+        }
+        out
     }
 }
 
@@ -92,16 +125,19 @@ impl Backend for MemoryStore {
     ) -> Result<HelloFound, Unavailable> {
         if forget {
             self.users.borrow_mut().remove(uaid);
+            self.messages.borrow_mut().remove(uaid);
             return Ok(HelloFound::default());
         }
-        let users = self.users.borrow();
-        let Some(channels) = users.get(uaid) else {
-            return Ok(HelloFound::default());
+        let pending = match self.users.borrow().get(uaid) {
+            Some(channels) => channels.pending(),
+            None => return Ok(HelloFound::default()),
         };
-        let pending = channels.pending();
+        let now = now_secs();
+        let messages = self.with_messages(uaid, |list| list.iter().map(|m| m.at(now)).collect());
         Ok(HelloFound {
             known: true,
             pending,
+            messages,
             previous_node: None,
         })
     }
@@ -125,10 +161,25 @@ impl Backend for MemoryStore {
         if let Some(channels) = self.users.borrow_mut().get_mut(uaid) {
             channels.remove(channel);
         }
+        self.with_messages(uaid, |list| list.retain(|m| m.msg.channel != *channel));
         Ok(())
     }
 
-    fn ack(&self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable> {
+    fn ack(
+        &self,
+        uaid: &Uaid,
+        items: &[(ChannelId, u64)],
+        messages: &[(ChannelId, String)],
+    ) -> Result<(), Unavailable> {
+        if !messages.is_empty() {
+            self.with_messages(uaid, |list| {
+                list.retain(|m| {
+                    !messages
+                        .iter()
+                        .any(|(c, id)| *c == m.msg.channel && *id == m.msg.id)
+                })
+            });
+        }
         let mut users = self.users.borrow_mut();
         let Some(channels) = users.get_mut(uaid) else {
             return Ok(());
@@ -160,6 +211,48 @@ impl Backend for MemoryStore {
         })
     }
 
+    fn put_message(&self, uaid: &Uaid, msg: &Message) -> Result<PutResult, Unavailable> {
+        let registered = self
+            .users
+            .borrow()
+            .get(uaid)
+            .is_some_and(|c| c.contains(&msg.channel));
+        if !registered {
+            return Ok(PutResult::UnknownChannel);
+        }
+        if msg.ttl == 0 {
+            return Ok(PutResult::Stored { node: None });
+        }
+        let max = self.max_messages;
+        let stored = StoredMessage::new(msg.clone(), now_secs());
+        Ok(self.with_messages(uaid, |list| {
+            if let Some(topic) = &msg.topic {
+                let before = list.len();
+                list.retain(|m| {
+                    m.msg.channel != msg.channel || m.msg.topic.as_ref() != Some(topic)
+                });
+                METRICS.dropped(Drop::Replaced, (before - list.len()) as u64);
+            }
+            if list.len() >= max {
+                return PutResult::Full;
+            }
+            list.push(stored);
+            PutResult::Stored { node: None }
+        }))
+    }
+
+    fn message_pending(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable> {
+        Ok(self.with_messages(uaid, |list| list.iter().any(|m| m.msg.id == id)))
+    }
+
+    fn delete_message(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable> {
+        Ok(self.with_messages(uaid, |list| {
+            let before = list.len();
+            list.retain(|m| m.msg.id != id);
+            list.len() != before
+        }))
+    }
+
     fn bind_node(&self, _uaid: &Uaid, _node: &str) -> Result<Option<String>, Unavailable> {
         // One process, no cluster: there is no other node.
         Ok(None)
@@ -189,7 +282,7 @@ mod tests {
 
     #[test]
     fn unknown_until_registered() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::new(100);
         assert_eq!(s.hello(&u(1), false, None), Ok(HelloFound::default()));
         assert_eq!(s.put(&u(1), &c(1), 5), Ok(PutResult::UnknownChannel));
         s.register(&u(1), &c(1)).unwrap();
@@ -204,7 +297,7 @@ mod tests {
 
     #[test]
     fn put_overwrites_and_ack_removes_only_the_same_version() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::new(100);
         s.register(&u(1), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         s.put(&u(1), &c(1), 3).unwrap();
@@ -212,18 +305,18 @@ mod tests {
             s.hello(&u(1), false, None).unwrap().pending,
             vec![(c(1), 3)]
         );
-        s.ack(&u(1), &[(c(1), 5)]).unwrap();
+        s.ack(&u(1), &[(c(1), 5)], &[]).unwrap();
         assert_eq!(
             s.hello(&u(1), false, None).unwrap().pending,
             vec![(c(1), 3)]
         );
-        s.ack(&u(1), &[(c(1), 3)]).unwrap();
+        s.ack(&u(1), &[(c(1), 3)], &[]).unwrap();
         assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
     }
 
     #[test]
     fn register_again_keeps_pending_and_unregister_drops_it() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::new(100);
         s.register(&u(1), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         s.register(&u(1), &c(1)).unwrap();
@@ -238,7 +331,7 @@ mod tests {
 
     #[test]
     fn channels_are_scoped_per_uaid_and_forget_drops_all() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::new(100);
         s.register(&u(1), &c(1)).unwrap();
         s.register(&u(2), &c(1)).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
@@ -256,7 +349,7 @@ mod tests {
 
     #[test]
     fn several_channels_per_uaid() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::new(100);
         for n in 1..=3 {
             s.register(&u(1), &c(n)).unwrap();
         }
@@ -269,11 +362,102 @@ mod tests {
         assert_eq!(s.put(&u(1), &c(3), 31), Ok(PutResult::UnknownChannel));
         assert_eq!(s.pending(&u(1), &c(1)), Ok(Some(10)));
         assert_eq!(s.pending(&u(1), &c(2)), Ok(None));
-        s.ack(&u(1), &[(c(1), 10)]).unwrap();
+        s.ack(&u(1), &[(c(1), 10)], &[]).unwrap();
         assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
         // Down to none: still a known UAID.
         s.unregister(&u(1), &c(1)).unwrap();
         s.unregister(&u(1), &c(2)).unwrap();
         assert!(s.hello(&u(1), false, None).unwrap().known);
+    }
+
+    fn m(chan: u8, id: &str, ttl: u64, topic: Option<&str>) -> Message {
+        Message {
+            channel: c(chan),
+            id: id.into(),
+            ttl,
+            topic: topic.map(str::to_string),
+            payload: None,
+        }
+    }
+
+    fn ids(s: &MemoryStore, uaid: &Uaid) -> Vec<String> {
+        let found = s.hello(uaid, false, None).unwrap();
+        found.messages.into_iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn messages_wait_until_acked_and_only_for_registered_channels() {
+        let s = MemoryStore::new(100);
+        assert_eq!(
+            s.put_message(&u(1), &m(1, "a", 60, None)),
+            Ok(PutResult::UnknownChannel)
+        );
+        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(1), &c(2)).unwrap();
+        for (chan, id) in [(1, "a"), (2, "b"), (1, "c")] {
+            assert!(matches!(
+                s.put_message(&u(1), &m(chan, id, 60, None)),
+                Ok(PutResult::Stored { .. })
+            ));
+        }
+        assert_eq!(ids(&s, &u(1)), ["a", "b", "c"]);
+        assert_eq!(s.message_pending(&u(1), "b"), Ok(true));
+        // An ack names the channel too: the wrong one removes nothing.
+        s.ack(&u(1), &[], &[(c(1), "b".into())]).unwrap();
+        assert_eq!(ids(&s, &u(1)), ["a", "b", "c"]);
+        s.ack(&u(1), &[], &[(c(2), "b".into()), (c(1), "a".into())])
+            .unwrap();
+        assert_eq!(ids(&s, &u(1)), ["c"]);
+        assert_eq!(s.message_pending(&u(1), "b"), Ok(false));
+        assert_eq!(s.delete_message(&u(1), "c"), Ok(true));
+        assert_eq!(s.delete_message(&u(1), "c"), Ok(false));
+        assert!(ids(&s, &u(1)).is_empty());
+    }
+
+    #[test]
+    fn topic_replaces_cap_refuses_ttl_zero_stores_nothing() {
+        let s = MemoryStore::new(2);
+        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(1), &c(2)).unwrap();
+        s.put_message(&u(1), &m(1, "a", 60, Some("t"))).unwrap();
+        s.put_message(&u(1), &m(2, "b", 60, Some("t"))).unwrap();
+        // Same channel and topic: replaces "a"; the other channel's "t" stays.
+        s.put_message(&u(1), &m(1, "c", 60, Some("t"))).unwrap();
+        assert_eq!(ids(&s, &u(1)), ["b", "c"]);
+        assert_eq!(
+            s.put_message(&u(1), &m(1, "d", 60, None)),
+            Ok(PutResult::Full)
+        );
+        // A topic replacement frees its own slot, so it fits even when full.
+        assert!(matches!(
+            s.put_message(&u(1), &m(1, "e", 60, Some("t"))),
+            Ok(PutResult::Stored { .. })
+        ));
+        assert_eq!(ids(&s, &u(1)), ["b", "e"]);
+        s.ack(&u(1), &[], &[(c(2), "b".into())]).unwrap();
+        assert!(matches!(
+            s.put_message(&u(1), &m(1, "z", 0, None)),
+            Ok(PutResult::Stored { .. })
+        ));
+        assert_eq!(ids(&s, &u(1)), ["e"]);
+        // Unregister drops the channel's messages; forget drops everything.
+        s.unregister(&u(1), &c(1)).unwrap();
+        assert!(ids(&s, &u(1)).is_empty());
+        s.put_message(&u(1), &m(2, "f", 60, None)).unwrap();
+        s.hello(&u(1), true, None).unwrap();
+        assert_eq!(s.message_pending(&u(1), "f"), Ok(false));
+    }
+
+    #[test]
+    fn messages_expire_and_count_their_ttl_down() {
+        let s = MemoryStore::new(10);
+        s.register(&u(1), &c(1)).unwrap();
+        s.put_message(&u(1), &m(1, "short", 1, None)).unwrap();
+        s.put_message(&u(1), &m(1, "long", 600, None)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let found = s.hello(&u(1), false, None).unwrap().messages;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, "long");
+        assert!((597..600).contains(&found[0].ttl), "{}", found[0].ttl);
     }
 }

@@ -5,6 +5,7 @@
 //! runs jobs inline (it never blocks); the memcached backend runs them on worker threads, which wake
 //! the loop through a `mio::Waker`. Jobs of one UAID always run in submission order.
 
+pub mod codec;
 pub mod memcached;
 pub mod memory;
 pub mod ring;
@@ -12,7 +13,9 @@ pub mod workers;
 
 use std::cell::RefCell;
 
-use sm::{ChannelId, StoreOp, StoreReply, Uaid};
+use sm::{ChannelId, Message, StoreOp, StoreReply, Uaid};
+
+use crate::metrics::METRICS;
 
 /// A backend that could not do what was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,45 @@ pub enum PutResult {
     },
     /// No such channel under that UAID (never registered, unregistered, expired or forgotten).
     UnknownChannel,
+    /// The UAID already has as many messages waiting as allowed.
+    Full,
+}
+
+/// The wall clock in Unix seconds: message expiry is absolute, so every node must agree on it.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A message as kept in storage: the message, and when it expires (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The message; its `ttl` is the one it arrived with.
+    pub msg: Message,
+    /// When it stops being deliverable.
+    pub expires_at: u64,
+}
+
+impl StoredMessage {
+    /// Stamps a new message with its expiry.
+    pub fn new(msg: Message, now: u64) -> StoredMessage {
+        let expires_at = now.saturating_add(msg.ttl);
+        StoredMessage { msg, expires_at }
+    }
+
+    /// Still deliverable at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        self.expires_at > now
+    }
+
+    /// The message with its TTL counted down to `now`.
+    pub fn at(&self, now: u64) -> Message {
+        Message {
+            ttl: self.expires_at.saturating_sub(now),
+            ..self.msg.clone()
+        }
+    }
 }
 
 /// What a hello finds.
@@ -37,6 +79,8 @@ pub struct HelloFound {
     pub known: bool,
     /// Stored versions.
     pub pending: Vec<(ChannelId, u64)>,
+    /// Stored WebPush messages not yet expired, oldest first, TTLs counted down.
+    pub messages: Vec<Message>,
     /// Cluster: the node record that was replaced (another socket for this UAID).
     pub previous_node: Option<String>,
 }
@@ -56,10 +100,23 @@ pub trait Backend {
     fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable>;
     /// Records a channel; an existing one keeps its pending version.
     fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
-    /// Forgets a channel and its pending version.
+    /// Forgets a channel, its pending version and its messages.
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
-    /// Drops each pending version that equals the acked one.
-    fn ack(&self, uaid: &Uaid, items: &[(ChannelId, u64)]) -> Result<(), Unavailable>;
+    /// Drops each pending version that equals the acked one, and each acked message.
+    fn ack(
+        &self,
+        uaid: &Uaid,
+        items: &[(ChannelId, u64)],
+        messages: &[(ChannelId, String)],
+    ) -> Result<(), Unavailable>;
+    /// Stores a WebPush message for a registered channel until it is acked or expires. A message
+    /// with a topic replaces a waiting one of the same channel and topic. TTL 0 stores nothing and
+    /// only checks the channel.
+    fn put_message(&self, uaid: &Uaid, msg: &Message) -> Result<PutResult, Unavailable>;
+    /// Whether the message is still waiting (not acked, deleted, replaced or expired).
+    fn message_pending(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable>;
+    /// Removes a waiting message; whether it was there.
+    fn delete_message(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable>;
     /// Stores a version for a registered channel, overwriting any older or newer one.
     fn put(&self, uaid: &Uaid, channel: &ChannelId, version: u64)
         -> Result<PutResult, Unavailable>;
@@ -83,6 +140,20 @@ pub struct ConnRef {
     pub gen: u32,
 }
 
+/// What an app server sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A SimplePush version (`PUT /update/<token>`).
+    Version {
+        /// The version.
+        version: u64,
+        /// Data for a live delivery only; never stored.
+        data: Option<String>,
+    },
+    /// A WebPush message (`POST /wpush/...`).
+    Message(Box<Message>),
+}
+
 /// One update on its way to a device: stored, checked, forwarded or written to the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -90,10 +161,20 @@ pub struct Delivery {
     pub uaid: Uaid,
     /// The channel.
     pub channel: ChannelId,
-    /// The version.
-    pub version: u64,
-    /// Data for a live delivery only; never stored.
-    pub data: Option<String>,
+    /// What it carries.
+    pub notice: Notice,
+    /// When the app server's request (or the forward) arrived, for the delivery latency.
+    pub received: std::time::Instant,
+}
+
+impl Delivery {
+    /// The version or message id, for logs.
+    pub fn label(&self) -> String {
+        match &self.notice {
+            Notice::Version { version, .. } => version.to_string(),
+            Notice::Message(m) => m.id.clone(),
+        }
+    }
 }
 
 /// A unit of storage work.
@@ -122,6 +203,15 @@ pub enum Job {
         /// The update.
         d: Delivery,
     },
+    /// An app server's `DELETE` of a waiting message.
+    DeleteMessage {
+        /// The HTTP connection waiting.
+        conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The message id.
+        id: String,
+    },
     /// Cluster: this node now holds the UAID's socket.
     Bound {
         /// The UAID.
@@ -149,6 +239,7 @@ impl Job {
                 | StoreOp::Ack { uaid, .. } => *uaid,
             },
             Job::Put { d, .. } | Job::Check { d, .. } => d.uaid,
+            Job::DeleteMessage { uaid, .. } => *uaid,
             Job::Bound { uaid, .. } | Job::Unbound { uaid, .. } => *uaid,
         }
     }
@@ -172,8 +263,34 @@ impl Job {
                 d: d.clone(),
                 current: Err(Unavailable),
             },
+            Job::DeleteMessage { conn, .. } => Done::Deleted {
+                conn: *conn,
+                result: Err(Unavailable),
+            },
             Job::Bound { .. } | Job::Unbound { .. } => Done::Nothing,
         }
+    }
+}
+
+impl Done {
+    /// The store could not answer.
+    fn failed(&self) -> bool {
+        matches!(
+            self,
+            Done::Session {
+                reply: StoreReply::Unavailable,
+                ..
+            } | Done::Checked {
+                current: Err(Unavailable),
+                ..
+            } | Done::Put {
+                result: Err(Unavailable),
+                ..
+            } | Done::Deleted {
+                result: Err(Unavailable),
+                ..
+            }
+        )
     }
 }
 
@@ -209,6 +326,13 @@ pub enum Done {
         /// The store's answer.
         result: Result<PutResult, Unavailable>,
     },
+    /// For [`Job::DeleteMessage`]: whether the message was waiting.
+    Deleted {
+        /// The HTTP request.
+        conn: ConnRef,
+        /// The store's answer.
+        result: Result<bool, Unavailable>,
+    },
     /// For [`Job::Bound`]: the node that held the UAID before, to be told to close its socket.
     Bound {
         /// The UAID.
@@ -222,13 +346,25 @@ pub enum Done {
     Forwarded {
         /// The HTTP connection waiting.
         conn: ConnRef,
+        /// What was forwarded.
+        d: Box<Delivery>,
         /// Delivered live there.
         delivered: bool,
     },
 }
 
-/// Runs one job against a backend.
+/// Runs one job against a backend, counting its time and failures.
 pub fn run(backend: &dyn Backend, job: Job) -> Done {
+    let started = std::time::Instant::now();
+    let done = run_job(backend, job);
+    METRICS.store_latency.observe(started.elapsed());
+    if done.failed() {
+        METRICS.store_error();
+    }
+    done
+}
+
+fn run_job(backend: &dyn Backend, job: Job) -> Done {
     match job {
         Job::Session { conn, op, node } => {
             let (reply, previous_node) = session_op(backend, &op, node.as_deref());
@@ -240,16 +376,21 @@ pub fn run(backend: &dyn Backend, job: Job) -> Done {
             }
         }
         Job::Check { conn, d } => Done::Checked {
-            current: backend
-                .pending(&d.uaid, &d.channel)
-                .map(|p| p == Some(d.version)),
+            current: still_pending(backend, &d),
             conn,
             d,
         },
         Job::Put { conn, d } => Done::Put {
-            result: backend.put(&d.uaid, &d.channel, d.version),
+            result: match &d.notice {
+                Notice::Version { version, .. } => backend.put(&d.uaid, &d.channel, *version),
+                Notice::Message(m) => backend.put_message(&d.uaid, m),
+            },
             conn,
             d,
+        },
+        Job::DeleteMessage { conn, uaid, id } => Done::Deleted {
+            conn,
+            result: backend.delete_message(&uaid, &id),
         },
         Job::Bound { uaid, node } => Done::Bound {
             uaid,
@@ -259,6 +400,18 @@ pub fn run(backend: &dyn Backend, job: Job) -> Done {
             let _ = backend.unbind_node(&uaid, &node);
             Done::Nothing
         }
+    }
+}
+
+/// Whether a forwarded update is still worth writing: not acked, replaced or unregistered since.
+fn still_pending(backend: &dyn Backend, d: &Delivery) -> Result<bool, Unavailable> {
+    match &d.notice {
+        Notice::Version { version, .. } => backend
+            .pending(&d.uaid, &d.channel)
+            .map(|p| p == Some(*version)),
+        // Never stored: it exists only in this request.
+        Notice::Message(m) if m.ttl == 0 => Ok(true),
+        Notice::Message(m) => backend.message_pending(&d.uaid, &m.id),
     }
 }
 
@@ -277,19 +430,24 @@ fn session_op(
                 let reply = StoreReply::Hello {
                     known: found.known,
                     pending: found.pending,
+                    messages: found.messages,
                 };
                 return (reply, found.previous_node);
             }
             Err(Unavailable) => StoreReply::Unavailable,
         },
-        StoreOp::Register { uaid, channel } => match backend.register(uaid, channel) {
+        StoreOp::Register { uaid, channel, .. } => match backend.register(uaid, channel) {
             Ok(()) => StoreReply::Registered {
                 endpoint: String::new(),
             },
             Err(Unavailable) => StoreReply::Unavailable,
         },
         StoreOp::Unregister { uaid, channel } => done(backend.unregister(uaid, channel)),
-        StoreOp::Ack { uaid, items } => done(backend.ack(uaid, items)),
+        StoreOp::Ack {
+            uaid,
+            items,
+            messages,
+        } => done(backend.ack(uaid, items, messages)),
     };
     (reply, None)
 }

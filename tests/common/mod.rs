@@ -18,6 +18,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The endpoint listener when split.
     pub endpoint_addr: Option<SocketAddr>,
+    /// The admin listener (`/metrics`), on a free port unless the test configured it.
+    pub admin_addr: Option<SocketAddr>,
     /// Every listener, in the order the server logs them (WebSocket, endpoint if split, router).
     pub addrs: Vec<SocketAddr>,
     log: Arc<Mutex<String>>,
@@ -72,6 +74,8 @@ impl Server {
 
     fn spawn_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(program);
+        // Tests run in parallel: the admin listener's default port would be shared by all.
+        cmd.env("SIMPLEPUSH_ADMIN_LISTEN", "127.0.0.1:0");
         cmd.args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -87,6 +91,9 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" admin listener on ").nth(1) {
+                    let _ = tx.send(format!("admin {}", rest.split(' ').next().unwrap_or("")));
+                }
                 if let Some(rest) = line.split(" listening on ").nth(1) {
                     let _ = tx.send(rest.to_string());
                 }
@@ -95,9 +102,16 @@ impl Server {
                 l.push('\n');
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+        let mut admin_addr = None;
+        let line = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+            match line.strip_prefix("admin ") {
+                Some(a) => admin_addr = a.parse().ok(),
+                None => break line,
+            }
+        };
         let addrs: Vec<SocketAddr> = line
             .split(" (")
             .next()
@@ -109,6 +123,7 @@ impl Server {
             child,
             addr: addrs[0],
             endpoint_addr: addrs.get(1).copied(),
+            admin_addr,
             addrs,
             log,
             memcached: None,

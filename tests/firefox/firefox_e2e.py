@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Real-browser end-to-end test: headless Firefox ESR as a SimplePush client of our server.
+"""Real-browser end-to-end test: headless Firefox ESR as a SimplePush and a WebPush client of our server.
 
-Standard library only (Python >= 3.11). See README.md beside this file.
+Two scenarios, each with its own server, profile and Firefox:
+  SimplePush  server with [webpush] enabled = false: Firefox stays in SimplePush mode (standard library only);
+  WebPush     server with [webpush] enabled = true: VAPID-signed, encrypted pushes sent with PyPI's pywebpush.
+See README.md beside this file.
 
-The last line of output is exactly "1 passed, 0 failed" or "0 passed, 1 failed"
-(exit status 0 / 1). A missing firefox-esr is a loud SKIP (exit 0) unless CI is set,
-in which case it is a failure.
+The last line of output is exactly "N passed, M failed" (one count per scenario run; exit status 0 when
+M == 0, else 1). A missing firefox-esr is a loud SKIP of everything (exit 0) unless CI is set, in which
+case it is a failure. A missing pywebpush is a loud SKIP of the WebPush scenario unless CI is set (then
+that scenario counts as failed).
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -33,8 +38,8 @@ FIREFOX = "firefox-esr"
 
 BROADCAST_GRACE = 4.0   # seconds to stay connected after broadcast_subscribe
 
-PASS_LINE = "1 passed, 0 failed"
-FAIL_LINE = "0 passed, 1 failed"
+SCENARIOS = ("simplepush", "webpush")
+VAPID_SUB = "mailto:test@example.com"
 
 T0 = time.monotonic()
 
@@ -73,10 +78,12 @@ poll();
 
 INDEX_HTML = """<!doctype html>
 <meta charset="utf-8"><title>simplepush e2e</title>
-<p>SimplePush e2e test page</p>
+<p>push e2e test page</p>
 <script>
 const TIMEOUT_MS = 3000;
 const MAX_RELOADS = 8;
+// null: SimplePush mode (no applicationServerKey); else the VAPID public key, base64url
+const APP_KEY = __APP_KEY__;
 
 function report(obj) {
   return fetch('/report', {method: 'POST', headers: {'Content-Type': 'application/json'},
@@ -97,9 +104,9 @@ async function main() {
       sub = await withTimeout(reg.pushManager.getSubscription(), TIMEOUT_MS, 'getSubscription()');
       existing = !!sub;
       if (!sub) {
-        // SimplePush mode: no applicationServerKey
-        sub = await withTimeout(reg.pushManager.subscribe({userVisibleOnly: false}),
-                                TIMEOUT_MS, 'subscribe()');
+        const opts = {userVisibleOnly: false};
+        if (APP_KEY) opts.applicationServerKey = APP_KEY;   // WebPush with VAPID
+        sub = await withTimeout(reg.pushManager.subscribe(opts), TIMEOUT_MS, 'subscribe()');
       }
     } catch (e) {
       if (e && e.isTimeout) {
@@ -115,21 +122,44 @@ async function main() {
       throw e;
     }
     await report({type: 'subscription', subscription: sub.toJSON(), existing: existing});
+    if (APP_KEY) await commands(reg, sub);
   } catch (e) {
     await report({type: 'error', error: String(e)});
+  }
+}
+
+// The harness asks for actions through GET /command.
+async function commands(reg, sub) {
+  for (;;) {
+    let cmd = '';
+    try {
+      const r = await fetch('/command', {cache: 'no-store'});
+      if (r.ok) cmd = await r.text();
+    } catch (e) {}
+    if (cmd === 'unsubscribe') {
+      const result = await withTimeout(sub.unsubscribe(), 15000, 'unsubscribe()');
+      const after = await withTimeout(reg.pushManager.getSubscription(), 10000,
+                                      'getSubscription() after unsubscribe()');
+      await report({type: 'unsubscribed', result: result, after: after ? after.toJSON() : null});
+      return;
+    }
+    await new Promise((res) => setTimeout(res, 200));
   }
 }
 main();
 </script>
 """
 
-SW_JS = """// service worker for the simplepush e2e test
+SW_JS = """// service worker for the push e2e test
 self.addEventListener('install', (event) => { self.skipWaiting(); });
 self.addEventListener('activate', (event) => { event.waitUntil(self.clients.claim()); });
 self.addEventListener('push', (event) => {
   const data = event.data ? event.data.text() : null;
+  // the decrypted bytes as hex, to compare byte for byte (text() would hide bad UTF-8)
+  const hex = event.data ? Array.from(new Uint8Array(event.data.arrayBuffer()),
+                                      (b) => b.toString(16).padStart(2, '0')).join('') : null;
   event.waitUntil(fetch('/report', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                    body: JSON.stringify({type: 'push', data: data})}));
+                                    body: JSON.stringify({type: 'push', data: data, hex: hex})}));
 });
 """
 
@@ -180,6 +210,66 @@ def file_size(path):
         return 0
 
 
+def b64url(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def b64url_decode(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+# Firefox (dom.push.loglevel=Debug) logs every WebSocket frame as
+#   console.debug: PushServiceWebSocket: "wsSendMessage: Sending message" "{\"messageType\":...}"
+#   console.debug: PushServiceWebSocket: "wsOnMessageAvailable()" "{\"messageType\":...}"
+FRAME_RE = re.compile(r'PushServiceWebSocket: "(wsSendMessage: Sending message|wsOnMessageAvailable\(\))" (".*")\s*$')
+
+
+def ff_frames(path):
+    """The push frames in a Firefox log: [(direction 'out'|'in', dict), ...] in order."""
+    frames = []
+    for line in read_from(path).splitlines():
+        m = FRAME_RE.search(line)
+        if not m:
+            continue
+        try:
+            obj = json.loads(json.loads(m.group(2)))
+        except ValueError:
+            obj = {"unparsed": m.group(2)[:300]}
+        if not isinstance(obj, dict):
+            obj = {"unparsed": m.group(2)[:300]}
+        frames.append(("out" if m.group(1).startswith("wsSend") else "in", obj))
+    return frames
+
+
+def frame_str(direction, obj, limit=300):
+    text = json.dumps(obj, ensure_ascii=False)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return ("FF->server " if direction == "out" else "server->FF ") + text
+
+
+def utf8_text(tag, nbytes=None):
+    """A non-trivial UTF-8 plaintext (umlauts, CJK, emoji, quotes, a backslash, a newline).
+    With nbytes, exactly that many UTF-8 bytes."""
+    base = f"{tag}: Grüße aus Zürich, ½ € — 日本語のテキスト ✓ 🚀 \"quoted\" back\\slash\nline 2 ¿ñ? "
+    if nbytes is None:
+        return base
+    out, n = [], 0
+    i = 0
+    while True:
+        ch = base[i % len(base)]
+        w = len(ch.encode("utf-8"))
+        if n + w > nbytes - 8:
+            break
+        out.append(ch)
+        n += w
+        i += 1
+    out.append("#" * (nbytes - n))
+    text = "".join(out)
+    assert len(text.encode("utf-8")) == nbytes
+    return text
+
+
 class Reports:
     """Thread-safe list of JSON reports POSTed by the page and the service worker."""
 
@@ -215,9 +305,12 @@ class Reports:
 # --------------------------------------------------------------------------- the harness
 
 class Harness:
-    def __init__(self, args):
+    def __init__(self, args, kind):
+        assert kind in SCENARIOS
         self.args = args
-        self.tmp = tempfile.mkdtemp(prefix="simplepush-ff-e2e-")
+        self.kind = kind
+        self.webpush = kind == "webpush"
+        self.tmp = tempfile.mkdtemp(prefix=f"simplepush-ff-e2e-{kind}-")
         self.server_log = os.path.join(self.tmp, "server.log")
         self.http_log = os.path.join(self.tmp, "http.log")
         self.profile = os.path.join(self.tmp, "profile")
@@ -234,6 +327,10 @@ class Harness:
         self.http_port = None
         self.status_path = "/status"
         self.http_log_lock = threading.Lock()
+        self.app_key = None     # VAPID public key (base64url) handed to the page; None: SimplePush
+        self.command = ""       # answer of GET /command (the page polls it in the WebPush scenario)
+        self.vapid = None       # WebPush: the py_vapid key of the "application server"
+        self.session = None     # WebPush: requests.Session for pywebpush (no proxies)
 
     # ---- push server
 
@@ -245,8 +342,11 @@ class Harness:
         self.push_port = free_port()
         cfg = os.path.join(self.tmp, "simplepush.toml")
         with open(cfg, "w") as f:
-            f.write(f'[server]\nlisten = "127.0.0.1:{self.push_port}"\n')
+            f.write(f'[server]\nlisten = "127.0.0.1:{self.push_port}"\n\n'
+                    # disabled: hello replies carry no use_webpush, so Firefox stays in SimplePush mode
+                    f'[webpush]\nenabled = {"true" if self.webpush else "false"}\n')
         env = dict(os.environ, RUST_LOG="debug", RUST_BACKTRACE="1")
+        env.pop("SIMPLEPUSH_WEBPUSH_ENABLED", None)   # the config file decides
         self.server_logf = open(self.server_log, "wb")
         log(f"starting push server: {bin_} --config {cfg} (port {self.push_port})")
         self.server = subprocess.Popen([bin_, "--config", cfg], stdin=subprocess.DEVNULL,
@@ -327,7 +427,10 @@ class Harness:
                 if path in ("/", "/start.html"):
                     self._send(200, START_HTML, "text/html; charset=utf-8")
                 elif path == "/index.html":
-                    self._send(200, INDEX_HTML, "text/html; charset=utf-8")
+                    page = INDEX_HTML.replace("__APP_KEY__", json.dumps(harness.app_key))
+                    self._send(200, page, "text/html; charset=utf-8")
+                elif path == "/command":
+                    self._send(200, harness.command, "text/plain")
                 elif path == "/sw.js":
                     self._send(200, SW_JS, "text/javascript; charset=utf-8")
                 elif path == "/ready":
@@ -348,7 +451,8 @@ class Harness:
                     obj = json.loads(raw)
                 except ValueError:
                     obj = {"type": "bad-report", "raw": raw.decode("utf-8", "replace")}
-                log(f"report: {json.dumps(obj)}")
+                text = json.dumps(obj)
+                log(f"report: {text if len(text) <= 600 else text[:600] + f'... ({len(text)} chars)'}")
                 harness.reports.add(obj)
                 self._send(204, b"", "text/plain")
 
@@ -483,9 +587,15 @@ class Harness:
         log(f"PUT {endpoint} version={version} -> {st} {body.strip()!r}")
         return st, body
 
-    # ---- the test
+    # ---- the tests
 
     def run(self):
+        if self.webpush:
+            self.run_webpush()
+        else:
+            self.run_simplepush()
+
+    def run_simplepush(self):
         a = self.args
         N = 41
         self.start_server()
@@ -493,6 +603,7 @@ class Harness:
         self.write_profile()
 
         # --- first launch
+        log("SimplePush scenario (server: [webpush] enabled = false)")
         log("step a: first launch; waiting for the page's subscription report")
         mark = self.reports.mark()
         self.start_firefox()
@@ -506,6 +617,10 @@ class Harness:
         sub = self.wait_report("a subscription report", lambda r: r.get("type") == "subscription", mark)
         endpoint = (sub.get("subscription") or {}).get("endpoint", "")
         prefix = f"http://127.0.0.1:{self.push_port}/update/"
+        if "/wpush/" in endpoint:
+            raise Fail(f"endpoint {endpoint!r} is a WebPush endpoint although the server runs with "
+                       f"[webpush] enabled = false: its hello reply must not carry use_webpush. "
+                       f"Firefox's side: {self.firefox_ws_summary()}")
         if not endpoint.startswith(prefix) or len(endpoint) == len(prefix):
             raise Fail(f"endpoint {endpoint!r} does not match {prefix}<token>")
         if sub.get("existing"):
@@ -612,6 +727,291 @@ class Harness:
         else:
             log("step g: skipped (--broadcast-wait 0)")
 
+    # ---- WebPush helpers
+
+    def ff_frame_count(self):
+        return len(ff_frames(self.firefox_log))
+
+    def ff_last_frames(self, n=8):
+        frames = ff_frames(self.firefox_log) if self.firefox_log else []
+        return " | ".join(frame_str(d, o, 250) for d, o in frames[-n:]) or "<no push frames in the Firefox log>"
+
+    def wp_send(self, sub, text, what, encoding="aes128gcm", ttl=60, key="good"):
+        """POST an encrypted push with pywebpush. key: "good" (the subscription's VAPID key),
+        None (no VAPID at all), or another py_vapid key. Returns the requests.Response."""
+        from pywebpush import WebPushException, webpush
+        kw = {}
+        if key is not None:
+            kw = dict(vapid_private_key=self.vapid if key == "good" else key,
+                      vapid_claims={"sub": VAPID_SUB})   # pywebpush adds aud (the endpoint's origin) and exp (+12 h)
+        info = {"endpoint": sub["endpoint"], "keys": dict(sub["keys"])}
+        t = time.monotonic()
+        try:
+            r = webpush(info, data=text, ttl=ttl, content_encoding=encoding, timeout=10,
+                        requests_session=self.session, **kw)
+        except WebPushException as e:
+            r = e.response
+            if r is None:
+                raise Fail(f"{what}: pywebpush failed without an HTTP response: {e}")
+        vap = "no VAPID" if key is None else ("VAPID" if key == "good" else "VAPID of ANOTHER key")
+        body = r.text
+        log(f"POST {what} ({encoding}, {len(text.encode())} bytes plaintext, TTL {ttl}, {vap}) -> "
+            f"{r.status_code} Location={r.headers.get('Location')!r} TTL={r.headers.get('TTL')!r} "
+            f"body={body[:200]!r} ({(time.monotonic() - t) * 1000:.0f} ms)")
+        return r
+
+    def expect_created(self, r, what, ttl):
+        if r.status_code != 201:
+            raise Fail(f"{what}: POST -> {r.status_code} {r.text[:300]!r}, want 201 Created")
+        loc = r.headers.get("Location") or ""
+        prefix = f"http://127.0.0.1:{self.push_port}/m/"
+        if not loc.startswith(prefix) or len(loc) == len(prefix):
+            raise Fail(f"{what}: 201 with Location {loc!r}, want {prefix}<id>")
+        ttl_h = (r.headers.get("TTL") or "").strip()
+        if not ttl_h.isdigit() or int(ttl_h) > ttl:
+            raise Fail(f"{what}: 201 with TTL header {r.headers.get('TTL')!r}, want an integer <= {ttl}")
+        return loc
+
+    def wait_push(self, what, text, mark):
+        """Wait for the next SW push report after mark; it must carry exactly text."""
+        try:
+            push = self.wait_report(f"the service worker's push event for {what}",
+                                    lambda r: r.get("type") == "push", mark)
+        except Fail as e:
+            raise Fail(f"{e}. Firefox's last frames: {self.ff_last_frames()}")
+        want_hex = text.encode("utf-8").hex()
+        if push.get("data") != text or push.get("hex") != want_hex:
+            got = push.get("data")
+            raise Fail(f"{what}: the service worker got {got if got is None else repr(got[:200])} "
+                       f"({len(push.get('hex') or '') // 2} bytes), want {text[:200]!r} "
+                       f"({len(want_hex) // 2} bytes)")
+        return push
+
+    def wait_ff_ack(self, chid, frame_mark, what, skip_versions=()):
+        """Wait for Firefox's ack of a notification on chid (frames after frame_mark, versions in
+        skip_versions ignored); it must be code 100. Returns (the ack's update entry, the
+        notification frame it acks)."""
+        def fn():
+            for d, o in ff_frames(self.firefox_log)[frame_mark:]:
+                if d == "out" and str(o.get("messageType", "")).lower() == "ack":
+                    for u in o.get("updates") or []:
+                        if (isinstance(u, dict) and u.get("channelID") == chid
+                                and u.get("version") not in skip_versions):
+                            return u
+            return None
+        u = self.wait_until(f"Firefox's ack of {what} (channel {chid})", fn)
+        if u.get("code") != 100:
+            raise Fail(f"Firefox acked {what} with {json.dumps(u)}, want code 100 "
+                       f"(101: decryption error, 102: not delivered). Frames: {self.ff_last_frames()}")
+        note = None
+        for d, o in ff_frames(self.firefox_log)[frame_mark:]:
+            if (d == "in" and str(o.get("messageType", "")).lower() == "notification"
+                    and o.get("channelID") == chid and o.get("version") == u.get("version")):
+                note = o
+        if note is None:
+            raise Fail(f"Firefox acked version {u.get('version')!r} but the log shows no notification "
+                       f"frame with that version. Frames: {self.ff_last_frames()}")
+        return u, note
+
+    def notifications(self):
+        return [o for d, o in ff_frames(self.firefox_log)
+                if d == "in" and str(o.get("messageType", "")).lower() == "notification"]
+
+    def push_and_check(self, sub, chid, what, text, encoding="aes128gcm", ttl=60):
+        """A push to the live socket: 201 + Location, exact plaintext at the SW, ack 100."""
+        fm = self.ff_frame_count()
+        mark = self.reports.mark()
+        r = self.wp_send(sub, text, what, encoding=encoding, ttl=ttl)
+        loc = self.expect_created(r, what, ttl)
+        self.wait_push(what, text, mark)
+        u, note = self.wait_ff_ack(chid, fm, what)
+        hdrs = note.get("headers") or {}
+        if hdrs.get("encoding") != encoding:
+            raise Fail(f"{what}: notification headers {hdrs}, want encoding {encoding}")
+        if encoding == "aesgcm" and not (hdrs.get("crypto_key") and hdrs.get("encryption")):
+            raise Fail(f"{what}: aesgcm notification without crypto_key/encryption headers: {hdrs}")
+        extra = self.reports.find(lambda x: x.get("type") == "push" and x.get("data") != text, mark)
+        if extra:
+            raise Fail(f"{what}: an unexpected extra push event reached the service worker: {json.dumps(extra)[:300]}")
+        log(f"  {what}: the SW got the exact plaintext; Firefox acked version {u.get('version')!r} with "
+            f"code 100 (Location {loc}, notification ttl {note.get('ttl')!r})")
+        return u.get("version"), loc
+
+    # ---- the WebPush scenario
+
+    def run_webpush(self):
+        import requests
+        from cryptography.hazmat.primitives import serialization
+        from py_vapid import Vapid
+
+        self.vapid = Vapid()
+        self.vapid.generate_keys()
+        self.app_key = b64url(self.vapid.public_key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+        other_key = Vapid()
+        other_key.generate_keys()
+        self.session = requests.Session()
+        self.session.trust_env = False     # never a proxy
+        log("WebPush scenario (server: [webpush] enabled = true; pushes sent with pywebpush)")
+        log(f"VAPID public key (applicationServerKey): {self.app_key}")
+        self.start_server()
+        self.start_http()
+        self.write_profile()
+        origin = f"http://127.0.0.1:{self.push_port}"
+
+        # --- first launch
+        log("step A: first launch; the page subscribes with applicationServerKey = the VAPID public key")
+        mark = self.reports.mark()
+        self.start_firefox()
+        try:
+            self.wait_until("the push server's /status to count a client (clients >= 1)",
+                            lambda: self.clients() >= 1)
+        except Fail as e:
+            raise Fail(f"{e}: Firefox's hello was never accepted. Firefox's side: {self.firefox_ws_summary()}")
+        sub_r = self.wait_report("a subscription report", lambda r: r.get("type") == "subscription", mark)
+        sub = sub_r.get("subscription") or {}
+        endpoint = sub.get("endpoint") or ""
+        frames = ff_frames(self.firefox_log)
+        hello_reply = next((o for d, o in frames
+                            if d == "in" and str(o.get("messageType", "")).lower() == "hello"), None)
+        if not hello_reply or hello_reply.get("use_webpush") is not True:
+            raise Fail(f"the server's hello reply {json.dumps(hello_reply)} has no \"use_webpush\": true "
+                       f"(Firefox stays in SimplePush mode)")
+        uaid1 = hello_reply.get("uaid")
+        reg = next((o for d, o in frames if d == "out" and o.get("messageType") == "register"), None)
+        if not reg or not reg.get("key"):
+            raise Fail(f"Firefox's register frame {json.dumps(reg)} has no key")
+        chid = reg.get("channelID")
+        prefix = f"{origin}/wpush/v2/"
+        if not endpoint.startswith(prefix) or len(endpoint) == len(prefix):
+            hint = ""
+            if "/wpush/v1/" in endpoint:
+                hint = " (a v1 endpoint: the server ignored the register's key)"
+            elif "/update/" in endpoint:
+                hint = " (a SimplePush endpoint)"
+            raise Fail(f"endpoint {endpoint!r} does not match {prefix}<token>{hint}")
+        keys = sub.get("keys") or {}
+        try:
+            p256dh, auth = b64url_decode(keys.get("p256dh", "")), b64url_decode(keys.get("auth", ""))
+        except ValueError:
+            p256dh = auth = b""
+        if len(p256dh) != 65 or p256dh[0] != 4 or len(auth) != 16:
+            raise Fail(f"subscription keys {keys} are not a P-256 point and a 16-byte auth secret")
+        if sub_r.get("existing"):
+            raise Fail("a fresh profile reported an existing subscription")
+        log(f"step A: OK, uaid {uaid1}, channel {chid}, endpoint {endpoint}")
+
+        log("step B: pushes without VAPID, and with VAPID of another key, are refused with 401/403")
+        for label, key in (("without VAPID", None), ("signed by another VAPID key", other_key)):
+            r = self.wp_send(sub, utf8_text("must not arrive"), f"a push {label}", key=key)
+            if r.status_code not in (401, 403):
+                raise Fail(f"a push {label} to a v2 endpoint -> {r.status_code} {r.text[:300]!r}, want 401 or 403")
+        log("step B: OK")
+
+        log("step C: aes128gcm push to the live socket")
+        versions = []
+        v, _ = self.push_and_check(sub, chid, "message 1 (aes128gcm)", utf8_text("message 1, aes128gcm"))
+        versions.append(v)
+        log("step C: OK")
+
+        if self.args.aesgcm:
+            log("step D: legacy aesgcm push to the live socket")
+            v, _ = self.push_and_check(sub, chid, "message 2 (aesgcm)", utf8_text("message 2, aesgcm"),
+                                       encoding="aesgcm")
+            versions.append(v)
+            log("step D: OK")
+        else:
+            log("step D: skipped (--no-aesgcm)")
+
+        log("step E: the largest payload (4096-byte aes128gcm body) arrives; 4097 bytes are refused")
+        v, _ = self.push_and_check(sub, chid, "message 3 (4096-byte body)", utf8_text("message 3, largest", 3993))
+        versions.append(v)
+        mark = self.reports.mark()
+        r = self.wp_send(sub, utf8_text("too large", 3994), "a 4097-byte body")
+        if not 400 <= r.status_code < 500:
+            raise Fail(f"a 4097-byte body -> {r.status_code} {r.text[:300]!r}, want 413 (a 4xx at least)")
+        log(f"step E: OK (4097 bytes -> {r.status_code}{'' if r.status_code == 413 else '; RFC 8030 says 413'})")
+
+        # --- stop, queue, relaunch
+        t = time.monotonic()
+        self.wait_until(f"Firefox to save dom.push.userAgentID={uaid1} to PROFILE/prefs.js",
+                        lambda: self.saved_uaid() == uaid1)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))   # let the server process the last ack
+        log("step F: prefs.js holds the uaid; stopping Firefox")
+        self.stop_firefox()
+        self.wait_until("GET /status to show clients == 0 after Firefox stopped",
+                        lambda: self.clients() == 0, firefox=False)
+        msg4 = utf8_text("message 4, sent while Firefox was stopped")
+        r = self.wp_send(sub, msg4, "message 4 with Firefox stopped", ttl=600)
+        self.expect_created(r, "message 4 (Firefox stopped)", 600)
+        log("step F: OK, the message was accepted while Firefox was away (201)")
+
+        log("step G: relaunching Firefox on the same profile; the stored message must arrive")
+        mark = self.reports.mark()
+        self.start_firefox()
+        self.wait_push("message 4 (stored while Firefox was stopped)", msg4, mark)
+        u, _ = self.wait_ff_ack(chid, 0, "message 4", skip_versions=versions)
+        log(f"step G: the SW got message 4; Firefox acked version {u.get('version')!r} with code 100")
+        sub2 = self.wait_report("the page's subscription report after the restart",
+                                lambda r: r.get("type") == "subscription", mark)
+        if not sub2.get("existing") or (sub2.get("subscription") or {}).get("endpoint") != endpoint:
+            raise Fail(f"after the restart the page got {json.dumps(sub2)}, want the old "
+                       f"subscription (existing: true, endpoint {endpoint})")
+        frames = ff_frames(self.firefox_log)
+        hello = next((o for d, o in frames if d == "out" and o.get("messageType") == "hello"), {})
+        hello_reply = next((o for d, o in frames
+                            if d == "in" and str(o.get("messageType", "")).lower() == "hello"), {})
+        if hello.get("uaid") != uaid1 or hello_reply.get("uaid") != uaid1:
+            raise Fail(f"after the restart Firefox sent {json.dumps(hello)} and got {json.dumps(hello_reply)}, "
+                       f"want uaid {uaid1} in both")
+        old = [n for n in self.notifications() if n.get("version") in versions]
+        if old:
+            raise Fail(f"after the restart the server sent again messages that Firefox had acked "
+                       f"(the server must delete a message on ack 100): {[frame_str('in', n) for n in old]}")
+        log("step G: OK, same uaid and subscription; no acked message was sent again")
+
+        log("step H: the page calls subscription.unsubscribe(); then the endpoint answers 410")
+        mark = self.reports.mark()
+        fm = self.ff_frame_count()
+        self.command = "unsubscribe"
+        un = self.wait_report("the page's unsubscribe report", lambda r: r.get("type") == "unsubscribed", mark)
+        self.command = ""
+        if un.get("result") is not True or un.get("after") is not None:
+            raise Fail(f"unsubscribe(): {json.dumps(un)}, want result true and no subscription after it")
+
+        def unreg_reply():
+            out = inn = None
+            for d, o in ff_frames(self.firefox_log)[fm:]:
+                if str(o.get("messageType", "")).lower() == "unregister" and o.get("channelID") == chid:
+                    if d == "out":
+                        out = o
+                    elif out is not None:
+                        inn = o
+            return (out, inn) if out and inn else None
+        out, inn = self.wait_until("Firefox's unregister frame and the server's reply", unreg_reply)
+        if inn.get("status") != 200:
+            raise Fail(f"the server answered {json.dumps(out)} with {json.dumps(inn)}, want status 200")
+        log(f"step H: unsubscribe() resolved true; {frame_str('out', out)}; {frame_str('in', inn)}")
+        deadline = time.monotonic() + 15
+        while True:
+            r = self.wp_send(sub, utf8_text("after unsubscribe"), "a push to the old endpoint")
+            if r.status_code == 410:
+                break
+            if r.status_code != 201 or time.monotonic() >= deadline:
+                raise Fail(f"a push to the unsubscribed endpoint -> {r.status_code} {r.text[:300]!r}, "
+                           f"want 410 (201 is allowed only briefly, while the unregister is processed)")
+            time.sleep(0.5)
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("code") != 410 or body.get("errno") != 103:
+            raise Fail(f"410 body {r.text[:300]!r}, want JSON with code 410 and errno 103")
+        leaked = self.reports.find(lambda x: x.get("type") == "push", mark)
+        if leaked:
+            raise Fail(f"a push reached the service worker after unsubscribe(): {json.dumps(leaked)[:300]}")
+        log("step H: OK, 410 with errno 103")
+
     # ---- reporting and teardown
 
     def dump(self):
@@ -624,6 +1024,10 @@ class Harness:
             for l in tail(self.server_log, 40):
                 print("   ", l)
         if self.firefox_log:
+            frames = ff_frames(self.firefox_log)
+            print(f"--- Firefox #{self.firefox_launches}: last push frames ({len(frames)} in all):")
+            for d, o in frames[-25:]:
+                print("   ", frame_str(d, o, 400))
             lines = tail(self.firefox_log, 100000)
             push_lines = [l for l in lines if "Push" in l or "push" in l][-40:]
             print(f"--- Firefox log, push-related lines ({self.firefox_log}):")
@@ -653,25 +1057,69 @@ class Harness:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run_inside(args):
-    h = Harness(args)
+def pywebpush_missing():
+    """None if the WebPush scenario's Python packages import, else the error."""
+    try:
+        import cryptography  # noqa: F401
+        import py_vapid  # noqa: F401
+        import pywebpush  # noqa: F401
+        import requests  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def run_scenario(args, kind):
+    h = Harness(args, kind)
     ok = False
     try:
         h.run()
         ok = True
     except Fail as e:
-        log(f"FAIL: {e}")
+        log(f"FAIL ({kind}): {e}")
         h.dump()
     except BaseException as e:  # noqa: BLE001 - includes KeyboardInterrupt
-        log(f"FAIL: unexpected {type(e).__name__}: {e}")
+        log(f"FAIL ({kind}): unexpected {type(e).__name__}: {e}")
         traceback.print_exc()
         sys.stderr.flush()
         h.dump()
-    finally:
-        h.teardown()
-    log(f"total {time.monotonic() - T0:.1f} s")
-    print(PASS_LINE if ok else FAIL_LINE, flush=True)
-    return 0 if ok else 1
+        if not isinstance(e, Exception):   # KeyboardInterrupt, SystemExit: stop everything
+            h.teardown()
+            raise
+    h.teardown()
+    return ok
+
+
+def run_inside(args):
+    kinds = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    results = []
+    skipped = []
+    for kind in kinds:
+        if kind == "webpush":
+            missing = pywebpush_missing()
+            if missing:
+                if truthy_env("CI"):
+                    log(f"FAIL (webpush): pywebpush is not installed ({missing}) and CI is set; the WebPush "
+                        f"scenario must not be skipped in CI (python3 -m pip install pywebpush)")
+                    results.append((kind, False))
+                else:
+                    print("!" * 72, flush=True)
+                    log(f"SKIP: pywebpush is not installed ({missing}); the WebPush scenario is NOT RUN "
+                        f"(python3 -m pip install pywebpush; in CI (CI=true) this is a failure)")
+                    print("!" * 72, flush=True)
+                    skipped.append(kind)
+                continue
+        log(f"========== scenario: {kind} ==========")
+        t = time.monotonic()
+        ok = run_scenario(args, kind)
+        log(f"scenario {kind}: {'PASS' if ok else 'FAIL'} ({time.monotonic() - t:.1f} s)")
+        results.append((kind, ok))
+    passed = sum(ok for _, ok in results)
+    failed = len(results) - passed
+    log(f"total {time.monotonic() - T0:.1f} s: " + ", ".join(
+        [f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in results] + [f"{k} SKIPPED" for k in skipped]))
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 0 if failed == 0 else 1
 
 
 def resolve_server_bin(value):
@@ -694,7 +1142,11 @@ def main():
     ap.add_argument("--broadcast-wait", type=float, default=25.0,
                     help="stay connected this many seconds after the relaunch to check that Firefox's "
                          "broadcast_subscribe (~20 s) does not drop the socket; 0 disables (default 25)")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, profile)")
+    ap.add_argument("--scenario", choices=("all",) + SCENARIOS, default="all",
+                    help="run only this scenario (default: all, i.e. simplepush then webpush)")
+    ap.add_argument("--no-aesgcm", dest="aesgcm", action="store_false",
+                    help="WebPush scenario: skip the legacy aesgcm payload (step D)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, profiles)")
     ap.add_argument("--no-netns", action="store_true", help="do not enter a loopback-only network namespace")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -707,7 +1159,8 @@ def main():
         if truthy_env("CI"):
             log(f"FAIL: {FIREFOX} is not on PATH and CI is set; the Firefox e2e test must not be skipped in CI "
                 f"(apt-get install -y firefox-esr)")
-            print(FAIL_LINE, flush=True)
+            n = len(SCENARIOS) if args.scenario == "all" else 1
+            print(f"0 passed, {n} failed", flush=True)
             return 1
         print("!" * 72, flush=True)
         log(f"SKIP: {FIREFOX} is not on PATH; Firefox end-to-end test NOT RUN "
@@ -715,9 +1168,12 @@ def main():
         return 0
 
     inner = [sys.executable, os.path.abspath(__file__), "--inside", "--server-bin", args.server_bin,
-             "--timeout", str(args.timeout), "--broadcast-wait", str(args.broadcast_wait)]
+             "--timeout", str(args.timeout), "--broadcast-wait", str(args.broadcast_wait),
+             "--scenario", args.scenario]
     if args.keep:
         inner.append("--keep")
+    if not args.aesgcm:
+        inner.append("--no-aesgcm")
     if not args.no_netns:
         if shutil.which("unshare") and shutil.which("ip"):
             probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"],

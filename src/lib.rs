@@ -1,0 +1,17 @@
+//! simplepush as a library: the server's parts, so that the binary, the fuzz targets and
+//! benchmarks share them. `src/main.rs` is the command-line entry point.
+
+pub mod config;
+pub mod endpoint;
+pub mod http;
+pub mod metrics;
+pub mod nonblocking;
+pub mod random;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod vapid;
+pub mod webpush;
+pub mod ws;

@@ -1,0 +1,359 @@
+//! Process-wide counters and histograms, exposed as Prometheus text on the admin listener.
+//!
+//! One static set of relaxed atomics: the event loops, storage workers and stores all count into
+//! it without locks or handles, and a scrape reads it while they run.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram with fixed buckets.
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Histogram {
+        Histogram {
+            counts: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let le = BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// What happened to a notification (a SimplePush version or a WebPush message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A valid app-server request reached storage.
+    Received,
+    /// The store accepted it (answered 200/201/202).
+    Stored,
+    /// Written to the device's socket as it arrived.
+    DeliveredLive,
+    /// Written to the device's socket after a hello, from storage.
+    DeliveredStored,
+    /// Handed to the node holding the device's socket.
+    Routed,
+    /// The device acknowledged it.
+    Acked,
+    /// Its TTL ran out before the device acked it.
+    Expired,
+}
+
+const EVENTS: [(Event, &str); 7] = [
+    (Event::Received, "received"),
+    (Event::Stored, "stored"),
+    (Event::DeliveredLive, "delivered_live"),
+    (Event::DeliveredStored, "delivered_stored"),
+    (Event::Routed, "routed"),
+    (Event::Acked, "acked"),
+    (Event::Expired, "expired"),
+];
+
+/// Why a notification was not kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// Its channel is not registered (410).
+    Unregistered,
+    /// Too many messages wait for the UAID (429).
+    Full,
+    /// The store failed (503).
+    StoreError,
+    /// TTL 0 and the device was not connected.
+    Offline,
+    /// A newer message with the same topic replaced it.
+    Replaced,
+    /// The app server deleted it.
+    Deleted,
+}
+
+const DROPS: [(Drop, &str); 6] = [
+    (Drop::Unregistered, "unregistered"),
+    (Drop::Full, "full"),
+    (Drop::StoreError, "store_error"),
+    (Drop::Offline, "offline"),
+    (Drop::Replaced, "replaced"),
+    (Drop::Deleted, "deleted"),
+];
+
+/// Client commands counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// hello
+    Hello,
+    /// register
+    Register,
+    /// unregister
+    Unregister,
+    /// ack (one per acked item)
+    Ack,
+    /// ping
+    Ping,
+}
+
+const COMMANDS: [(Command, &str); 5] = [
+    (Command::Hello, "hello"),
+    (Command::Register, "register"),
+    (Command::Unregister, "unregister"),
+    (Command::Ack, "ack"),
+    (Command::Ping, "ping"),
+];
+
+/// Every counter the server keeps.
+pub struct Metrics {
+    events: [AtomicU64; EVENTS.len()],
+    drops: [AtomicU64; DROPS.len()],
+    commands: [AtomicU64; COMMANDS.len()],
+    store_errors: AtomicU64,
+    router_errors: AtomicU64,
+    refused_connections: AtomicU64,
+    /// Time a storage job takes.
+    pub store_latency: Histogram,
+    /// From a valid app-server request to the notification written to the device's socket.
+    pub delivery_latency: Histogram,
+}
+
+/// The process's counters.
+pub static METRICS: Metrics = Metrics {
+    events: [const { AtomicU64::new(0) }; EVENTS.len()],
+    drops: [const { AtomicU64::new(0) }; DROPS.len()],
+    commands: [const { AtomicU64::new(0) }; COMMANDS.len()],
+    store_errors: AtomicU64::new(0),
+    router_errors: AtomicU64::new(0),
+    refused_connections: AtomicU64::new(0),
+    store_latency: Histogram::new(),
+    delivery_latency: Histogram::new(),
+};
+
+fn index<T: PartialEq>(table: &[(T, &str)], what: T) -> usize {
+    table.iter().position(|(t, _)| *t == what).unwrap_or(0)
+}
+
+impl Metrics {
+    /// Counts `n` notifications reaching `event`.
+    pub fn event(&self, event: Event, n: u64) {
+        self.events[index(&EVENTS, event)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` notifications dropped for `why`.
+    pub fn dropped(&self, why: Drop, n: u64) {
+        self.drops[index(&DROPS, why)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a client command.
+    pub fn command(&self, c: Command, n: u64) {
+        self.commands[index(&COMMANDS, c)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a storage operation that failed.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a forward or kick another node did not answer.
+    pub fn router_error(&self) {
+        self.router_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection refused at the limit or for lack of descriptors.
+    pub fn refused(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current value of an event counter.
+    pub fn events_of(&self, event: Event) -> u64 {
+        self.events[index(&EVENTS, event)].load(Ordering::Relaxed)
+    }
+}
+
+/// Connection counts at the moment of a scrape.
+pub struct Gauges {
+    /// Open connections of every kind.
+    pub open: usize,
+    /// WebSockets (after the upgrade).
+    pub websockets: usize,
+    /// WebSockets that completed hello.
+    pub clients: usize,
+}
+
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The Prometheus text exposition of everything.
+pub fn render(g: &Gauges) -> String {
+    let m = &METRICS;
+    let mut out = String::with_capacity(4096);
+    let name = "simplepush_connections";
+    family(&mut out, name, "Open connections by state.", "gauge");
+    let http = g.open.saturating_sub(g.websockets);
+    let waiting = g.websockets.saturating_sub(g.clients);
+    for (state, n) in [
+        ("http", http),
+        ("awaiting_hello", waiting),
+        ("ready", g.clients),
+    ] {
+        let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
+    }
+    let name = "simplepush_commands_total";
+    family(&mut out, name, "Client commands handled.", "counter");
+    for (i, (_, label)) in COMMANDS.iter().enumerate() {
+        let n = m.commands[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{command=\"{label}\"}} {n}");
+    }
+    let name = "simplepush_notifications_total";
+    family(
+        &mut out,
+        name,
+        "Notifications by what happened to them.",
+        "counter",
+    );
+    for (i, (_, label)) in EVENTS.iter().enumerate() {
+        let n = m.events[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{event=\"{label}\"}} {n}");
+    }
+    let name = "simplepush_notifications_dropped_total";
+    family(
+        &mut out,
+        name,
+        "Notifications not kept, by reason.",
+        "counter",
+    );
+    for (i, (_, label)) in DROPS.iter().enumerate() {
+        let n = m.drops[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{reason=\"{label}\"}} {n}");
+    }
+    let counters = [
+        (
+            "simplepush_store_errors_total",
+            "Storage operations that failed.",
+            &m.store_errors,
+        ),
+        (
+            "simplepush_router_errors_total",
+            "Forwards and kicks another node did not answer.",
+            &m.router_errors,
+        ),
+        (
+            "simplepush_refused_connections_total",
+            "Connections closed at once: over max_connections or out of descriptors.",
+            &m.refused_connections,
+        ),
+    ];
+    for (name, help, c) in counters {
+        family(&mut out, name, help, "counter");
+        let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+    }
+    m.store_latency.render(
+        &mut out,
+        "simplepush_store_seconds",
+        "Time a storage operation takes.",
+    );
+    m.delivery_latency.render(
+        &mut out,
+        "simplepush_delivery_seconds",
+        "From a valid app-server request to the notification written to the device's socket.",
+    );
+    process(&mut out);
+    out
+}
+
+fn process(out: &mut String) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let name = "process_resident_memory_bytes";
+    family(out, name, "Resident memory size in bytes.", "gauge");
+    let _ = writeln!(out, "{name} {}", rss * 1024);
+    let name = "process_open_fds";
+    family(out, name, "Open file descriptors.", "gauge");
+    let _ = writeln!(out, "{name} {fds}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(9));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn exposition_has_every_family_once() {
+        let text = render(&Gauges {
+            open: 5,
+            websockets: 3,
+            clients: 2,
+        });
+        assert!(text.contains("simplepush_connections{state=\"http\"} 2\n"));
+        assert!(text.contains("simplepush_connections{state=\"awaiting_hello\"} 1\n"));
+        assert!(text.contains("simplepush_connections{state=\"ready\"} 2\n"));
+        for family in [
+            "simplepush_commands_total",
+            "simplepush_notifications_total",
+            "simplepush_notifications_dropped_total",
+            "simplepush_store_errors_total",
+            "simplepush_router_errors_total",
+            "simplepush_store_seconds",
+            "simplepush_delivery_seconds",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {family} ")).count(),
+                1,
+                "{family}"
+            );
+        }
+        assert!(text.ends_with('\n'));
+    }
+}
