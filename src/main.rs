@@ -113,5 +113,6 @@ fn main() -> ExitCode {
         first.public_url(),
         servers.len()
     );
+    simplepush::metrics::start_sampler();
     ExitCode::from(server::run_all(servers) as u8)
 }

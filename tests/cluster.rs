@@ -261,3 +261,198 @@ fn webpush_messages_route_between_nodes_and_wait_for_the_device() {
     assert_eq!(c2.recv()["data"], "bGF0ZXI");
     assert_eq!(c2.next(Duration::from_millis(300)), Got::Nothing);
 }
+
+/// One device of the rolling-restart test: its ids, and the highest version it has seen.
+struct Device {
+    uaid: String,
+    chid: String,
+    path: String,
+    seen: std::sync::atomic::AtomicU64,
+    acked_by_server: std::sync::atomic::AtomicU64,
+    connects: std::sync::atomic::AtomicU64,
+}
+
+/// Keeps a device connected to some live node, reconnecting whenever its socket ends.
+fn run_device(
+    d: std::sync::Arc<Device>,
+    alive: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut attempt = 0usize;
+    while !stop.load(Relaxed) {
+        attempt += 1;
+        let addr = {
+            let a = alive.lock().unwrap();
+            if a.is_empty() {
+                continue;
+            }
+            a[attempt % a.len()]
+        };
+        let Ok(stream) = std::net::TcpStream::connect(addr) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let Ok((mut ws, _)) = tungstenite::client(format!("ws://{addr}/"), stream) else {
+            continue;
+        };
+        let hello = serde_json::json!({"messageType":"hello","uaid":d.uaid,"channelIDs":[d.chid]});
+        if ws
+            .send(tungstenite::Message::text(hello.to_string()))
+            .is_err()
+        {
+            continue;
+        }
+        d.connects.fetch_add(1, Relaxed);
+        while !stop.load(Relaxed) {
+            let msg = match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => t,
+                Ok(tungstenite::Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => break,
+            };
+            let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+            if v["messageType"] != "notification" {
+                continue;
+            }
+            for u in v["updates"].as_array().unwrap() {
+                let version = u["version"].as_u64().unwrap();
+                d.seen.fetch_max(version, Relaxed);
+                let ack = serde_json::json!({"messageType":"ack","updates":[{"channelID":d.chid,"version":version}]});
+                let _ = ws.send(tungstenite::Message::text(ack.to_string()));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_no_stored_version() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let start = |mc: &Memcached| {
+        Server::start_with(
+            "drain_ms = 400",
+            &format!(
+                "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntimeout_ms = 500\n",
+                memcached_section(&[mc.addr])
+            ),
+        )
+    };
+    let mut nodes: Vec<Server> = (0..3).map(|_| start(&mc)).collect();
+    assert!(nodes[0].wait_log("memcached reachable"));
+    let alive = Arc::new(Mutex::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>()));
+    // Devices, registered once.
+    let devices: Vec<Arc<Device>> = (0..12)
+        .map(|i| {
+            let mut c = nodes[i % 3].client();
+            let uaid = c.hello_new();
+            let ep = c.register(&chid(i as u32));
+            c.close();
+            Arc::new(Device {
+                uaid,
+                chid: chid(i as u32),
+                path: split_url(&ep).1,
+                seen: AtomicU64::new(0),
+                acked_by_server: AtomicU64::new(0),
+                connects: AtomicU64::new(0),
+            })
+        })
+        .collect();
+    let stop_devices = Arc::new(AtomicBool::new(false));
+    let device_threads: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            let (d, alive, stop) = (d.clone(), alive.clone(), stop_devices.clone());
+            std::thread::spawn(move || run_device(d, alive, stop))
+        })
+        .collect();
+    // The app server: a new version for every device every round, through whichever node is up.
+    let stop_pushing = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let (devices, alive, stop) = (devices.clone(), alive.clone(), stop_pushing.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            for version in 1u64.. {
+                if stop.load(Relaxed) {
+                    return sent;
+                }
+                for (i, d) in devices.iter().enumerate() {
+                    let addr = {
+                        let a = alive.lock().unwrap();
+                        a[(i + version as usize) % a.len()]
+                    };
+                    let url = format!("http://{addr}{}", d.path);
+                    if let Some(r) = common::try_put(&url, &format!("version={version}")) {
+                        sent += 1;
+                        if r.status == 200 || r.status == 202 {
+                            d.acked_by_server.fetch_max(version, Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            sent
+        })
+    };
+    // Restart every node in turn, under that load.
+    std::thread::sleep(Duration::from_millis(500));
+    for node in nodes.iter_mut() {
+        let old = node.addr;
+        alive.lock().unwrap().retain(|a| *a != old);
+        let status = node
+            .terminate(Duration::from_secs(10))
+            .expect("node exited");
+        assert_eq!(status.code(), Some(0));
+        assert!(node.log().contains("draining"));
+        *node = start(&mc);
+        alive.lock().unwrap().push(node.addr);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop_pushing.store(true, Relaxed);
+    let sent = pusher.join().unwrap();
+    assert!(sent > 200, "only {sent} updates sent");
+    // Every version a node answered 200 or 202 for reaches its device (a newer one counts: versions
+    // replace each other).
+    let end = Instant::now() + Duration::from_secs(15);
+    let behind = || {
+        devices
+            .iter()
+            .filter(|d| d.seen.load(Relaxed) < d.acked_by_server.load(Relaxed))
+            .map(|d| {
+                (
+                    d.chid.clone(),
+                    d.seen.load(Relaxed),
+                    d.acked_by_server.load(Relaxed),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    while !behind().is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop_devices.store(true, Relaxed);
+    for t in device_threads {
+        t.join().unwrap();
+    }
+    assert!(
+        behind().is_empty(),
+        "lost: {:?} (channel, seen, answered)",
+        behind()
+    );
+    // The devices did move: every node they were on went away at least once.
+    let connects: u64 = devices.iter().map(|d| d.connects.load(Relaxed)).sum();
+    assert!(connects >= 2 * devices.len() as u64, "{connects} connects");
+}

@@ -16,7 +16,8 @@ use crate::webpush::{AppKey, Message};
 /// Protocol limits the session enforces.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// More channelIDs than this in a hello drops the UAID's data and issues a new UAID.
+    /// More channelIDs than this in a hello drops the UAID's data and issues a new UAID; a
+    /// register beyond it is refused (429).
     pub max_channels: usize,
     /// Pings closer together than this are an error; 0 disables the check.
     pub min_ping_interval_ms: u64,
@@ -74,6 +75,8 @@ pub enum StoreOp {
         channel: ChannelId,
         /// The endpoint to mint once it is recorded.
         kind: EndpointKind,
+        /// Refuse a new channel when the UAID has this many already.
+        max_channels: usize,
     },
     /// Forget the channel and anything pending for it.
     Unregister {
@@ -110,6 +113,8 @@ pub enum StoreReply {
         /// `<public_url>/update/<token>`.
         endpoint: String,
     },
+    /// For [`StoreOp::Register`]: the UAID has `max_channels` channels already.
+    TooManyChannels,
     /// For [`StoreOp::Unregister`] and [`StoreOp::Ack`].
     Done,
     /// The store could not do it.
@@ -240,7 +245,7 @@ impl Session {
             Inbound::Purge => vec![Effect::Send(reply::PONG.into())],
             Inbound::BroadcastSubscribe => Vec::new(),
             Inbound::Hello(h) => self.hello(h, raw, limits, fresh),
-            other => self.command(other, raw),
+            other => self.command(other, raw, limits),
         }
     }
 
@@ -309,7 +314,7 @@ impl Session {
         })]
     }
 
-    fn command(&mut self, kind: Inbound, raw: Map<String, Value>) -> Vec<Effect> {
+    fn command(&mut self, kind: Inbound, raw: Map<String, Value>, limits: &Limits) -> Vec<Effect> {
         let Some(uaid) = self.uaid() else {
             return self.closing(fail(raw, ErrorStatus::InvalidCommand));
         };
@@ -334,6 +339,7 @@ impl Session {
                         uaid,
                         channel,
                         kind,
+                        max_channels: limits.max_channels,
                     },
                 )
             }
@@ -445,6 +451,15 @@ impl Session {
                     out.push(Effect::Send(reply::notification(&pending, None)));
                 }
                 out
+            }
+            (Pending::Register { channel, .. }, StoreReply::TooManyChannels) => {
+                restore(self);
+                // The client's subscribe fails; the socket and the other channels are fine.
+                vec![Effect::Send(reply::register_error(
+                    &channel,
+                    429,
+                    "Too many channels for this UAID",
+                ))]
             }
             (Pending::Register { channel, .. }, StoreReply::Registered { endpoint }) => {
                 restore(self);
@@ -842,7 +857,8 @@ mod tests {
             vec![Effect::Store(StoreOp::Register {
                 uaid: uaid(U1),
                 channel: chid(C1),
-                kind: EndpointKind::SimplePush
+                kind: EndpointKind::SimplePush,
+                max_channels: 200,
             })]
         );
         let eff = t.s.on_store(StoreReply::Registered {
@@ -1086,6 +1102,29 @@ mod tests {
         assert_eq!(out[0]["channelID"], C2);
         assert!(!closes(&eff));
         assert!(!t.s.is_closed());
+    }
+
+    #[test]
+    fn register_beyond_max_channels_fails_without_closing() {
+        let mut t = T::new();
+        t.limits.max_channels = 3;
+        t.ready(U1);
+        let eff = t.send(&format!(
+            r#"{{"messageType":"register","channelID":"{C1}"}}"#
+        ));
+        assert!(matches!(
+            eff[..],
+            [Effect::Store(StoreOp::Register {
+                max_channels: 3,
+                ..
+            })]
+        ));
+        let eff = t.s.on_store(StoreReply::TooManyChannels);
+        let out = sent(&eff);
+        assert_eq!(out[0]["status"], 429);
+        assert_eq!(out[0]["channelID"], C1);
+        assert!(!closes(&eff) && !t.s.is_busy() && !t.s.is_closed());
+        assert!(t.send("{}").len() == 1);
     }
 
     #[test]

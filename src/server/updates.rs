@@ -294,6 +294,7 @@ impl Server {
                     uaid,
                     channel,
                     kind,
+                    ..
                 },
                 StoreReply::Registered { .. },
             ) => match self.endpoint_url(uaid, channel, kind) {

@@ -308,12 +308,13 @@ impl MemcachedStore {
         let ttl = self.list_ttl();
         for _ in 0..CAS_RETRIES {
             match self.gets(&key)? {
-                None => {
-                    if let Some(new) = change(None) {
-                        self.set(&key, &new, ttl)?;
-                    }
-                    return Ok(());
-                }
+                None => match change(None) {
+                    // `add`, not `set`: a list another node created meanwhile is not overwritten.
+                    // Either way the loop reads the list back and applies the change to it (every
+                    // change here is idempotent), so ours is in it.
+                    Some(new) => self.add(&key, &new, ttl)?,
+                    None => return Ok(()),
+                },
                 Some((list, cas)) => match change(Some(&list)) {
                     None => return self.touch(&key, ttl),
                     Some(new) if self.cas(&key, &new, ttl, cas)? => return Ok(()),
@@ -537,20 +538,38 @@ impl Backend for MemcachedStore {
             .and_then(pending_version))
     }
 
-    fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
+    fn register(&self, uaid: &Uaid, channel: &ChannelId, max: usize) -> Result<bool, Unavailable> {
         self.check()?;
+        // The list first, so that a UAID at its cap gets no channel record.
+        let spelled = channel.to_string();
+        let full = std::cell::Cell::new(false);
+        self.update_list(uaid, |list| {
+            full.set(false);
+            match list {
+                None => Some(spelled.clone()),
+                Some(l) => {
+                    let all = parse_list(l);
+                    if all.contains(channel) {
+                        None
+                    } else if all.len() >= max {
+                        full.set(true);
+                        None
+                    } else {
+                        Some(format!("{l},{spelled}"))
+                    }
+                }
+            }
+        })?;
+        if full.get() {
+            return Ok(false);
+        }
         let key = chan_key(uaid, channel);
         match self.get(&key)? {
             None => self.set(&key, "r", self.settings.registration_ttl)?,
             Some(r) if r == "r" => self.touch(&key, self.settings.registration_ttl)?,
             Some(_) => {}
         }
-        let spelled = channel.to_string();
-        self.update_list(uaid, |list| match list {
-            None => Some(spelled.clone()),
-            Some(l) if parse_list(l).contains(channel) => None,
-            Some(l) => Some(format!("{l},{spelled}")),
-        })
+        Ok(true)
     }
 
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {

@@ -48,6 +48,14 @@ impl Channels {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Channels::Empty => 0,
+            Channels::One(..) => 1,
+            Channels::Many(m) => m.len(),
+        }
+    }
+
     fn contains(&self, channel: &ChannelId) -> bool {
         match self {
             Channels::One(c, _) => c == channel,
@@ -148,13 +156,14 @@ impl Backend for MemoryStore {
         Ok(v.map(|v| *v).filter(|v| *v != NONE))
     }
 
-    fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
-        self.users
-            .borrow_mut()
-            .entry(*uaid)
-            .or_default()
-            .insert_if_absent(*channel);
-        Ok(())
+    fn register(&self, uaid: &Uaid, channel: &ChannelId, max: usize) -> Result<bool, Unavailable> {
+        let mut users = self.users.borrow_mut();
+        let channels = users.entry(*uaid).or_default();
+        if !channels.contains(channel) && channels.len() >= max {
+            return Ok(false);
+        }
+        channels.insert_if_absent(*channel);
+        Ok(true)
     }
 
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
@@ -285,7 +294,7 @@ mod tests {
         let s = MemoryStore::new(100);
         assert_eq!(s.hello(&u(1), false, None), Ok(HelloFound::default()));
         assert_eq!(s.put(&u(1), &c(1), 5), Ok(PutResult::UnknownChannel));
-        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
         assert_eq!(
             s.hello(&u(1), false, None),
             Ok(HelloFound {
@@ -298,7 +307,7 @@ mod tests {
     #[test]
     fn put_overwrites_and_ack_removes_only_the_same_version() {
         let s = MemoryStore::new(100);
-        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         s.put(&u(1), &c(1), 3).unwrap();
         assert_eq!(
@@ -317,9 +326,9 @@ mod tests {
     #[test]
     fn register_again_keeps_pending_and_unregister_drops_it() {
         let s = MemoryStore::new(100);
-        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
-        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
         assert_eq!(
             s.hello(&u(1), false, None).unwrap().pending,
             vec![(c(1), 5)]
@@ -332,8 +341,8 @@ mod tests {
     #[test]
     fn channels_are_scoped_per_uaid_and_forget_drops_all() {
         let s = MemoryStore::new(100);
-        s.register(&u(1), &c(1)).unwrap();
-        s.register(&u(2), &c(1)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
+        s.register(&u(2), &c(1), 200).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
         assert_eq!(s.hello(&u(2), false, None).unwrap().pending, vec![]);
         assert_eq!(s.hello(&u(1), true, None), Ok(HelloFound::default()));
@@ -351,7 +360,7 @@ mod tests {
     fn several_channels_per_uaid() {
         let s = MemoryStore::new(100);
         for n in 1..=3 {
-            s.register(&u(1), &c(n)).unwrap();
+            s.register(&u(1), &c(n), 200).unwrap();
         }
         s.put(&u(1), &c(1), 10).unwrap();
         s.put(&u(1), &c(3), 30).unwrap();
@@ -392,8 +401,8 @@ mod tests {
             s.put_message(&u(1), &m(1, "a", 60, None)),
             Ok(PutResult::UnknownChannel)
         );
-        s.register(&u(1), &c(1)).unwrap();
-        s.register(&u(1), &c(2)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
+        s.register(&u(1), &c(2), 200).unwrap();
         for (chan, id) in [(1, "a"), (2, "b"), (1, "c")] {
             assert!(matches!(
                 s.put_message(&u(1), &m(chan, id, 60, None)),
@@ -417,8 +426,8 @@ mod tests {
     #[test]
     fn topic_replaces_cap_refuses_ttl_zero_stores_nothing() {
         let s = MemoryStore::new(2);
-        s.register(&u(1), &c(1)).unwrap();
-        s.register(&u(1), &c(2)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
+        s.register(&u(1), &c(2), 200).unwrap();
         s.put_message(&u(1), &m(1, "a", 60, Some("t"))).unwrap();
         s.put_message(&u(1), &m(2, "b", 60, Some("t"))).unwrap();
         // Same channel and topic: replaces "a"; the other channel's "t" stays.
@@ -451,7 +460,7 @@ mod tests {
     #[test]
     fn messages_expire_and_count_their_ttl_down() {
         let s = MemoryStore::new(10);
-        s.register(&u(1), &c(1)).unwrap();
+        s.register(&u(1), &c(1), 200).unwrap();
         s.put_message(&u(1), &m(1, "short", 1, None)).unwrap();
         s.put_message(&u(1), &m(1, "long", 600, None)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2100));

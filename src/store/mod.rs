@@ -98,8 +98,9 @@ pub trait Backend {
     ) -> Result<HelloFound, Unavailable>;
     /// The version stored for a channel, if any.
     fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable>;
-    /// Records a channel; an existing one keeps its pending version.
-    fn register(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
+    /// Records a channel; an existing one keeps its pending version. `false` (nothing recorded)
+    /// when the channel is new and the UAID already has `max` channels.
+    fn register(&self, uaid: &Uaid, channel: &ChannelId, max: usize) -> Result<bool, Unavailable>;
     /// Forgets a channel, its pending version and its messages.
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
     /// Drops each pending version that equals the acked one, and each acked message.
@@ -436,10 +437,16 @@ fn session_op(
             }
             Err(Unavailable) => StoreReply::Unavailable,
         },
-        StoreOp::Register { uaid, channel, .. } => match backend.register(uaid, channel) {
-            Ok(()) => StoreReply::Registered {
+        StoreOp::Register {
+            uaid,
+            channel,
+            max_channels,
+            ..
+        } => match backend.register(uaid, channel, *max_channels) {
+            Ok(true) => StoreReply::Registered {
                 endpoint: String::new(),
             },
+            Ok(false) => StoreReply::TooManyChannels,
             Err(Unavailable) => StoreReply::Unavailable,
         },
         StoreOp::Unregister { uaid, channel } => done(backend.unregister(uaid, channel)),
