@@ -24,6 +24,8 @@ pub struct Config {
     pub webpush: WebPushConfig,
     /// The operators' listener: metrics and health.
     pub admin: AdminConfig,
+    /// TLS on the device and endpoint listeners.
+    pub tls: TlsConfig,
 }
 
 /// `[server]`
@@ -152,6 +154,16 @@ impl Default for StorageConfig {
             registration_ttl_secs: 10_800,
         }
     }
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key_file`, the device and endpoint listeners speak TLS.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
 }
 
 /// `[admin]`
@@ -317,6 +329,13 @@ impl Config {
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
             return bad("admin.listen", "not an address like 127.0.0.1:8081");
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            return bad("tls", "cert_file and key_file go together");
+        }
+        let url = &self.server.public_url;
+        if !self.tls.cert_file.is_empty() && url.starts_with("http://") {
+            return bad("server.public_url", "must be https:// when [tls] is set");
         }
         if self.webpush.max_ttl_secs > MAX_TTL {
             return bad("webpush.max_ttl_secs", "must be at most 2592000 (30 days)");

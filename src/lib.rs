@@ -12,6 +12,7 @@ pub mod router;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod transport;
 pub mod vapid;
 pub mod webpush;
 pub mod ws;

@@ -11,7 +11,7 @@ use simplepush::server;
 use simplepush::token::Tokens;
 
 const HELP: &str = "\
-simplepush: a SimplePush server (Mozilla's push protocol over WebSocket)
+simplepush: a push server for Mozilla's SimplePush and WebPush (RFC 8030) over WebSocket
 
 USAGE:
     simplepush [--config FILE]
@@ -24,6 +24,9 @@ OPTIONS:
 Every key can also be set by an environment variable SIMPLEPUSH_<SECTION>_<KEY>,
 e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated.
 Logging: RUST_LOG=info (default), debug or trace.
+Listeners: devices and app servers on server.listen (TLS with [tls]), metrics on
+admin.listen (127.0.0.1:8081 by default), cluster forwards on cluster.router_listen.
+SIGTERM/SIGINT: stop accepting, close device sockets over server.drain_ms, exit.
 Exit codes: 0 after a clean SIGTERM/SIGINT shutdown, 1 on a runtime failure,
 2 on a usage or configuration error.
 ";

@@ -9,6 +9,8 @@
 use std::io::{self, Cursor, ErrorKind, Read};
 
 use mio::net::TcpStream;
+
+use crate::transport::Stream;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
@@ -94,7 +96,7 @@ struct Output {
 
 /// A WebSocket connection's framing state.
 pub struct Link {
-    stream: TcpStream,
+    stream: Stream,
     input: Option<Box<Input>>,
     fragments: Option<Box<Fragments>>,
     output: Option<Box<Output>>,
@@ -106,7 +108,7 @@ pub struct Link {
 
 impl Link {
     /// Wraps an upgraded socket; `leftover` is what the client sent right after its upgrade request.
-    pub fn new(stream: TcpStream, leftover: Vec<u8>) -> Link {
+    pub fn new(stream: Stream, leftover: Vec<u8>) -> Link {
         let input = (!leftover.is_empty()).then(|| {
             Box::new(Input {
                 buf: leftover,
@@ -150,6 +152,11 @@ impl Link {
 
     /// The socket, for (de)registration.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
+        self.stream.socket()
+    }
+
+    /// The byte stream (plain or TLS).
+    pub fn transport(&mut self) -> &mut Stream {
         &mut self.stream
     }
 
@@ -433,7 +440,10 @@ mod tests {
         let (ours, _) = l.accept().unwrap();
         ours.set_nonblocking(true).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        (Link::new(TcpStream::from_std(ours), Vec::new()), peer)
+        (
+            Link::new(Stream::Plain(TcpStream::from_std(ours)), Vec::new()),
+            peer,
+        )
     }
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {

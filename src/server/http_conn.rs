@@ -3,11 +3,7 @@
 use super::*;
 
 /// Writes as much of `out[*written..]` as the socket takes. `Ok(true)` when all is written.
-pub(super) fn write_out(
-    stream: &mut TcpStream,
-    out: &[u8],
-    written: &mut usize,
-) -> io::Result<bool> {
+pub(super) fn write_out(stream: &mut Stream, out: &[u8], written: &mut usize) -> io::Result<bool> {
     *written += write_some(stream, &out[*written..])?;
     Ok(*written == out.len())
 }
@@ -49,7 +45,7 @@ impl Server {
                 h.out = Vec::new();
                 h.written = 0;
                 if h.close_after {
-                    let _ = h.stream.shutdown(std::net::Shutdown::Write);
+                    h.stream.shutdown_write();
                     return self.drop_conn(key);
                 }
                 if !h.continued {

@@ -45,6 +45,8 @@ pub struct Peers {
     pub(super) open: AtomicUsize,
     /// WebSockets in the whole process (upgraded, with or without hello), for `/metrics`.
     pub(super) websockets: AtomicUsize,
+    /// TLS for the device and endpoint listeners, when configured.
+    pub(super) tls: Option<Tls>,
 }
 
 impl Peers {
@@ -78,6 +80,13 @@ pub(super) fn fresh_owned(id: usize, loops: usize) -> [u8; 16] {
 pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
     let loops = loops_wanted(&cfg);
     let memcached = open_memcached(&cfg)?;
+    let tls = match (cfg.tls.cert_file.as_str(), cfg.tls.key_file.as_str()) {
+        ("", "") => None,
+        (cert, key) => Some(
+            crate::transport::load(cert.as_ref(), key.as_ref())
+                .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("tls: {e}")))?,
+        ),
+    };
     let mut polls = Vec::new();
     let mut mail = Vec::new();
     let mut inboxes = Vec::new();
@@ -93,6 +102,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         clients: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
         open: AtomicUsize::new(0),
         websockets: AtomicUsize::new(0),
+        tls,
         mail,
     });
     let tokens = Arc::new(tokens);
@@ -193,6 +203,7 @@ impl Server {
                 endpoint: false,
                 router: false,
                 admin: false,
+                tls: false,
             },
             state: State::Moving,
         });

@@ -40,6 +40,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::workers::Pool;
 use crate::store::{ConnRef, Delivery, Done, Job, Notice, PutResult, Runner, Unavailable};
 use crate::token::Tokens;
+use crate::transport::{Stream, Tls};
 use crate::webpush;
 use crate::ws::{Incoming, Link};
 
@@ -79,6 +80,8 @@ struct Roles {
     endpoint: bool,
     router: bool,
     admin: bool,
+    /// Connections speak TLS (device and endpoint listeners, when `[tls]` is set).
+    tls: bool,
 }
 
 struct Listener {
@@ -88,7 +91,7 @@ struct Listener {
 
 /// An HTTP connection reading a request or writing a response.
 struct HttpConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     out: Vec<u8>,
     written: usize,
@@ -276,6 +279,7 @@ impl Server {
                 .map_err(|_| io::Error::new(ErrorKind::InvalidInput, key.to_string()))
         };
         let split = !cfg.server.endpoint_listen.is_empty();
+        let tls = peers.tls.is_some();
         let mut wanted = vec![(
             parse(&cfg.server.listen, "server.listen")?,
             Roles {
@@ -283,6 +287,7 @@ impl Server {
                 endpoint: !split,
                 router: false,
                 admin: false,
+                tls,
             },
         )];
         if split {
@@ -293,6 +298,7 @@ impl Server {
                     endpoint: true,
                     router: false,
                     admin: false,
+                    tls,
                 },
             ));
         }
@@ -304,6 +310,7 @@ impl Server {
                     endpoint: false,
                     router: false,
                     admin: true,
+                    tls: false,
                 },
             ));
         }
@@ -315,6 +322,7 @@ impl Server {
                     endpoint: false,
                     router: true,
                     admin: false,
+                    tls: false,
                 },
             ));
         }
@@ -355,7 +363,8 @@ impl Server {
             None
         };
         let public_url = if cfg.server.public_url.is_empty() {
-            format!("http://{endpoint_addr}")
+            let scheme = if tls { "https" } else { "http" };
+            format!("{scheme}://{endpoint_addr}")
         } else {
             cfg.server.public_url.trim_end_matches('/').to_string()
         };
@@ -639,16 +648,25 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, roles: Roles) {
+    fn admit(&mut self, stream: TcpStream, roles: Roles) {
         if self.peers.open.load(Ordering::Relaxed) >= self.cfg.server.max_connections {
             self.log_refusal("max_connections reached");
             return;
         }
         let _ = stream.set_nodelay(true);
+        let tls = if roles.tls {
+            self.peers.tls.as_ref()
+        } else {
+            None
+        };
+        let mut stream = match Stream::new(stream, tls) {
+            Ok(s) => s,
+            Err(e) => return warn!("tls: {e}"),
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            stream.socket(),
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -742,7 +760,7 @@ impl Server {
         self.peers.open.fetch_sub(1, Ordering::Relaxed);
         let registry = self.poll.registry();
         match conn.state {
-            State::Http(mut h) => drop(registry.deregister(&mut h.stream)),
+            State::Http(mut h) => drop(registry.deregister(h.stream.socket())),
             State::Ws(mut w) => {
                 self.peers.websockets.fetch_sub(1, Ordering::Relaxed);
                 drop(registry.deregister(w.link.stream_mut()));
@@ -755,6 +773,15 @@ impl Server {
     }
 
     fn conn_event(&mut self, key: usize) {
+        // TLS records that could not be sent before go first (the socket may be writable again).
+        let flushed = match self.conns.get_mut(key).map(|c| &mut c.state) {
+            Some(State::Http(h)) => h.stream.flush_tls(),
+            Some(State::Ws(w)) => w.link.transport().flush_tls(),
+            _ => Ok(()),
+        };
+        if flushed.is_err() {
+            return self.drop_conn(key);
+        }
         match self.conns.get(key).map(|c| &c.state) {
             Some(State::Http(_)) => self.http_event(key),
             Some(State::Ws(_)) => self.ws_event(key),
