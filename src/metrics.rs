@@ -198,6 +198,49 @@ impl Metrics {
     }
 }
 
+impl Event {
+    fn label(self) -> &'static str {
+        EVENTS[index(&EVENTS, self)].1
+    }
+}
+
+impl Drop {
+    fn label(self) -> &'static str {
+        DROPS[index(&DROPS, self)].1
+    }
+}
+
+/// Counts one notification reaching `event`; with `RUST_LOG=debug` also logs it as one line
+/// (`notification event=… uaid=… channel=… version=…`, target `simplepush::reliability`).
+pub fn track(
+    event: Event,
+    uaid: &dyn std::fmt::Display,
+    channel: &dyn std::fmt::Display,
+    version: &dyn std::fmt::Display,
+) {
+    METRICS.event(event, 1);
+    log::debug!(
+        target: "simplepush::reliability",
+        "notification event={} uaid={uaid} channel={channel} version={version}",
+        event.label()
+    );
+}
+
+/// Counts one notification dropped for `why`, logging it like [`track`] (`event=dropped reason=…`).
+pub fn track_drop(
+    why: Drop,
+    uaid: &dyn std::fmt::Display,
+    channel: &dyn std::fmt::Display,
+    version: &dyn std::fmt::Display,
+) {
+    METRICS.dropped(why, 1);
+    log::debug!(
+        target: "simplepush::reliability",
+        "notification event=dropped reason={} uaid={uaid} channel={channel} version={version}",
+        why.label()
+    );
+}
+
 /// Connection counts at the moment of a scrape.
 pub struct Gauges {
     /// Open connections of every kind.

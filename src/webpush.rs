@@ -4,7 +4,7 @@
 //! opening tokens, checking VAPID, minting message ids, and the HTTP answers.
 
 use sm::webpush::{self, PushError};
-use sm::{Message, Uaid};
+use sm::{ChannelId, Message, Uaid};
 
 use crate::http::{Head, Method, Response};
 use crate::token::{key_hash, Tokens};
@@ -84,14 +84,15 @@ pub fn created(public_url: &str, msg: &Message) -> Response {
 }
 
 /// Checks a message-URL request: `DELETE` of a message id we sealed.
-pub fn parse_delete(head: &Head, id: &str, tokens: &Tokens) -> Result<Uaid, PushError> {
+pub fn parse_delete(
+    head: &Head,
+    id: &str,
+    tokens: &Tokens,
+) -> Result<(Uaid, ChannelId), PushError> {
     if head.method != Method::Delete {
         return Err(PushError::Method);
     }
-    tokens
-        .open_message(id)
-        .map(|(uaid, _)| uaid)
-        .ok_or(PushError::NoMessage)
+    tokens.open_message(id).ok_or(PushError::NoMessage)
 }
 
 #[cfg(test)]
@@ -239,7 +240,7 @@ mod tests {
             .contains(&format!("Location: http://h:1/m/{}", msg.id)));
         assert!(r.headers.contains(&"TTL: 42".to_string()));
         let del = head(&format!("DELETE /m/{} HTTP/1.1\r\n\r\n", msg.id));
-        assert_eq!(parse_delete(&del, &msg.id, &tokens), Ok(u));
+        assert_eq!(parse_delete(&del, &msg.id, &tokens), Ok((u, c)));
         assert_eq!(
             parse_delete(&del, "junk", &tokens),
             Err(PushError::NoMessage)

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    chid, have_memcached, memcached_section, put, raw_http, split_url, Got, Memcached, Server,
+    chid, have_memcached, memcached_section, put, raw_http, request, split_url, Got, Memcached,
+    Server,
 };
 
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
@@ -244,6 +245,11 @@ fn webpush_messages_route_between_nodes_and_wait_for_the_device() {
 
     // Sent to node 2, delivered live by node 1, with its payload.
     assert_eq!(push_via(&n2, &ep, "routed"), 201);
+    let metrics = request(n2.admin_addr.unwrap(), "GET", "/metrics", &[], "").body;
+    assert!(
+        metrics.contains("simplepush_notifications_total{event=\"routed\"} 1\n"),
+        "{metrics}"
+    );
     let n = c1.recv();
     assert_eq!(n["channelID"], chid(1));
     assert_eq!(n["data"], "cm91dGVk");

@@ -1,11 +1,22 @@
 //! App-server updates and storage answers: storing, delivering live, finishing jobs.
 
 use super::*;
+use crate::metrics::{track, track_drop};
+
+/// The UAID a session's storage operation is for.
+fn op_uaid(op: &StoreOp) -> Uaid {
+    match op {
+        StoreOp::Hello { uaid, .. }
+        | StoreOp::Register { uaid, .. }
+        | StoreOp::Unregister { uaid, .. }
+        | StoreOp::Ack { uaid, .. } => *uaid,
+    }
+}
 
 /// A TTL-0 message that reached no socket is gone: it was never stored.
 fn count_unsent(d: &Delivery) {
     if matches!(&d.notice, Notice::Message(m) if m.ttl == 0) {
-        METRICS.dropped(Dropped::Offline, 1);
+        track_drop(Dropped::Offline, &d.uaid, &d.channel, &d.label());
     }
 }
 
@@ -40,7 +51,7 @@ impl Server {
             },
             received: Instant::now(),
         };
-        METRICS.event(Event::Received, 1);
+        track(Event::Received, &d.uaid, &d.channel, &d.label());
         self.submit_owned(Job::Put { conn, d });
         None
     }
@@ -71,21 +82,22 @@ impl Server {
             notice: Notice::Message(Box::new(msg)),
             received: Instant::now(),
         };
-        METRICS.event(Event::Received, 1);
+        track(Event::Received, &d.uaid, &d.channel, &d.label());
         self.submit_owned(Job::Put { conn, d });
         None
     }
 
     /// Starts removing a waiting message (`DELETE /m/<id>`); `Some` is an immediate answer.
     pub(super) fn delete_message(&mut self, key: usize, head: &Head, id: &str) -> Option<Response> {
-        let uaid = match webpush::parse_delete(head, id, &self.tokens) {
-            Ok(u) => u,
+        let (uaid, channel) = match webpush::parse_delete(head, id, &self.tokens) {
+            Ok(ids) => ids,
             Err(e) => return Some(webpush::error(&e)),
         };
         let conn = self.park(key, head.keep_alive)?;
         self.submit_owned(Job::DeleteMessage {
             conn,
             uaid,
+            channel,
             id: id.to_string(),
         });
         None
@@ -146,10 +158,16 @@ impl Server {
                 self.answer(conn, resp);
             }
             Done::Put { conn, d, result } => self.put_done(conn, d, result),
-            Done::Deleted { conn, result } => {
+            Done::Deleted {
+                conn,
+                uaid,
+                channel,
+                id,
+                result,
+            } => {
                 let resp = match result {
                     Ok(true) => {
-                        METRICS.dropped(Dropped::Deleted, 1);
+                        track_drop(Dropped::Deleted, &uaid, &channel, &id);
                         Response::json(204, "")
                     }
                     Ok(false) => webpush::error(&PushError::NoMessage),
@@ -159,7 +177,7 @@ impl Server {
             }
             Done::Forwarded { conn, d, delivered } => {
                 let outcome = if delivered {
-                    METRICS.event(Event::Routed, 1);
+                    track(Event::Routed, &d.uaid, &d.channel, &d.label());
                     Outcome::Delivered
                 } else {
                     count_unsent(&d);
@@ -181,10 +199,12 @@ impl Server {
     ) {
         let webpush = matches!(d.notice, Notice::Message(_));
         match &result {
-            Ok(PutResult::Stored { .. }) => METRICS.event(Event::Stored, 1),
-            Ok(PutResult::UnknownChannel) => METRICS.dropped(Dropped::Unregistered, 1),
-            Ok(PutResult::Full) => METRICS.dropped(Dropped::Full, 1),
-            Err(Unavailable) => METRICS.dropped(Dropped::StoreError, 1),
+            Ok(PutResult::Stored { .. }) => track(Event::Stored, &d.uaid, &d.channel, &d.label()),
+            Ok(PutResult::UnknownChannel) => {
+                track_drop(Dropped::Unregistered, &d.uaid, &d.channel, &d.label())
+            }
+            Ok(PutResult::Full) => track_drop(Dropped::Full, &d.uaid, &d.channel, &d.label()),
+            Err(Unavailable) => track_drop(Dropped::StoreError, &d.uaid, &d.channel, &d.label()),
         }
         let node = match (result, webpush) {
             (Ok(PutResult::Stored { node }), _) => node,
@@ -315,12 +335,16 @@ impl Server {
         } = &reply
         {
             // What the hello flushes, by the dialect the socket reads (unless the UAID is reset).
-            let n = if w.session.is_webpush() {
-                messages.len()
+            let uaid = op_uaid(op);
+            if w.session.is_webpush() {
+                for m in messages {
+                    track(Event::DeliveredStored, &uaid, &m.channel, &m.id);
+                }
             } else {
-                pending.len()
-            };
-            METRICS.event(Event::DeliveredStored, n as u64);
+                for (channel, version) in pending {
+                    track(Event::DeliveredStored, &uaid, channel, version);
+                }
+            }
         }
         let effects = w.session.on_store(reply);
         self.apply(conn.key, effects, claimed);
@@ -391,7 +415,7 @@ impl Server {
             .and_then(|()| w.link.flush(max_output));
         match sent {
             Ok(()) => {
-                METRICS.event(Event::DeliveredLive, 1);
+                track(Event::DeliveredLive, &d.uaid, &d.channel, &d.label());
                 METRICS.delivery_latency.observe(d.received.elapsed());
                 Outcome::Delivered
             }

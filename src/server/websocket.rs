@@ -4,6 +4,11 @@ use super::*;
 
 pub(super) fn log_request(key: usize, uaid: Option<Uaid>, kind: &Inbound) {
     count_request(kind);
+    if let (Inbound::Ack(items), Some(u)) = (kind, uaid) {
+        for i in items {
+            crate::metrics::track(Event::Acked, &u, &i.channel_id, &i.version);
+        }
+    }
     if !log::log_enabled!(log::Level::Debug) {
         return;
     }
@@ -29,10 +34,7 @@ fn count_request(kind: &Inbound) {
         Inbound::Register { .. } => m.command(Command::Register, 1),
         Inbound::Unregister { .. } => m.command(Command::Unregister, 1),
         Inbound::Ping => m.command(Command::Ping, 1),
-        Inbound::Ack(items) => {
-            m.command(Command::Ack, items.len() as u64);
-            m.event(Event::Acked, items.len() as u64);
-        }
+        Inbound::Ack(items) => m.command(Command::Ack, items.len() as u64),
         _ => {}
     }
 }

@@ -26,7 +26,7 @@ use sm::{ChannelId, Id, Message, Uaid};
 use super::codec::{decode_list, encode_list};
 use super::ring::Ring;
 use super::{now_secs, Backend, HelloFound, PutResult, StoredMessage, Unavailable};
-use crate::metrics::{Event, METRICS};
+use crate::metrics::{track, track_drop, Drop, Event};
 
 /// How many times a `cas` write is retried when another writer got there first.
 const CAS_RETRIES: usize = 16;
@@ -126,6 +126,19 @@ fn take_messages(records: &mut Vec<(String, String)>, key: Option<&str>) -> Vec<
         Some(i) => decode_list(&records.swap_remove(i).1),
         None => Vec::new(),
     }
+}
+
+/// The waiting messages `new` replaces: same channel and topic.
+fn same_topic(list: &[StoredMessage], new: &StoredMessage) -> Vec<(ChannelId, String)> {
+    list.iter()
+        .filter(|m| {
+            m.msg.id != new.msg.id
+                && m.msg.channel == new.msg.channel
+                && new.msg.topic.is_some()
+                && m.msg.topic == new.msg.topic
+        })
+        .map(|m| (m.msg.channel, m.msg.id.clone()))
+        .collect()
 }
 
 /// `put_message`'s change to a message list: the stored list's lifetime (`None`: full) and the new
@@ -385,9 +398,8 @@ impl MemcachedStore {
                 Some((text, _)) => decode_list(text),
                 None => Vec::new(),
             };
-            let before = list.len();
-            list.retain(|m| m.live(now));
-            let expired = (before - list.len()) as u64;
+            let (live, expired): (Vec<_>, Vec<_>) = list.drain(..).partition(|m| m.live(now));
+            list = live;
             let (answer, new) = change(&list);
             let Some(new) = new else {
                 return Ok(answer);
@@ -398,7 +410,9 @@ impl MemcachedStore {
             match current {
                 Some((_, cas)) if self.cas(&key, &text, ttl, cas)? => {
                     // Counted once they are gone for good (a hello only skips them).
-                    METRICS.event(Event::Expired, expired);
+                    for m in &expired {
+                        track(Event::Expired, uaid, &m.msg.channel, &m.msg.id);
+                    }
                     return Ok(answer);
                 }
                 Some(_) => {}
@@ -658,11 +672,17 @@ impl Backend for MemcachedStore {
             let now = now_secs();
             let new = StoredMessage::new(msg.clone(), now);
             let max = self.settings.max_messages;
-            let Some(life) =
-                self.update_messages(uaid, |list| with_message(list, &new, max, now))?
+            let replaced = std::cell::RefCell::new(Vec::new());
+            let Some(life) = self.update_messages(uaid, |list| {
+                *replaced.borrow_mut() = same_topic(list, &new);
+                with_message(list, &new, max, now)
+            })?
             else {
                 return Ok(PutResult::Full);
             };
+            for (channel, id) in replaced.take() {
+                track_drop(Drop::Replaced, uaid, &channel, &id);
+            }
             // Checked again after the write: an unregister (or forget) that deleted the channel
             // between the first check and the write may have cleaned the list before the write.
             // If the channel is still there now, its cleanup will come after the write and take it.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sm::{ChannelId, Message, Uaid};
 
-use crate::metrics::{Drop, Event, METRICS};
+use crate::metrics::{track, track_drop, Drop, Event};
 
 use super::{now_secs, Backend, HelloFound, PutResult, StoredMessage, Unavailable};
 
@@ -113,9 +113,13 @@ impl MemoryStore {
         let now = now_secs();
         let mut all = self.messages.borrow_mut();
         let list = all.entry(*uaid).or_default();
-        let before = list.len();
-        list.retain(|m| m.live(now));
-        METRICS.event(Event::Expired, (before - list.len()) as u64);
+        list.retain(|m| {
+            let live = m.live(now);
+            if !live {
+                track(Event::Expired, uaid, &m.msg.channel, &m.msg.id);
+            }
+            live
+        });
         let out = f(list);
         if list.is_empty() {
             all.remove(uaid);
@@ -236,11 +240,14 @@ impl Backend for MemoryStore {
         let stored = StoredMessage::new(msg.clone(), now_secs());
         Ok(self.with_messages(uaid, |list| {
             if let Some(topic) = &msg.topic {
-                let before = list.len();
                 list.retain(|m| {
-                    m.msg.channel != msg.channel || m.msg.topic.as_ref() != Some(topic)
+                    let replaced =
+                        m.msg.channel == msg.channel && m.msg.topic.as_ref() == Some(topic);
+                    if replaced {
+                        track_drop(Drop::Replaced, uaid, &m.msg.channel, &m.msg.id);
+                    }
+                    !replaced
                 });
-                METRICS.dropped(Drop::Replaced, (before - list.len()) as u64);
             }
             if list.len() >= max {
                 return PutResult::Full;

@@ -210,6 +210,8 @@ pub enum Job {
         conn: ConnRef,
         /// The owner.
         uaid: Uaid,
+        /// The message's channel.
+        channel: ChannelId,
         /// The message id.
         id: String,
     },
@@ -264,8 +266,16 @@ impl Job {
                 d: d.clone(),
                 current: Err(Unavailable),
             },
-            Job::DeleteMessage { conn, .. } => Done::Deleted {
+            Job::DeleteMessage {
+                conn,
+                uaid,
+                channel,
+                id,
+            } => Done::Deleted {
                 conn: *conn,
+                uaid: *uaid,
+                channel: *channel,
+                id: id.clone(),
                 result: Err(Unavailable),
             },
             Job::Bound { .. } | Job::Unbound { .. } => Done::Nothing,
@@ -331,6 +341,12 @@ pub enum Done {
     Deleted {
         /// The HTTP request.
         conn: ConnRef,
+        /// The owner.
+        uaid: Uaid,
+        /// The message's channel.
+        channel: ChannelId,
+        /// The message id.
+        id: String,
         /// The store's answer.
         result: Result<bool, Unavailable>,
     },
@@ -389,9 +405,17 @@ fn run_job(backend: &dyn Backend, job: Job) -> Done {
             conn,
             d,
         },
-        Job::DeleteMessage { conn, uaid, id } => Done::Deleted {
+        Job::DeleteMessage {
+            conn,
+            uaid,
+            channel,
+            id,
+        } => Done::Deleted {
             conn,
             result: backend.delete_message(&uaid, &id),
+            uaid,
+            channel,
+            id,
         },
         Job::Bound { uaid, node } => Done::Bound {
             uaid,
