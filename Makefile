@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config.sample.toml
 
-.PHONY: run build test lint unit firefox-test bench scale fmt clean
+.PHONY: run build test lint unit firefox-test bench scale fuzz fmt clean
 
 ## Run the server on the embedded memory store (127.0.0.1:8080).
 run:
@@ -24,7 +24,7 @@ lint:
 # starts for itself (tests/memcached.rs and tests/cluster.rs always use memcached).
 unit:
 	$(CARGO) test --workspace
-	PUSH_TEST_BACKEND=memcached $(CARGO) test --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability
+	PUSH_TEST_BACKEND=memcached $(CARGO) test --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts
 
 firefox-test:
 	$(CARGO) build --bin simplepush
@@ -38,6 +38,19 @@ bench:
 ## 200,000 connections: 11 cluster nodes sharing memcached on this machine; appends to BENCHMARKS.md.
 scale:
 	bash loadtest/scale.sh BENCHMARKS.md
+
+## Fuzz each target for FUZZ_SECS seconds (needs `cargo install cargo-fuzz`; RUSTC_BOOTSTRAP lets
+## stable Rust take its nightly flags). Seeds: fuzz/corpus/<target>; new inputs go to
+## fuzz/target/corpus/<target>, crashes to fuzz/artifacts/<target>/. See fuzz/README.md.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS ?= client_message http_request token
+fuzz:
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t $(CURDIR)/fuzz/target/corpus/$$t $(CURDIR)/fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECS) -max_len=16384 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+	    -print_final_stats=1 || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// TLS on the device and endpoint listeners.
     pub tls: TlsConfig,
+    /// Broadcasts clients can follow.
+    pub broadcasts: BroadcastsConfig,
 }
 
 /// `[server]`
@@ -156,6 +158,25 @@ impl Default for StorageConfig {
     }
 }
 
+/// `[broadcasts]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BroadcastsConfig {
+    /// Broadcast id → version at start (the admin API changes them).
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// memcached: how often each node reads the versions other nodes set.
+    pub poll_ms: u64,
+}
+
+impl Default for BroadcastsConfig {
+    fn default() -> BroadcastsConfig {
+        BroadcastsConfig {
+            versions: Default::default(),
+            poll_ms: 1000,
+        }
+    }
+}
+
 /// `[tls]`
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -172,12 +193,15 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     /// Listener for `GET /metrics`, `/health` and `/status`; empty = none.
     pub listen: String,
+    /// Bearer token for `PUT /broadcasts`; empty = broadcasts cannot be changed at run time.
+    pub token: String,
 }
 
 impl Default for AdminConfig {
     fn default() -> AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:8081".into(),
+            token: String::new(),
         }
     }
 }
@@ -329,6 +353,23 @@ impl Config {
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
             return bad("admin.listen", "not an address like 127.0.0.1:8081");
+        }
+        if !self.admin.token.is_empty() && self.admin.token.len() < 16 {
+            return bad("admin.token", "must be at least 16 characters");
+        }
+        if self.broadcasts.poll_ms == 0 {
+            return bad("broadcasts.poll_ms", "must be at least 1");
+        }
+        if let Some(id) = self
+            .broadcasts
+            .versions
+            .keys()
+            .find(|k| k.is_empty() || k.len() > 200)
+        {
+            return bad(
+                "broadcasts.versions",
+                &format!("{id:?}: ids are 1 to 200 characters"),
+            );
         }
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
             return bad("tls", "cert_file and key_file go together");

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod endpoint;
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod nonblocking;

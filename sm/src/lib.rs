@@ -3,6 +3,7 @@
 //! No sockets, clocks, threads or storage live here: the server feeds parsed client messages,
 //! the time and storage answers in, and carries out the [`session::Effect`]s that come out.
 
+pub mod broadcast;
 pub mod ids;
 pub mod message;
 pub mod reply;

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::broadcast::{self, Subscriptions};
 use crate::ids::{ChannelId, Id, Uaid};
 use crate::webpush::AppKey;
 
@@ -25,6 +26,8 @@ pub struct Hello {
     pub channel_count: Option<usize>,
     /// The autopush/Firefox `use_webpush` flag.
     pub use_webpush: bool,
+    /// The broadcasts the client follows, with the versions it has (`None`: no `broadcasts`).
+    pub broadcasts: Option<Subscriptions>,
 }
 
 /// The version an ack names: a SimplePush number, or a WebPush message id.
@@ -92,8 +95,8 @@ pub enum Inbound {
     },
     /// Acknowledge updates; items without a usable channelID or version are dropped.
     Ack(Vec<AckItem>),
-    /// Firefox's `broadcast_subscribe`: accepted, and for now answered with nothing.
-    BroadcastSubscribe,
+    /// Firefox's `broadcast_subscribe`: more broadcasts to follow, with the versions the client has.
+    BroadcastSubscribe(Subscriptions),
     /// Firefox's `nack`: its service worker failed on a message. Accepted; the message stays stored.
     Nack,
 }
@@ -174,7 +177,9 @@ fn classify(obj: &Map<String, Value>) -> Option<Inbound> {
         "register" => register(obj),
         "unregister" => unregister(obj),
         "ack" => ack(obj),
-        "broadcast_subscribe" => Some(Inbound::BroadcastSubscribe),
+        "broadcast_subscribe" => Some(Inbound::BroadcastSubscribe(
+            broadcast::parse(field(obj, "broadcasts")).unwrap_or_default(),
+        )),
         "nack" => Some(Inbound::Nack),
         _ => None,
     }
@@ -203,6 +208,7 @@ fn hello(obj: &Map<String, Value>) -> Option<Hello> {
         uaid,
         channel_count,
         use_webpush,
+        broadcasts: broadcast::parse(field(obj, "broadcasts")),
     })
 }
 
@@ -336,7 +342,8 @@ mod tests {
             Inbound::Hello(Hello {
                 uaid: HelloUaid::Empty,
                 channel_count: Some(0),
-                use_webpush: false
+                use_webpush: false,
+                broadcasts: None
             })
         );
         let k = kind(&format!(
@@ -365,7 +372,8 @@ mod tests {
             Inbound::Hello(Hello {
                 uaid: HelloUaid::Invalid,
                 channel_count: Some(2),
-                use_webpush: false
+                use_webpush: false,
+                broadcasts: None
             })
         );
         let k = kind(r#"{"messageType":"hello","use_webpush":true,"broadcasts":{"a":"1"}}"#);
@@ -374,7 +382,8 @@ mod tests {
             Inbound::Hello(Hello {
                 uaid: HelloUaid::Empty,
                 channel_count: None,
-                use_webpush: true
+                use_webpush: true,
+                broadcasts: Some(vec![("a".into(), "1".into())])
             })
         );
         let k = kind(r#"{"messageType":"hello","uaid":null,"channelIDs":null}"#);
@@ -468,7 +477,11 @@ mod tests {
     fn broadcast_subscribe_is_accepted() {
         assert_eq!(
             kind(r#"{"messageType":"broadcast_subscribe","broadcasts":{"a":"1"}}"#),
-            Inbound::BroadcastSubscribe
+            Inbound::BroadcastSubscribe(vec![("a".into(), "1".into())])
+        );
+        assert_eq!(
+            kind(r#"{"messageType":"broadcast_subscribe"}"#),
+            Inbound::BroadcastSubscribe(vec![])
         );
     }
 

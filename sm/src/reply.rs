@@ -36,18 +36,23 @@ pub fn error(raw: Map<String, Value>, status: ErrorStatus) -> String {
 }
 
 /// The hello reply; a WebPush hello gets autopush's `use_webpush` and `broadcasts` too.
-pub fn hello(uaid: &Uaid, webpush: bool) -> String {
-    if webpush {
+pub fn hello(uaid: &Uaid, webpush: Option<&Map<String, Value>>) -> String {
+    if let Some(broadcasts) = webpush {
         return json!({
             "messageType": "hello",
             "uaid": uaid.to_string(),
             "status": 200,
             "use_webpush": true,
-            "broadcasts": {},
+            "broadcasts": broadcasts,
         })
         .to_string();
     }
     json!({"messageType": "hello", "uaid": uaid.to_string(), "status": 200}).to_string()
+}
+
+/// Broadcast versions the client is to know of.
+pub fn broadcast(broadcasts: Map<String, Value>) -> String {
+    json!({"messageType": "broadcast", "broadcasts": broadcasts}).to_string()
 }
 
 /// A register that failed without closing the socket (a bad `key`): the client's subscribe fails.
@@ -155,10 +160,10 @@ mod tests {
     #[test]
     fn webpush_hello_and_messages() {
         let u = Uaid(Id::parse("9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e").unwrap());
-        let v: Value = serde_json::from_str(&hello(&u, true)).unwrap();
+        let v: Value = serde_json::from_str(&hello(&u, Some(&Map::new()))).unwrap();
         assert_eq!(v["use_webpush"], true);
         assert_eq!(v["broadcasts"], json!({}));
-        let v: Value = serde_json::from_str(&hello(&u, false)).unwrap();
+        let v: Value = serde_json::from_str(&hello(&u, None)).unwrap();
         assert!(v.get("use_webpush").is_none());
 
         let chid = ChannelId(Id::parse("0cb8a613-8e2b-4b47-b370-51098daa8401").unwrap());

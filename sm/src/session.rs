@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::broadcast::{self, Broadcasts, Subscriptions};
 use crate::ids::{ChannelId, Id, Uaid};
 use crate::message::{
     AckVersion, Hello, HelloUaid, Inbound, Refused, RegisterKey, Rejection, Request,
@@ -127,6 +128,8 @@ enum Pending {
     Hello {
         requested: Uaid,
         fresh: Uaid,
+        /// The hello reply's `broadcasts` (WebPush), worked out when the hello came.
+        told: Option<Map<String, Value>>,
         /// Issue `fresh` unless the store knows `requested`.
         need_known: bool,
         forget: bool,
@@ -162,6 +165,8 @@ pub struct Session {
     last_ping_ms: Option<u64>,
     /// The last hello asked for WebPush (autopush's dialect).
     webpush: bool,
+    /// The broadcasts this socket follows (most sockets follow none).
+    subs: Option<Box<Subscriptions>>,
 }
 
 impl Default for Session {
@@ -181,6 +186,7 @@ impl Session {
             state: State::AwaitingHello,
             last_ping_ms: None,
             webpush: false,
+            subs: None,
         }
     }
 
@@ -236,6 +242,18 @@ impl Session {
         now_ms: u64,
         fresh: &mut dyn FnMut() -> [u8; 16],
     ) -> Vec<Effect> {
+        self.handle_with(req, limits, &Broadcasts::default(), now_ms, fresh)
+    }
+
+    /// [`Session::handle`], with the server's current broadcasts for hello and `broadcast_subscribe`.
+    pub fn handle_with(
+        &mut self,
+        req: Request,
+        limits: &Limits,
+        broadcasts: &Broadcasts,
+        now_ms: u64,
+        fresh: &mut dyn FnMut() -> [u8; 16],
+    ) -> Vec<Effect> {
         if matches!(self.state, State::Closed | State::Busy { .. }) {
             return Vec::new();
         }
@@ -243,8 +261,8 @@ impl Session {
         match kind {
             Inbound::Ping => self.ping(raw, limits, now_ms),
             Inbound::Purge => vec![Effect::Send(reply::PONG.into())],
-            Inbound::BroadcastSubscribe => Vec::new(),
-            Inbound::Hello(h) => self.hello(h, raw, limits, fresh),
+            Inbound::BroadcastSubscribe(more) => self.subscribe(more, broadcasts),
+            Inbound::Hello(h) => self.hello(h, raw, limits, broadcasts, fresh),
             other => self.command(other, raw, limits),
         }
     }
@@ -261,11 +279,43 @@ impl Session {
         vec![Effect::Send(reply::PONG.into())]
     }
 
+    fn subscribe(&mut self, more: Subscriptions, broadcasts: &Broadcasts) -> Vec<Effect> {
+        let subs = self.subs.get_or_insert_with(Box::default);
+        let new: Vec<String> = more.iter().map(|(id, _)| id.clone()).collect();
+        broadcast::merge(subs, more);
+        // Only about what this subscribe named; always answered, so the client knows it was heard.
+        let mut named: Subscriptions = subs
+            .iter()
+            .filter(|(id, _)| new.contains(id))
+            .cloned()
+            .collect();
+        let told = broadcasts.tell(&mut named, None);
+        for (id, version) in named {
+            if let Some(entry) = subs.iter_mut().find(|(i, _)| *i == id) {
+                entry.1 = version;
+            }
+        }
+        vec![Effect::Send(reply::broadcast(told))]
+    }
+
+    /// The `broadcast` message for a change of `changed` ids, if this socket follows any of them
+    /// with another version (and has said hello).
+    pub fn broadcast_changed(
+        &mut self,
+        broadcasts: &Broadcasts,
+        changed: &[String],
+    ) -> Option<String> {
+        self.uaid()?;
+        let told = broadcasts.tell(self.subs.as_mut()?, Some(changed));
+        (!told.is_empty()).then(|| reply::broadcast(told))
+    }
+
     fn hello(
         &mut self,
         h: Hello,
         raw: Map<String, Value>,
         limits: &Limits,
+        broadcasts: &Broadcasts,
         fresh: &mut dyn FnMut() -> [u8; 16],
     ) -> Vec<Effect> {
         // pushgo 1.4 requires channelIDs; Firefox (use_webpush) never sends it.
@@ -274,7 +324,14 @@ impl Session {
         }
         let current = self.uaid();
         self.webpush = h.use_webpush && limits.webpush;
-        let webpush = self.webpush;
+        if let Some(subs) = h.broadcasts.filter(|s| !s.is_empty()) {
+            self.subs = Some(Box::new(subs));
+        }
+        // Only the WebPush dialect carries broadcasts in its hello reply.
+        let told = self.webpush.then(|| match self.subs.as_mut() {
+            Some(subs) => broadcasts.tell(subs, None),
+            None => Map::new(),
+        });
         let requested = match (h.uaid, current) {
             (HelloUaid::Invalid, _) => {
                 return self.closing(fail(raw, ErrorStatus::ServiceUnavailable))
@@ -289,7 +346,7 @@ impl Session {
                 self.state = State::Ready(uaid);
                 return vec![
                     Effect::Bind(uaid),
-                    Effect::Send(reply::hello(&uaid, webpush)),
+                    Effect::Send(reply::hello(&uaid, told.as_ref())),
                 ];
             }
             (HelloUaid::Valid(u), None) => u,
@@ -303,6 +360,7 @@ impl Session {
             pending: Box::new(Pending::Hello {
                 requested,
                 fresh: Uaid(Id::fresh(fresh())),
+                told,
                 need_known,
                 forget,
                 raw,
@@ -391,7 +449,7 @@ impl Session {
             | Inbound::Ping
             | Inbound::Purge
             | Inbound::Hello(_)
-            | Inbound::BroadcastSubscribe => return Vec::new(),
+            | Inbound::BroadcastSubscribe(_) => return Vec::new(),
         };
         self.state = State::Busy {
             uaid: Some(uaid),
@@ -423,6 +481,7 @@ impl Session {
                 Pending::Hello {
                     requested,
                     fresh,
+                    told,
                     need_known,
                     forget,
                     ..
@@ -442,7 +501,7 @@ impl Session {
                 self.state = State::Ready(chosen);
                 let mut out = vec![
                     Effect::Bind(chosen),
-                    Effect::Send(reply::hello(&chosen, self.webpush)),
+                    Effect::Send(reply::hello(&chosen, told.as_ref())),
                 ];
                 // Each dialect gets what it can read; the rest stays stored for a client that can.
                 if self.webpush {
@@ -956,10 +1015,13 @@ mod tests {
     fn broadcast_subscribe_keeps_the_socket_open() {
         let mut t = T::new();
         t.ready(U1);
-        assert!(t
-            .send(r#"{"messageType":"broadcast_subscribe","broadcasts":{"x":"1"}}"#)
-            .is_empty());
-        assert!(!t.s.is_closed());
+        // Answered (an unknown id as such), never closed.
+        let eff = t.send(r#"{"messageType":"broadcast_subscribe","broadcasts":{"x":"1"}}"#);
+        assert_eq!(
+            sent(&eff)[0],
+            json!({"messageType":"broadcast","broadcasts":{"x": broadcast::NOT_FOUND}})
+        );
+        assert!(!closes(&eff) && !t.s.is_closed());
     }
 
     #[test]
@@ -1194,5 +1256,83 @@ mod tests {
         // Before any hello, neither.
         let t = T::new();
         assert!(t.s.notify_message(&msg("x")).is_none());
+    }
+
+    fn bc(pairs: &[(&str, &str)]) -> Broadcasts {
+        Broadcasts::new(
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn hello_and_subscribe_tell_followed_broadcasts() {
+        let table = bc(&[("rs", "\"5\"")]);
+        let mut s = Session::new();
+        let mut fresh = || FRESH;
+        let hello = parse(
+            br#"{"messageType":"hello","use_webpush":true,"broadcasts":{"rs":"\"0\"","gone":"1"}}"#,
+        )
+        .unwrap();
+        let eff = s.handle_with(hello, &Limits::default(), &table, 0, &mut fresh);
+        let out = sent(&eff);
+        assert_eq!(
+            out[0]["broadcasts"],
+            json!({"rs": "\"5\"", "gone": broadcast::NOT_FOUND})
+        );
+        // A change reaches it; the same version again does not.
+        let mut table = table;
+        let changed = table.update(&[("rs".to_string(), "\"6\"".to_string())].into());
+        let frame = s.broadcast_changed(&table, &changed).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            v,
+            json!({"messageType":"broadcast","broadcasts":{"rs":"\"6\""}})
+        );
+        assert!(s.broadcast_changed(&table, &changed).is_none());
+        // broadcast_subscribe is always answered, about what it named only.
+        let sub =
+            parse(br#"{"messageType":"broadcast_subscribe","broadcasts":{"rs":"\"6\""}}"#).unwrap();
+        let eff = s.handle_with(sub, &Limits::default(), &table, 0, &mut fresh);
+        assert_eq!(
+            sent(&eff)[0],
+            json!({"messageType":"broadcast","broadcasts":{}})
+        );
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn simplepush_hello_carries_no_broadcasts_but_subscribe_is_answered() {
+        let table = bc(&[("rs", "1")]);
+        let mut s = Session::new();
+        let mut fresh = || FRESH;
+        let hello =
+            parse(br#"{"messageType":"hello","uaid":"","channelIDs":[],"broadcasts":{"rs":"0"}}"#)
+                .unwrap();
+        let out = sent(&s.handle_with(hello, &Limits::default(), &table, 0, &mut fresh));
+        assert!(out[0].get("broadcasts").is_none());
+        let sub =
+            parse(br#"{"messageType":"broadcast_subscribe","broadcasts":{"rs":"0"}}"#).unwrap();
+        let out = sent(&s.handle_with(sub, &Limits::default(), &table, 0, &mut fresh));
+        assert_eq!(
+            out[0],
+            json!({"messageType":"broadcast","broadcasts":{"rs":"1"}})
+        );
+        // Before hello, changes are not pushed (there is no session to speak of yet).
+        let mut early = Session::new();
+        let sub =
+            parse(br#"{"messageType":"broadcast_subscribe","broadcasts":{"rs":"0"}}"#).unwrap();
+        early.handle_with(
+            sub,
+            &Limits::default(),
+            &Broadcasts::default(),
+            0,
+            &mut fresh,
+        );
+        assert!(early
+            .broadcast_changed(&table, &["rs".to_string()])
+            .is_none());
     }
 }

@@ -186,7 +186,14 @@ impl Server {
             return self.route_request(key, &head, &body);
         }
         if roles.admin {
-            let resp = self.admin_request(&head);
+            let resp = if head.path == "/broadcasts" {
+                match self.broadcasts_request(key, &head, &body) {
+                    Some(r) => r,
+                    None => return,
+                }
+            } else {
+                self.admin_request(&head)
+            };
             return self.respond(key, resp, head.keep_alive);
         }
         let resp = match endpoint::route(&head) {

@@ -34,6 +34,8 @@ pub enum Cross {
     },
     /// Stop: the process is shutting down.
     Shutdown,
+    /// New broadcast versions (from another loop's admin API, or the cluster's table).
+    Broadcasts(Arc<std::collections::BTreeMap<String, String>>),
 }
 
 /// What the event loops of one process share: mailboxes and counters, no locks.
@@ -121,6 +123,9 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
             same.as_deref(),
             memcached.clone(),
         )?);
+    }
+    if let Some(store) = memcached {
+        super::broadcasts::start_poller(&cfg, store, peers.clone());
     }
     Ok(servers)
 }
@@ -233,6 +238,7 @@ impl Server {
                 Cross::Kick { uaid, conn } => self.kick_here(uaid, &conn),
                 Cross::Answer { conn, resp } => self.answer(conn, resp),
                 Cross::Shutdown => self.shut_down(),
+                Cross::Broadcasts(table) => self.apply_broadcasts(&table),
             }
             self.finish_jobs();
         }

@@ -44,6 +44,7 @@ use crate::transport::{Stream, Tls};
 use crate::webpush;
 use crate::ws::{Incoming, Link};
 
+mod broadcasts;
 mod cluster;
 mod http_conn;
 mod loops;
@@ -162,6 +163,10 @@ pub struct Server {
     shutdown_at: Option<u64>,
     /// The WebSockets still to close during a drain.
     drain: Option<Drain>,
+    /// The broadcasts clients can follow, as this loop knows them.
+    broadcasts: sm::broadcast::Broadcasts,
+    /// The shared memcached store, for what is not per UAID (the broadcast table).
+    memcached: Option<Arc<MemcachedStore>>,
     last_refusal_log: u64,
     /// Connections that used up their budget with input left: served again after the next poll.
     again: Vec<usize>,
@@ -273,7 +278,7 @@ impl Server {
         same: Option<&[SocketAddr]>,
         memcached: Option<Arc<MemcachedStore>>,
     ) -> io::Result<Server> {
-        let store = open_store(&cfg, memcached, waker);
+        let store = open_store(&cfg, memcached.clone(), waker);
         let parse = |text: &str, key: &str| {
             text.parse::<SocketAddr>()
                 .map_err(|_| io::Error::new(ErrorKind::InvalidInput, key.to_string()))
@@ -374,6 +379,7 @@ impl Server {
             webpush: cfg.webpush.enabled,
         };
         let origin = crate::vapid::origin(&public_url);
+        let broadcasts = broadcasts::initial(&cfg);
         Ok(Server {
             id,
             peers,
@@ -397,6 +403,8 @@ impl Server {
             spare_fd: File::open("/dev/null").ok(),
             shutdown_at: None,
             drain: None,
+            broadcasts,
+            memcached,
             last_refusal_log: 0,
             again: Vec::new(),
             reading: None,

@@ -187,6 +187,7 @@ impl Server {
                 self.answer(conn, resp);
             }
             Done::Bound { uaid, previous } => self.kick_elsewhere(uaid, previous),
+            Done::Broadcasts { conn, table } => self.broadcasts_stored(conn, table),
             Done::Nothing => {}
         }
     }

@@ -245,7 +245,9 @@ impl Server {
                 }
                 log_request(key, w.session.uaid(), &req.kind);
                 w.session
-                    .handle(req, &self.limits, now, &mut || fresh_owned(id, loops))
+                    .handle_with(req, &self.limits, &self.broadcasts, now, &mut || {
+                        fresh_owned(id, loops)
+                    })
             }
             Err(refused) => {
                 debug!("conn {key}: refused message: {:?}", refused.rejection);

@@ -15,6 +15,7 @@
 //! Keys are spread over the servers by a consistent-hash ring. After any error the backend is marked
 //! unhealthy and fails fast (503 upstream) until a probe thread reaches every server again.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -69,6 +70,9 @@ pub struct MemcachedStore {
     settings: Settings,
     healthy: AtomicBool,
 }
+
+/// The broadcast table, one item for the whole cluster.
+const BROADCASTS_KEY: &str = "b/broadcasts";
 
 fn hex(bytes: &[u8; 16]) -> String {
     Id::fresh(*bytes).to_string()
@@ -208,6 +212,45 @@ impl MemcachedStore {
     }
 
     /// Whether the last probe or operation succeeded.
+    /// The broadcast versions set through the admin API (`b/broadcasts`), shared by every node.
+    pub fn broadcasts(&self) -> Result<BTreeMap<String, String>, Unavailable> {
+        self.check()?;
+        Ok(self
+            .get(BROADCASTS_KEY)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
+    }
+
+    /// Merges new broadcast versions into `b/broadcasts`; the whole table after.
+    pub fn set_broadcasts(
+        &self,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Unavailable> {
+        self.check()?;
+        for _ in 0..CAS_RETRIES {
+            let current = self.gets(BROADCASTS_KEY)?;
+            let mut table: BTreeMap<String, String> = current
+                .as_ref()
+                .and_then(|(t, _)| serde_json::from_str(t).ok())
+                .unwrap_or_default();
+            table.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let text = serde_json::to_string(&table).map_err(|_| Unavailable)?;
+            // No expiry: broadcasts live until changed (memcached may still evict them under
+            // memory pressure; the config's versions are the fallback).
+            let stored = match current {
+                Some((_, cas)) => self.cas(BROADCASTS_KEY, &text, 0, cas)?,
+                None => {
+                    self.add(BROADCASTS_KEY, &text, 0)?;
+                    continue;
+                }
+            };
+            if stored {
+                return Ok(table);
+            }
+        }
+        Err(Unavailable)
+    }
+
     pub fn healthy_now(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
     }

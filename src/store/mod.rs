@@ -359,6 +359,13 @@ pub enum Done {
     },
     /// For [`Job::Unbound`], and for jobs whose answer needs no action.
     Nothing,
+    /// The admin API's broadcast change was stored (`None`: it could not be).
+    Broadcasts {
+        /// The admin request waiting.
+        conn: ConnRef,
+        /// The cluster's table after the change.
+        table: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
+    },
     /// A cluster forward finished: whether the other node delivered it live.
     Forwarded {
         /// The HTTP connection waiting.

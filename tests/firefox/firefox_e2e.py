@@ -723,6 +723,12 @@ class Harness:
                            f"broadcast_subscribe seen: {seen_at is not None} (did the server close the socket "
                            f"on broadcast_subscribe? it should ignore it). Firefox's side: "
                            f"{self.firefox_ws_summary()}")
+            if seen_at is not None:
+                answers = [l for l in lines if "wsOnMessageAvailable()" in l and '"messageType":"broadcast"' in l]
+                if not answers:
+                    raise Fail(f"Firefox sent broadcast_subscribe but never got a broadcast message back "
+                               f"(the server must answer it). Firefox's side: {self.firefox_ws_summary()}")
+                log(f"step g: the server answered broadcast_subscribe: {answers[-1].strip()[-160:]}")
             log(f"step g: OK, still 1 client and Firefox opened its socket exactly once")
         else:
             log("step g: skipped (--broadcast-wait 0)")

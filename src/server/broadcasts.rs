@@ -1,0 +1,200 @@
+//! Broadcasts on the event loops: the admin API that changes them, and telling followers.
+//!
+//! Every loop holds a copy of the table. A change made through one loop's admin listener goes to
+//! the other loops by mailbox; with memcached it is also written to `b/broadcasts`, which a poller
+//! thread on every node reads, so that every node's followers hear of it within `poll_ms`.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use sm::broadcast::Broadcasts;
+
+/// The starting table: the configured versions.
+pub(super) fn initial(cfg: &Config) -> Broadcasts {
+    Broadcasts::new(cfg.broadcasts.versions.clone())
+}
+
+/// Reads the cluster's table every `poll_ms` and hands changes to every loop.
+pub(super) fn start_poller(cfg: &Config, store: Arc<MemcachedStore>, peers: Arc<Peers>) {
+    let every = Duration::from_millis(cfg.broadcasts.poll_ms);
+    let configured = cfg.broadcasts.versions.clone();
+    let spawned = std::thread::Builder::new()
+        .name("broadcasts".into())
+        .spawn(move || {
+            let mut last = BTreeMap::new();
+            // At once first: a node that starts learns the cluster's versions before its clients.
+            let mut first = true;
+            loop {
+                if !std::mem::take(&mut first) {
+                    std::thread::sleep(every);
+                }
+                let Ok(set) = store.broadcasts() else {
+                    continue;
+                };
+                let mut table = configured.clone();
+                table.extend(set);
+                if table == last {
+                    continue;
+                }
+                last = table.clone();
+                let table = Arc::new(table);
+                for w in 0..peers.mail.len() {
+                    if peers.send(w, Cross::Broadcasts(table.clone())).is_err() {
+                        // The loops have stopped: so does this thread.
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("broadcasts: no poller thread ({e}); changes made on other nodes will not arrive");
+    }
+}
+
+/// A `PUT /broadcasts` body: an object of strings, at most 200 characters each.
+fn parse_changes(body: &[u8]) -> Result<BTreeMap<String, String>, &'static str> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
+    let obj = v.as_object().ok_or("body must be a JSON object")?;
+    let mut out = BTreeMap::new();
+    for (id, version) in obj {
+        let version = version.as_str().ok_or("versions must be strings")?;
+        if id.is_empty() || id.len() > 200 || version.len() > 200 {
+            return Err("ids and versions are 1 to 200 characters");
+        }
+        out.insert(id.clone(), version.to_string());
+    }
+    Ok(out)
+}
+
+fn table_json(table: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(table).unwrap_or_else(|_| "{}".into())
+}
+
+impl Server {
+    /// `GET /broadcasts` and `PUT /broadcasts` on the admin listener; `None`: the answer follows.
+    pub(super) fn broadcasts_request(
+        &mut self,
+        key: usize,
+        head: &Head,
+        body: &[u8],
+    ) -> Option<Response> {
+        match head.method {
+            http::Method::Get => {
+                return Some(Response::json(200, table_json(self.broadcasts.table())))
+            }
+            http::Method::Put => {}
+            _ => {
+                return Some(
+                    Response::json(405, "\"Method Not Allowed\"").header("Allow: GET, PUT"),
+                )
+            }
+        }
+        if self.cfg.admin.token.is_empty() {
+            return Some(Response::json(403, "\"admin.token is not configured\""));
+        }
+        let given = head.authorization.as_deref().unwrap_or("");
+        let token = given.strip_prefix("Bearer ").unwrap_or("");
+        if !crate::router::secret_matches(token, &self.cfg.admin.token) {
+            return Some(
+                Response::json(401, "\"Unauthorized\"").header("WWW-Authenticate: Bearer"),
+            );
+        }
+        let changes = match parse_changes(body) {
+            Ok(c) => c,
+            Err(why) => return Some(Response::json(400, format!("\"{why}\""))),
+        };
+        let Some(store) = self.memcached.clone() else {
+            self.spread_broadcasts(Arc::new(changes));
+            return Some(Response::json(200, table_json(self.broadcasts.table())));
+        };
+        // Stored first, so that a 200 means every node will hear of it.
+        let conn = self.park(key, head.keep_alive)?;
+        self.store
+            .forward(Box::new(move || match store.set_broadcasts(&changes) {
+                Ok(table) => Done::Broadcasts {
+                    conn,
+                    table: Some(Arc::new(table)),
+                },
+                Err(Unavailable) => Done::Broadcasts { conn, table: None },
+            }));
+        None
+    }
+
+    /// A stored change: applied here and on the other loops, then answered.
+    pub(super) fn broadcasts_stored(
+        &mut self,
+        conn: ConnRef,
+        table: Option<Arc<BTreeMap<String, String>>>,
+    ) {
+        let Some(table) = table else {
+            let resp =
+                Response::json(503, "\"Could not store the broadcasts\"").header("Retry-After: 5");
+            return self.answer(conn, resp);
+        };
+        self.spread_broadcasts(table);
+        let resp = Response::json(200, table_json(self.broadcasts.table()));
+        self.answer(conn, resp);
+    }
+
+    /// Applies versions here and sends them to every other loop.
+    fn spread_broadcasts(&mut self, changes: Arc<BTreeMap<String, String>>) {
+        for w in (0..self.peers.mail.len()).filter(|&w| w != self.id) {
+            let _ = self.peers.send(w, Cross::Broadcasts(changes.clone()));
+        }
+        self.apply_broadcasts(&changes);
+    }
+
+    /// Takes new versions and tells this loop's followers of those that changed.
+    pub(super) fn apply_broadcasts(&mut self, changes: &BTreeMap<String, String>) {
+        let changed = self.broadcasts.update(changes);
+        if changed.is_empty() {
+            return;
+        }
+        info!(
+            "event loop {}: broadcasts changed: {}",
+            self.id,
+            changed.join(", ")
+        );
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let max_output = self.cfg.websocket.max_output_buffer;
+        for key in keys {
+            let Some(Conn {
+                state: State::Ws(w),
+                ..
+            }) = self.conns.get_mut(key)
+            else {
+                continue;
+            };
+            let Some(frame) = w.session.broadcast_changed(&self.broadcasts, &changed) else {
+                continue;
+            };
+            let sent = w
+                .link
+                .send_text(&frame)
+                .and_then(|()| w.link.flush(max_output));
+            if let Err(e) = sent {
+                debug!("conn {key}: broadcast not written: {e}");
+                self.drop_conn(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_an_object_of_short_strings() {
+        assert!(parse_changes(br#"{"a":"1","b":"\"2\""}"#).is_ok());
+        for bad in [&b"[]"[..], b"nope", br#"{"a":1}"#, br#"{"":"1"}"#] {
+            assert!(
+                parse_changes(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(201));
+        assert!(parse_changes(long.as_bytes()).is_err());
+    }
+}
