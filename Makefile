@@ -24,7 +24,7 @@ lint:
 # starts for itself (tests/memcached.rs and tests/cluster.rs always use memcached).
 unit:
 	$(CARGO) test --workspace
-	PUSH_TEST_BACKEND=memcached $(CARGO) test --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts
+	PUSH_TEST_BACKEND=memcached $(CARGO) test --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts --test wake
 
 firefox-test:
 	$(CARGO) build --bin simplepush

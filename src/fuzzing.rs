@@ -138,6 +138,13 @@ fn check_effects(session: &Session, effects: &[Effect]) {
             Effect::Store(_) => assert_eq!(n + 1, effects.len(), "Store comes last"),
             Effect::Close => assert!(session.is_closed(), "Close leaves the session closed"),
             Effect::Bind(uaid) => assert_eq!(session.uaid(), Some(*uaid), "Bind names the UAID"),
+            Effect::Wake(uaid, wake) => {
+                assert_eq!(session.uaid(), Some(*uaid), "Wake names the UAID");
+                assert!(
+                    wake.to_json().len() <= sm::wake::MAX_LEN,
+                    "wake data is bounded"
+                );
+            }
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod store;
 pub mod token;
 pub mod transport;
 pub mod vapid;
+pub mod wake;
 pub mod webpush;
 pub mod ws;

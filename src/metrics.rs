@@ -329,6 +329,7 @@ pub fn render(g: &Gauges) -> String {
         "simplepush_delivery_seconds",
         "From a valid app-server request to the notification written to the device's socket.",
     );
+    crate::wake::render(&mut out);
     process(&mut out);
     out
 }

@@ -9,6 +9,7 @@ pub mod message;
 pub mod reply;
 pub mod session;
 pub mod update;
+pub mod wake;
 pub mod webpush;
 
 pub use ids::{ChannelId, Id, IdForm, Uaid};

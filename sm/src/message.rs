@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use crate::broadcast::{self, Subscriptions};
 use crate::ids::{ChannelId, Id, Uaid};
+use crate::wake::Wake;
 use crate::webpush::AppKey;
 
 /// The `uaid` a hello carried.
@@ -28,6 +29,8 @@ pub struct Hello {
     pub use_webpush: bool,
     /// The broadcasts the client follows, with the versions it has (`None`: no `broadcasts`).
     pub broadcasts: Option<Subscriptions>,
+    /// How the device can be woken while offline, if it said.
+    pub wake: Option<Wake>,
 }
 
 /// The version an ack names: a SimplePush number, or a WebPush message id.
@@ -209,6 +212,11 @@ fn hello(obj: &Map<String, Value>) -> Option<Hello> {
         channel_count,
         use_webpush,
         broadcasts: broadcast::parse(field(obj, "broadcasts")),
+        wake: Wake::parse(
+            field(obj, "connect"),
+            field(obj, "wakeup_hostport"),
+            field(obj, "mobilenetwork"),
+        ),
     })
 }
 
@@ -343,7 +351,8 @@ mod tests {
                 uaid: HelloUaid::Empty,
                 channel_count: Some(0),
                 use_webpush: false,
-                broadcasts: None
+                broadcasts: None,
+                wake: None
             })
         );
         let k = kind(&format!(
@@ -373,7 +382,8 @@ mod tests {
                 uaid: HelloUaid::Invalid,
                 channel_count: Some(2),
                 use_webpush: false,
-                broadcasts: None
+                broadcasts: None,
+                wake: None
             })
         );
         let k = kind(r#"{"messageType":"hello","use_webpush":true,"broadcasts":{"a":"1"}}"#);
@@ -383,7 +393,8 @@ mod tests {
                 uaid: HelloUaid::Empty,
                 channel_count: None,
                 use_webpush: true,
-                broadcasts: Some(vec![("a".into(), "1".into())])
+                broadcasts: Some(vec![("a".into(), "1".into())]),
+                wake: None
             })
         );
         let k = kind(r#"{"messageType":"hello","uaid":null,"channelIDs":null}"#);

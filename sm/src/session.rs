@@ -12,6 +12,7 @@ use crate::message::{
     AckVersion, Hello, HelloUaid, Inbound, Refused, RegisterKey, Rejection, Request,
 };
 use crate::reply::{self, ErrorStatus};
+use crate::wake::Wake;
 use crate::webpush::{AppKey, Message};
 
 /// Protocol limits the session enforces.
@@ -47,6 +48,8 @@ pub enum Effect {
     Store(StoreOp),
     /// This socket is now the UAID's live connection; close any older one.
     Bind(Uaid),
+    /// Store how the UAID's device can be woken (its hello said so).
+    Wake(Uaid, Box<Wake>),
 }
 
 /// Which endpoint a registration gets.
@@ -167,6 +170,8 @@ pub struct Session {
     webpush: bool,
     /// The broadcasts this socket follows (most sockets follow none).
     subs: Option<Box<Subscriptions>>,
+    /// A hello's wake data, until the hello completes and the UAID is known.
+    wake: Option<Box<Wake>>,
 }
 
 impl Default for Session {
@@ -187,6 +192,7 @@ impl Session {
             last_ping_ms: None,
             webpush: false,
             subs: None,
+            wake: None,
         }
     }
 
@@ -324,6 +330,7 @@ impl Session {
         }
         let current = self.uaid();
         self.webpush = h.use_webpush && limits.webpush;
+        self.wake = h.wake.map(Box::new);
         if let Some(subs) = h.broadcasts.filter(|s| !s.is_empty()) {
             self.subs = Some(Box::new(subs));
         }
@@ -344,10 +351,12 @@ impl Session {
             (HelloUaid::Empty, None) => {
                 let uaid = Uaid(Id::fresh(fresh()));
                 self.state = State::Ready(uaid);
-                return vec![
+                let mut out = vec![
                     Effect::Bind(uaid),
                     Effect::Send(reply::hello(&uaid, told.as_ref())),
                 ];
+                out.extend(self.wake.take().map(|w| Effect::Wake(uaid, w)));
+                return out;
             }
             (HelloUaid::Valid(u), None) => u,
         };
@@ -503,6 +512,7 @@ impl Session {
                     Effect::Bind(chosen),
                     Effect::Send(reply::hello(&chosen, told.as_ref())),
                 ];
+                out.extend(self.wake.take().map(|w| Effect::Wake(chosen, w)));
                 // Each dialect gets what it can read; the rest stays stored for a client that can.
                 if self.webpush {
                     out.extend(messages.iter().map(|m| Effect::Send(reply::message(m))));
@@ -1334,5 +1344,31 @@ mod tests {
         assert!(early
             .broadcast_changed(&table, &["rs".to_string()])
             .is_none());
+    }
+
+    #[test]
+    fn a_completed_hello_hands_over_its_wake_data() {
+        let mut t = T::new();
+        let eff = t.send(r#"{"messageType":"hello","uaid":"","channelIDs":[],"wakeup_hostport":{"ip":"10.0.0.2","port":5000},"mobilenetwork":{"mcc":"214","mnc":"07"}}"#);
+        let Some(Effect::Wake(u, w)) = eff.last() else {
+            panic!("{eff:?}")
+        };
+        assert_eq!(*u, uaid(FRESH_STR));
+        assert_eq!(w.hostport, Some("10.0.0.2:5000".parse().unwrap()));
+        // A known UAID's hello: after the store's answer, for the UAID it kept.
+        let mut t = T::new();
+        t.send(&format!(
+            r#"{{"messageType":"hello","uaid":"{U1}","channelIDs":["{C1}"],"connect":{{"k":"v"}}}}"#
+        ));
+        let eff = t.s.on_store(StoreReply::Hello {
+            known: true,
+            pending: vec![],
+            messages: vec![],
+        });
+        assert!(matches!(eff.last(), Some(Effect::Wake(u, _)) if *u == uaid(U1)));
+        // No wake data, no effect.
+        let mut t = T::new();
+        let eff = t.send(r#"{"messageType":"hello","uaid":"","channelIDs":[]}"#);
+        assert!(!eff.iter().any(|e| matches!(e, Effect::Wake(..))));
     }
 }

@@ -49,6 +49,8 @@ pub struct Peers {
     pub(super) websockets: AtomicUsize,
     /// TLS for the device and endpoint listeners, when configured.
     pub(super) tls: Option<Tls>,
+    /// The wake driver, when one is configured.
+    pub(super) waker: Option<crate::wake::Waker>,
 }
 
 impl Peers {
@@ -105,6 +107,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         open: AtomicUsize::new(0),
         websockets: AtomicUsize::new(0),
         tls,
+        waker: crate::wake::Waker::start(&cfg.wake),
         mail,
     });
     let tokens = Arc::new(tokens);

@@ -207,8 +207,8 @@ impl Server {
             Ok(PutResult::Full) => track_drop(Dropped::Full, &d.uaid, &d.channel, &d.label()),
             Err(Unavailable) => track_drop(Dropped::StoreError, &d.uaid, &d.channel, &d.label()),
         }
-        let node = match (result, webpush) {
-            (Ok(PutResult::Stored { node }), _) => node,
+        let (node, wake) = match (result, webpush) {
+            (Ok(PutResult::Stored { node, wake }), _) => (node, wake),
             (Ok(PutResult::UnknownChannel), false) => return self.answer(conn, endpoint::gone()),
             (Err(Unavailable), false) => return self.answer(conn, endpoint::unavailable()),
             (Ok(PutResult::Full), false) => return self.answer(conn, endpoint::unavailable()),
@@ -236,9 +236,20 @@ impl Server {
             }
             _ => None,
         };
+        // An update that waits for a device that said how to wake it: wake it (not for TTL 0,
+        // which does not wait).
+        let waker = self
+            .peers
+            .waker
+            .clone()
+            .filter(|_| !matches!(&d.notice, Notice::Message(m) if m.ttl == 0))
+            .zip(wake);
         let Some((cluster, node)) = remote else {
             if outcome == Outcome::Stored {
                 count_unsent(&d);
+                if let Some((w, wake)) = waker {
+                    w.wake(d.uaid, wake);
+                }
             }
             let resp = self.stored_answer(&d, outcome);
             return self.answer(conn, resp);
@@ -246,6 +257,9 @@ impl Server {
         let (secret, timeout) = (cluster.secret.clone(), cluster.timeout);
         self.store.forward(Box::new(move || {
             let delivered = router::forward(&node, &secret, timeout, &d);
+            if let (false, Some((w, wake))) = (delivered, waker) {
+                w.wake(d.uaid, wake);
+            }
             debug!(
                 "forwarded uaid={} version={} to {node}: delivered={delivered}",
                 d.uaid,

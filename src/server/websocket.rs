@@ -291,6 +291,13 @@ impl Server {
                         }
                     }
                 }
+                Effect::Wake(uaid, wake) => {
+                    // Owned here: the hello that bound it ran on this loop.
+                    self.store.submit(Job::SetWake {
+                        uaid,
+                        wake: wake.to_json(),
+                    });
+                }
                 Effect::Bind(uaid) => {
                     debug!("conn {key}: hello uaid={uaid}");
                     self.set_deadline(key, 0);

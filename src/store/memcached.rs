@@ -86,6 +86,10 @@ fn list_key(uaid: &Uaid) -> String {
     format!("u/{}", hex(uaid.0.bytes()))
 }
 
+fn wake_key(uaid: &Uaid) -> String {
+    format!("w/{}", hex(uaid.0.bytes()))
+}
+
 fn node_key(uaid: &Uaid) -> String {
     format!("n/{}", hex(uaid.0.bytes()))
 }
@@ -399,6 +403,21 @@ impl MemcachedStore {
         Ok(out)
     }
 
+    /// What a stored update needs next: where the UAID's socket is, and how to wake its device.
+    fn stored_for(&self, uaid: &Uaid) -> Result<PutResult, Unavailable> {
+        let (nk, wk) = (node_key(uaid), wake_key(uaid));
+        let mut found = self.get_many(&[nk.clone(), wk.clone()])?;
+        let mut take = |k: &str| {
+            found
+                .iter()
+                .position(|(key, _)| key == k)
+                .map(|i| found.swap_remove(i).1)
+        };
+        let node = take(&nk).filter(|n| n != "-");
+        let wake = take(&wk);
+        Ok(PutResult::Stored { node, wake })
+    }
+
     fn forget(&self, uaid: &Uaid) -> Result<(), Unavailable> {
         if let Some(list) = self.get(&list_key(uaid))? {
             for c in parse_list(&list) {
@@ -406,6 +425,7 @@ impl MemcachedStore {
             }
         }
         self.delete(&list_key(uaid))?;
+        self.delete(&wake_key(uaid))?;
         // After the channel records: a `put_message` racing this finds its channel gone when it
         // checks again after writing, and takes its message back.
         self.delete(&msgs_key(uaid))
@@ -702,8 +722,7 @@ impl Backend for MemcachedStore {
         }
         // The hello that flushes this version finds the channel through the list: keep it as long.
         self.touch(&list_key(uaid), self.list_ttl())?;
-        let node = self.get(&node_key(uaid))?.filter(|n| n != "-");
-        Ok(PutResult::Stored { node })
+        self.stored_for(uaid)
     }
 
     fn put_message(&self, uaid: &Uaid, msg: &Message) -> Result<PutResult, Unavailable> {
@@ -734,8 +753,7 @@ impl Backend for MemcachedStore {
                 return Ok(PutResult::UnknownChannel);
             }
         }
-        let node = self.get(&node_key(uaid))?.filter(|n| n != "-");
-        Ok(PutResult::Stored { node })
+        self.stored_for(uaid)
     }
 
     fn message_pending(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable> {
@@ -752,6 +770,16 @@ impl Backend for MemcachedStore {
     fn delete_message(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable> {
         self.check()?;
         self.remove_messages(uaid, |m| m.msg.id == id)
+    }
+
+    fn set_wake(&self, uaid: &Uaid, wake: &str) -> Result<(), Unavailable> {
+        self.check()?;
+        // As long as the registration it serves (3 days when registrations do not expire).
+        let ttl = match self.settings.registration_ttl {
+            0 => self.pending_ttl(),
+            t => t,
+        };
+        self.set(&wake_key(uaid), wake, ttl)
     }
 
     fn bind_node(&self, uaid: &Uaid, node: &str) -> Result<Option<String>, Unavailable> {

@@ -96,6 +96,8 @@ pub struct MemoryStore {
     messages: RefCell<HashMap<Uaid, Vec<StoredMessage>>>,
     /// Waiting messages allowed per UAID.
     max_messages: usize,
+    /// UAID → how its device can be woken (only devices that said so).
+    wakes: RefCell<HashMap<Uaid, Box<str>>>,
 }
 
 impl MemoryStore {
@@ -105,7 +107,12 @@ impl MemoryStore {
             users: RefCell::default(),
             messages: RefCell::default(),
             max_messages,
+            wakes: RefCell::default(),
         }
+    }
+
+    fn wake_of(&self, uaid: &Uaid) -> Option<String> {
+        self.wakes.borrow().get(uaid).map(|w| w.to_string())
     }
 
     /// Runs `f` on the UAID's live messages (expired ones dropped first), then drops an empty list.
@@ -138,6 +145,7 @@ impl Backend for MemoryStore {
         if forget {
             self.users.borrow_mut().remove(uaid);
             self.messages.borrow_mut().remove(uaid);
+            self.wakes.borrow_mut().remove(uaid);
             return Ok(HelloFound::default());
         }
         let pending = match self.users.borrow().get(uaid) {
@@ -218,7 +226,10 @@ impl Backend for MemoryStore {
         Ok(match slot {
             Some(pending) => {
                 *pending = version;
-                PutResult::Stored { node: None }
+                PutResult::Stored {
+                    node: None,
+                    wake: self.wake_of(uaid),
+                }
             }
             None => PutResult::UnknownChannel,
         })
@@ -234,7 +245,10 @@ impl Backend for MemoryStore {
             return Ok(PutResult::UnknownChannel);
         }
         if msg.ttl == 0 {
-            return Ok(PutResult::Stored { node: None });
+            return Ok(PutResult::Stored {
+                node: None,
+                wake: self.wake_of(uaid),
+            });
         }
         let max = self.max_messages;
         let stored = StoredMessage::new(msg.clone(), now_secs());
@@ -253,7 +267,10 @@ impl Backend for MemoryStore {
                 return PutResult::Full;
             }
             list.push(stored);
-            PutResult::Stored { node: None }
+            PutResult::Stored {
+                node: None,
+                wake: self.wake_of(uaid),
+            }
         }))
     }
 
@@ -267,6 +284,11 @@ impl Backend for MemoryStore {
             list.retain(|m| m.msg.id != id);
             list.len() != before
         }))
+    }
+
+    fn set_wake(&self, uaid: &Uaid, wake: &str) -> Result<(), Unavailable> {
+        self.wakes.borrow_mut().insert(*uaid, wake.into());
+        Ok(())
     }
 
     fn bind_node(&self, _uaid: &Uaid, _node: &str) -> Result<Option<String>, Unavailable> {

@@ -28,6 +28,8 @@ pub enum PutResult {
     Stored {
         /// Where the UAID was last seen live (cluster only).
         node: Option<String>,
+        /// How the device can be woken, if its hello said (JSON of `sm::wake::Wake`).
+        wake: Option<String>,
     },
     /// No such channel under that UAID (never registered, unregistered, expired or forgotten).
     UnknownChannel,
@@ -126,6 +128,8 @@ pub trait Backend {
     fn bind_node(&self, uaid: &Uaid, node: &str) -> Result<Option<String>, Unavailable>;
     /// Clears the UAID's node record if it still names `node` exactly.
     fn unbind_node(&self, uaid: &Uaid, node: &str) -> Result<(), Unavailable>;
+    /// Records how the UAID's device can be woken (kept as long as its registration).
+    fn set_wake(&self, uaid: &Uaid, wake: &str) -> Result<(), Unavailable>;
     /// Whether the backend can serve requests now.
     fn healthy(&self) -> bool;
 }
@@ -215,6 +219,13 @@ pub enum Job {
         /// The message id.
         id: String,
     },
+    /// A hello's wake data, to keep with the UAID.
+    SetWake {
+        /// The UAID.
+        uaid: Uaid,
+        /// JSON of `sm::wake::Wake`.
+        wake: String,
+    },
     /// Cluster: this node now holds the UAID's socket.
     Bound {
         /// The UAID.
@@ -243,7 +254,9 @@ impl Job {
             },
             Job::Put { d, .. } | Job::Check { d, .. } => d.uaid,
             Job::DeleteMessage { uaid, .. } => *uaid,
-            Job::Bound { uaid, .. } | Job::Unbound { uaid, .. } => *uaid,
+            Job::Bound { uaid, .. } | Job::Unbound { uaid, .. } | Job::SetWake { uaid, .. } => {
+                *uaid
+            }
         }
     }
 
@@ -278,7 +291,7 @@ impl Job {
                 id: id.clone(),
                 result: Err(Unavailable),
             },
-            Job::Bound { .. } | Job::Unbound { .. } => Done::Nothing,
+            Job::Bound { .. } | Job::Unbound { .. } | Job::SetWake { .. } => Done::Nothing,
         }
     }
 }
@@ -428,6 +441,12 @@ fn run_job(backend: &dyn Backend, job: Job) -> Done {
             uaid,
             previous: backend.bind_node(&uaid, &node).ok().flatten(),
         },
+        Job::SetWake { uaid, wake } => {
+            if backend.set_wake(&uaid, &wake).is_err() {
+                log::warn!("wake data for uaid={uaid} not stored: storage unavailable");
+            }
+            Done::Nothing
+        }
         Job::Unbound { uaid, node } => {
             let _ = backend.unbind_node(&uaid, &node);
             Done::Nothing

@@ -1,0 +1,333 @@
+//! Wake drivers: waking an offline device whose hello said how, off the event loop.
+//!
+//! One thread per process takes wake requests from a bounded queue (a full queue drops them,
+//! counted), applies the per-UAID and overall rate limits, and calls the configured driver with a
+//! timeout: `udp` sends a datagram to the device's `wakeup_hostport` (only inside the configured
+//! networks, so the server cannot be made to send traffic anywhere), `webhook` POSTs
+//! `{"uaid", "wake"}` to a configured URL (a carrier service, or a bridge to FCM/APNs).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use sm::wake::Wake;
+use sm::Uaid;
+
+use crate::config::WakeConfig;
+
+/// Wake requests waiting for the driver thread; more are dropped.
+const QUEUE: usize = 4096;
+/// Per-UAID rate-limit entries kept; older ones are forgotten first.
+const MAX_TRACKED: usize = 100_000;
+
+/// How a wake ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The driver did its part (datagram sent, webhook answered 2xx).
+    Sent,
+    /// The driver failed (socket error, timeout, webhook non-2xx).
+    Failed,
+    /// Not attempted: rate limit, address outside the allowed networks, no usable wake data.
+    Refused,
+    /// Not attempted: the queue was full.
+    Dropped,
+}
+
+const OUTCOMES: [(Outcome, &str); 4] = [
+    (Outcome::Sent, "sent"),
+    (Outcome::Failed, "failed"),
+    (Outcome::Refused, "refused"),
+    (Outcome::Dropped, "dropped"),
+];
+
+static COUNTS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+fn count(o: Outcome) {
+    let i = OUTCOMES.iter().position(|(x, _)| *x == o).unwrap_or(0);
+    COUNTS[i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// `simplepush_wakes_total{outcome}` lines for `/metrics`.
+pub fn render(out: &mut String) {
+    use std::fmt::Write as _;
+    let name = "simplepush_wakes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Wake-ups of offline devices by outcome.\n# TYPE {name} counter"
+    );
+    for (i, (_, label)) in OUTCOMES.iter().enumerate() {
+        let n = COUNTS[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {n}");
+    }
+}
+
+/// An IPv4 or IPv6 network, `addr/prefix`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (one host).
+    pub fn parse(text: &str) -> Option<Net> {
+        let (a, p) = text.split_once('/').unwrap_or((text, ""));
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.trim().parse().ok()?
+        };
+        (prefix <= max).then_some(Net { addr, prefix })
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> Option<u128> {
+            match ip {
+                IpAddr::V4(v) => Some(u32::from(v) as u128),
+                IpAddr::V6(v) => Some(u128::from(v)),
+            }
+        };
+        if self.addr.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let (Some(a), Some(b)) = (bits(self.addr), bits(ip)) else {
+            return false;
+        };
+        let shift = width - u32::from(self.prefix);
+        shift >= 128 || (a >> shift) == (b >> shift)
+    }
+}
+
+/// The per-UAID and overall limits.
+struct Limits {
+    per_uaid: Duration,
+    per_sec: u64,
+    last: HashMap<Uaid, Instant>,
+    window: Instant,
+    in_window: u64,
+}
+
+impl Limits {
+    fn allow(&mut self, uaid: &Uaid, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.in_window = 0;
+        }
+        if self.in_window >= self.per_sec {
+            return false;
+        }
+        if self
+            .last
+            .get(uaid)
+            .is_some_and(|t| now.duration_since(*t) < self.per_uaid)
+        {
+            return false;
+        }
+        if self.last.len() >= MAX_TRACKED {
+            let per_uaid = self.per_uaid;
+            self.last.retain(|_, t| now.duration_since(*t) < per_uaid);
+        }
+        self.last.insert(*uaid, now);
+        self.in_window += 1;
+        true
+    }
+}
+
+/// The configured driver.
+enum Driver {
+    Udp { allow: Vec<Net> },
+    Webhook { url: String },
+}
+
+/// Hands wake requests to the driver thread.
+#[derive(Clone)]
+pub struct Waker {
+    tx: SyncSender<(Uaid, String)>,
+}
+
+impl Waker {
+    /// Starts the driver thread; `None` for driver `none` (or a UDP driver with no network allowed).
+    pub fn start(cfg: &WakeConfig) -> Option<Waker> {
+        let driver = match cfg.driver.as_str() {
+            "udp" => {
+                let allow: Vec<Net> = cfg.udp_allow.iter().filter_map(|n| Net::parse(n)).collect();
+                if allow.is_empty() {
+                    warn!("wake.driver = \"udp\" with an empty wake.udp_allow: no datagram will be sent");
+                    return None;
+                }
+                Driver::Udp { allow }
+            }
+            "webhook" => Driver::Webhook {
+                url: cfg.webhook_url.clone(),
+            },
+            _ => return None,
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let limits = Limits {
+            per_uaid: Duration::from_millis(cfg.min_interval_ms),
+            per_sec: cfg.max_per_sec,
+            last: HashMap::new(),
+            window: Instant::now(),
+            in_window: 0,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("wake".into())
+            .spawn(move || run(rx, driver, limits, timeout));
+        match spawned {
+            Ok(_) => Some(Waker { tx }),
+            Err(e) => {
+                warn!("wake: no driver thread ({e}); offline devices will not be woken");
+                None
+            }
+        }
+    }
+
+    /// Asks for a wake-up of the UAID's device; never blocks.
+    pub fn wake(&self, uaid: Uaid, wake: String) {
+        match self.tx.try_send((uaid, wake)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                count(Outcome::Dropped)
+            }
+        }
+    }
+}
+
+fn run(rx: Receiver<(Uaid, String)>, driver: Driver, mut limits: Limits, timeout: Duration) {
+    while let Ok((uaid, text)) = rx.recv() {
+        let outcome = match Wake::from_json(&text) {
+            None => Outcome::Refused,
+            Some(_) if !limits.allow(&uaid, Instant::now()) => Outcome::Refused,
+            Some(wake) => match &driver {
+                Driver::Udp { allow } => udp(&uaid, &wake, allow),
+                Driver::Webhook { url } => webhook(url, &uaid, &text, timeout),
+            },
+        };
+        debug!("wake uaid={uaid}: {outcome:?}");
+        count(outcome);
+    }
+}
+
+fn udp(uaid: &Uaid, wake: &Wake, allow: &[Net]) -> Outcome {
+    let Some(to) = wake.hostport else {
+        return Outcome::Refused;
+    };
+    if !allow.iter().any(|n| n.contains(to.ip())) {
+        debug!("wake uaid={uaid}: {to} is outside wake.udp_allow");
+        return Outcome::Refused;
+    }
+    let local: SocketAddr = if to.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sent =
+        UdpSocket::bind(local).and_then(|s| s.send_to(format!("wake {uaid}").as_bytes(), to));
+    match sent {
+        Ok(_) => Outcome::Sent,
+        Err(e) => {
+            debug!("wake uaid={uaid}: udp to {to}: {e}");
+            Outcome::Failed
+        }
+    }
+}
+
+/// POSTs `{"uaid","wake"}`; sent when the answer is 2xx within `timeout` in all.
+fn webhook(url: &str, uaid: &Uaid, wake_json: &str, timeout: Duration) -> Outcome {
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Outcome::Failed;
+    };
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let body = format!("{{\"uaid\":\"{uaid}\",\"wake\":{wake_json}}}");
+    let attempt = || -> Option<u16> {
+        let addr = host.to_socket_addrs().ok()?.next()?;
+        let mut s = TcpStream::connect_timeout(&addr, left()?).ok()?;
+        s.set_write_timeout(left()).ok()?;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut head = [0u8; 12];
+        let mut got = 0;
+        while got < head.len() {
+            s.set_read_timeout(Some(left()?)).ok()?;
+            let n = s.read(&mut head[got..]).ok()?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
+    };
+    match attempt() {
+        Some(status) if (200..300).contains(&status) => Outcome::Sent,
+        other => {
+            debug!("wake uaid={uaid}: webhook {url}: {other:?}");
+            Outcome::Failed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sm::Id;
+
+    #[test]
+    fn networks() {
+        let n = Net::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.200.1.2".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(!n.contains("::1".parse().unwrap()));
+        let host = Net::parse("127.0.0.1").unwrap();
+        assert!(host.contains("127.0.0.1".parse().unwrap()));
+        assert!(!host.contains("127.0.0.2".parse().unwrap()));
+        assert!(Net::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Net::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert_eq!(Net::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_per_uaid_and_overall() {
+        let t0 = Instant::now();
+        let mut l = Limits {
+            per_uaid: Duration::from_secs(10),
+            per_sec: 3,
+            last: HashMap::new(),
+            window: t0,
+            in_window: 0,
+        };
+        let u = |n| Uaid(Id::fresh([n; 16]));
+        assert!(l.allow(&u(1), t0));
+        assert!(!l.allow(&u(1), t0 + Duration::from_secs(5)));
+        assert!(l.allow(&u(2), t0));
+        assert!(l.allow(&u(3), t0));
+        // The fourth in the same second, whoever it is for, waits.
+        assert!(!l.allow(&u(4), t0 + Duration::from_millis(500)));
+        assert!(l.allow(&u(4), t0 + Duration::from_millis(1500)));
+        assert!(l.allow(&u(1), t0 + Duration::from_secs(11)));
+    }
+}
