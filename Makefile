@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config.sample.toml
 
-.PHONY: run build test lint unit firefox-test bench scale fuzz fmt clean
+.PHONY: run build test lint unit firefox-test bench scale soak fuzz fmt clean
 
 ## Run the server on the embedded memory store (127.0.0.1:8080).
 run:
@@ -38,6 +38,12 @@ bench:
 ## 200,000 connections: 11 cluster nodes sharing memcached on this machine; appends to BENCHMARKS.md.
 scale:
 	bash loadtest/scale.sh BENCHMARKS.md
+
+## Soak: 10 minutes of churn (SOAK_SECS) over 6,000 devices with PUTs flowing, in two identical rounds;
+## fails if an accepted notification is lost or the server's RSS grows from round to round; appends
+## to BENCHMARKS.md. SOAK_BACKEND=memcached uses a memcached it starts; see loadtest/README.md.
+soak:
+	bash loadtest/soak.sh BENCHMARKS.md
 
 ## Fuzz each target for FUZZ_SECS seconds (needs `cargo install cargo-fuzz`; RUSTC_BOOTSTRAP lets
 ## stable Rust take its nightly flags). Seeds: fuzz/corpus/<target>; new inputs go to

@@ -22,7 +22,13 @@ SCENARIOS:
               received; every notification is acked; lost = answered 200/202 but never
               delivered by the end of --grace
     churn     connect / hello / register / close-frame cycles started at --rate per second for
-              --duration seconds, at most --connections in flight; latency = the whole cycle
+              --duration seconds, at most --connections in flight; latency = the whole cycle.
+              With --devices N: a fixed population of N devices (set up once), each cycle
+              reconnecting one with its uaid and channelIDs, taking its stored versions, staying
+              --dwell s, maybe replacing a channel (--rotate), then closing (or dropping the
+              socket, --drop); PUTs at --put-rate go to any device, online or not; after each of
+              --rounds rounds every device reconnects and lost = channels whose highest version
+              answered 200/202 never arrived; the server is sampled after each round (--settle)
     offline   connect + hello + register --connections clients, close them, PUT one version to
               each channel (202 expected), reconnect each with its uaid and channelIDs;
               latency = hello sent -> stored version flushed; lost = missing versions
@@ -58,6 +64,22 @@ OPTIONS:
     --pipeline N          PUTs in flight (pipelined) per HTTP connection [default: 64]
     --no-progress         no progress line on stderr
     -h, --help            print this help
+
+CHURN WITH A FIXED POPULATION (--devices; --connections is then the most online at once):
+    --devices N           devices set up once and cycled [default: 0 = a fresh device per cycle]
+    --put-rate R          PUTs per second to random channels of the devices, at most one in
+                          flight per channel [default: 0]
+    --dwell SECS          mean time online per cycle, uniform in 0..2*SECS [default: 2]
+    --rotate P            fraction of cycles that unregister one channel and register a fresh
+                          one in its place [default: 0.1]
+    --drop P              fraction of cycles that end by dropping the socket without a close
+                          frame [default: 0.1]
+    --rounds K            churn rounds of --duration s, each ending with every device
+                          reconnected and checked, then a server sample [default: 1]
+    --settle SECS         wait after closing every device before sampling the server [default: 5]
+    --rss-csv FILE        with --server-pid: write the server's RSS to FILE (CSV), a row every
+                          --sample-secs and one at every phase barrier
+    --sample-secs SECS    [default: 10]
 
 OUTPUT:
     A progress line on stderr once a second (phase, connections ok/failed/open, rates,
@@ -136,6 +158,16 @@ pub struct Config {
     pub http_conns: u32,
     pub pipeline: u32,
     pub progress: bool,
+    /// Churn with a fixed population (0 = a fresh device per cycle).
+    pub devices: u64,
+    pub put_rate: f64,
+    pub dwell: f64,
+    pub rotate: f64,
+    pub drop: f64,
+    pub rounds: u32,
+    pub settle: f64,
+    pub rss_csv: Option<PathBuf>,
+    pub sample_secs: f64,
 }
 
 /// What a child process is told: its share of the run.
@@ -189,6 +221,15 @@ struct Builder {
     http_conns: Option<u32>,
     pipeline: Option<u32>,
     no_progress: bool,
+    devices: Option<u64>,
+    put_rate: Option<f64>,
+    dwell: Option<f64>,
+    rotate: Option<f64>,
+    drop: Option<f64>,
+    rounds: Option<u32>,
+    settle: Option<f64>,
+    rss_csv: Option<PathBuf>,
+    sample_secs: Option<f64>,
 }
 
 impl Builder {
@@ -242,6 +283,15 @@ impl Builder {
             "grace" => self.grace = Some(real(name, v)?),
             "http-conns" => self.http_conns = Some(num(name, v)?),
             "pipeline" => self.pipeline = Some(num(name, v)?),
+            "devices" => self.devices = Some(num(name, v)?),
+            "put-rate" => self.put_rate = Some(real(name, v)?),
+            "dwell" => self.dwell = Some(real(name, v)?),
+            "rotate" => self.rotate = Some(real(name, v)?),
+            "drop" => self.drop = Some(real(name, v)?),
+            "rounds" => self.rounds = Some(num(name, v)?),
+            "settle" => self.settle = Some(real(name, v)?),
+            "rss-csv" => self.rss_csv = Some(PathBuf::from(v)),
+            "sample-secs" => self.sample_secs = Some(real(name, v)?),
             _ => return Err(format!("unknown option --{name} (try --help)")),
         }
         Ok(())
@@ -273,6 +323,15 @@ impl Builder {
             http_conns: self.http_conns.unwrap_or(8),
             pipeline: self.pipeline.unwrap_or(64),
             progress: !self.no_progress,
+            devices: self.devices.unwrap_or(0),
+            put_rate: self.put_rate.unwrap_or(0.0),
+            dwell: self.dwell.unwrap_or(2.0),
+            rotate: self.rotate.unwrap_or(0.1),
+            drop: self.drop.unwrap_or(0.1),
+            rounds: self.rounds.unwrap_or(1),
+            settle: self.settle.unwrap_or(5.0),
+            rss_csv: self.rss_csv,
+            sample_secs: self.sample_secs.unwrap_or(10.0),
         };
         validate(&cfg)?;
         Ok(cfg)
@@ -316,8 +375,8 @@ pub fn validate(c: &Config) -> Result<(), String> {
         "--max-seconds must be 1..=86400",
     )?;
     check(
-        c.duration <= c.max_seconds,
-        "--duration must not exceed --max-seconds",
+        c.duration * f64::from(c.rounds.max(1)) <= c.max_seconds,
+        "--duration (times --rounds) must not exceed --max-seconds",
     )?;
     check(c.max_handshakes >= 1, "--max-handshakes must be at least 1")?;
     check((1..=64).contains(&c.procs), "--procs must be 1..=64")?;
@@ -334,6 +393,42 @@ pub fn validate(c: &Config) -> Result<(), String> {
     check(
         c.scenario != Scenario::Churn || c.rate > 0.0,
         "churn needs --rate > 0 (cycles started per second)",
+    )?;
+    check(
+        c.devices == 0 || c.scenario == Scenario::Churn,
+        "--devices is for churn only",
+    )?;
+    check(
+        c.devices <= 10_000_000,
+        "--devices must be at most 10000000",
+    )?;
+    check(
+        c.devices == 0 || c.connections <= c.devices,
+        "with --devices, --connections (most online at once) must not exceed --devices",
+    )?;
+    check(
+        c.devices == 0 || c.devices >= u64::from(c.procs),
+        "--devices must be at least --procs",
+    )?;
+    check(
+        c.put_rate <= 10_000_000.0,
+        "--put-rate must be at most 10000000",
+    )?;
+    check(c.dwell <= 3600.0, "--dwell must be at most 3600 s")?;
+    check(
+        c.rotate <= 1.0 && c.drop <= 1.0,
+        "--rotate and --drop are fractions, 0..=1",
+    )?;
+    check((1..=100).contains(&c.rounds), "--rounds must be 1..=100")?;
+    check(
+        c.rounds == 1 || c.devices > 0,
+        "--rounds needs --devices (churn with a fixed population)",
+    )?;
+    check(c.settle <= 600.0, "--settle must be at most 600 s")?;
+    check(c.sample_secs >= 0.1, "--sample-secs must be at least 0.1")?;
+    check(
+        c.rss_csv.is_none() || c.server_pid.is_some(),
+        "--rss-csv needs --server-pid",
     )?;
     let ws = WsTarget::parse(&c.ws_url)?;
     if let Some(base) = &c.endpoint_base {
@@ -387,5 +482,13 @@ mod tests {
         assert!(run("connect --source-addrs 10.1.1.1").is_err());
         assert!(run("connect --source-addrs ::1").is_err());
         assert!(run("churn --rate 0").is_err());
+        assert!(run("notify --devices 10").is_err());
+        assert!(run("churn --devices 10 --connections 20").is_err());
+        assert!(run("churn --rounds 2").is_err());
+        assert!(run("churn --devices 10 --connections 5 --rotate 1.5").is_err());
+        assert!(run("churn --devices 10 --connections 5 --rss-csv x.csv").is_err());
+        assert!(run("churn --devices 10 --connections 5 --rounds 2 --duration 400").is_err());
+        let c = run("churn --devices 10 --connections 5 --rounds 2 --put-rate 50").unwrap();
+        assert_eq!((c.devices, c.rounds, c.put_rate), (10, 2, 50.0));
     }
 }

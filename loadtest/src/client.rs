@@ -28,6 +28,8 @@ pub enum Phase {
     Registering,
     Ready,
     Pinging,
+    /// Open, replacing one channel: unregister sent, then register of a fresh channel.
+    Rotating,
     Closing,
     Done,
 }
@@ -42,7 +44,7 @@ impl Phase {
     }
 
     pub fn is_open(self) -> bool {
-        matches!(self, Self::Ready | Self::Pinging)
+        matches!(self, Self::Ready | Self::Pinging | Self::Rotating)
     }
 
     fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Phase {
             Self::Registering => "register",
             Self::Ready => "ready",
             Self::Pinging => "ping",
+            Self::Rotating => "rotate",
             Self::Closing => "close",
             Self::Done => "done",
         }
@@ -79,6 +82,34 @@ pub struct EndpointRef {
 pub struct Channel {
     pub chid: String,
     pub endpoint: Option<EndpointRef>,
+    /// Delivery book (churn with --devices): the highest version the server accepted (200/202)
+    /// and the highest version this device received; SimplePush versions overwrite, so the
+    /// channel is owed something exactly while `acked > received`.
+    pub acked: u64,
+    pub received: u64,
+    /// A PUT to this channel is waiting for its answer (at most one at a time, as an app server
+    /// that wants its versions in order does).
+    pub inflight: bool,
+    /// Being unregistered: no PUTs to it.
+    pub retiring: bool,
+}
+
+impl Channel {
+    pub fn new(chid: String) -> Self {
+        Self {
+            chid,
+            endpoint: None,
+            acked: 0,
+            received: 0,
+            inflight: false,
+            retiring: false,
+        }
+    }
+
+    /// Accepted versions not delivered yet.
+    pub fn owed(&self) -> bool {
+        self.acked > self.received
+    }
 }
 
 /// What a client reports to the loop.
@@ -95,6 +126,14 @@ pub enum Out {
     },
     /// A resumed hello was answered with another uaid.
     UaidChanged,
+    /// Rotation: channel `chan` was unregistered; `owed` if an accepted version had not arrived.
+    Unregistered {
+        owed: bool,
+    },
+    /// Rotation complete: the fresh channel is registered (its Endpoint came just before).
+    Rotated,
+    /// Rotation failed (the socket stays open); the kind names the step and cause.
+    RotateFailed(String),
     /// A notification's updates (channelID, version); already acked.
     Notification(Vec<(String, u64)>),
     Pong,
@@ -162,6 +201,8 @@ pub struct Client {
     pub hello_at: Instant,
     pub deadline: Instant,
     close_by_us: bool,
+    /// The channel being replaced while Rotating.
+    rotating: Option<usize>,
 }
 
 impl Client {
@@ -177,6 +218,7 @@ impl Client {
             hello_at: now,
             deadline: now,
             close_by_us: false,
+            rotating: None,
         }
     }
 
@@ -216,6 +258,28 @@ impl Client {
         self.send(ctx, "{}".to_string());
     }
 
+    /// Replaces channel `chan` (Ready only): unregister it, then register a fresh channel in
+    /// its place. Reports Unregistered, then Endpoint and Rotated (or RotateFailed).
+    pub fn rotate(&mut self, chan: usize, ctx: &mut Ctx) {
+        if self.phase != Phase::Ready || chan >= self.channels.len() {
+            return;
+        }
+        self.channels[chan].retiring = true;
+        self.rotating = Some(chan);
+        self.phase = Phase::Rotating;
+        self.deadline = ctx.now + ctx.shared.setup_timeout;
+        let msg = json!({"messageType": "unregister", "channelID": self.channels[chan].chid});
+        self.send(ctx, msg.to_string());
+    }
+
+    fn rotate_failed(&mut self, ctx: &mut Ctx, kind: String) {
+        if let Some(chan) = self.rotating.take() {
+            self.channels[chan].retiring = false;
+        }
+        self.phase = Phase::Ready;
+        ctx.out.push(Out::RotateFailed(kind));
+    }
+
     /// Starts a clean close (close frame, then wait for the server's close and its FIN).
     pub fn close(&mut self, ctx: &mut Ctx) {
         if matches!(self.phase, Phase::Idle | Phase::Done | Phase::Closing) {
@@ -245,6 +309,7 @@ impl Client {
                 self.phase = Phase::Ready;
                 ctx.out.push(Out::PingLost);
             }
+            Phase::Rotating => self.rotate_failed(ctx, "timeout_rotate".to_string()),
             Phase::Closing => {
                 self.conn = Conn::None;
                 self.phase = Phase::Done;
@@ -264,10 +329,19 @@ impl Client {
     pub fn reset(&mut self) {
         self.conn = Conn::None;
         self.phase = Phase::Idle;
+        // A rotation cut short by the socket's end: the channel was settled and got no PUTs
+        // since, so whether or not the server saw the unregister, nothing is owed on it.
+        if let Some(chan) = self.rotating.take() {
+            self.channels[chan].retiring = false;
+        }
     }
 
     pub fn has_deadline(&self) -> bool {
-        self.phase.in_setup() || matches!(self.phase, Phase::Pinging | Phase::Closing)
+        self.phase.in_setup()
+            || matches!(
+                self.phase,
+                Phase::Pinging | Phase::Closing | Phase::Rotating
+            )
     }
 
     fn on_connecting(&mut self, ctx: &mut Ctx) {
@@ -388,7 +462,9 @@ impl Client {
             .to_ascii_lowercase();
         match kind.as_str() {
             "hello" => self.on_hello(&v, ctx),
+            "register" if self.phase == Phase::Rotating => self.on_rotate_register(&v, ctx),
             "register" => self.on_register(&v, ctx),
+            "unregister" => self.on_unregister(&v, ctx),
             "notification" => self.on_notification(&v, ctx),
             "" if self.phase == Phase::Pinging => {
                 self.phase = Phase::Ready;
@@ -424,12 +500,7 @@ impl Client {
 
     fn register_all(&mut self, ctx: &mut Ctx) {
         let k = ctx.shared.channels as usize;
-        self.channels = (0..k)
-            .map(|_| Channel {
-                chid: ctx.rng.uuid(),
-                endpoint: None,
-            })
-            .collect();
+        self.channels = (0..k).map(|_| Channel::new(ctx.rng.uuid())).collect();
         self.awaiting = k;
         self.phase = Phase::Registering;
         for i in 0..k {
@@ -464,6 +535,49 @@ impl Client {
         if self.awaiting == 0 {
             self.up(ctx);
         }
+    }
+
+    fn on_unregister(&mut self, v: &Value, ctx: &mut Ctx) {
+        let Some(chan) = self.rotating.filter(|_| self.phase == Phase::Rotating) else {
+            return;
+        };
+        let status = status_of(v);
+        if status != 200 {
+            return self.rotate_failed(ctx, format!("unregister_status_{status}"));
+        }
+        let chid = v.get("channelID").and_then(Value::as_str).unwrap_or("");
+        if !self.channels[chan].chid.eq_ignore_ascii_case(chid) {
+            return self.rotate_failed(ctx, "unregister_unknown_channel".to_string());
+        }
+        // Every version the server accepted for it was written to this socket before it read
+        // the unregister, so it must have arrived by now.
+        ctx.out.push(Out::Unregistered {
+            owed: self.channels[chan].owed(),
+        });
+        self.channels[chan] = Channel::new(ctx.rng.uuid());
+        let msg = json!({"messageType": "register", "channelID": self.channels[chan].chid});
+        self.send(ctx, msg.to_string());
+    }
+
+    fn on_rotate_register(&mut self, v: &Value, ctx: &mut Ctx) {
+        let Some(chan) = self.rotating else { return };
+        let status = status_of(v);
+        if status != 200 {
+            return self.rotate_failed(ctx, format!("register_status_{status}"));
+        }
+        let chid = v.get("channelID").and_then(Value::as_str).unwrap_or("");
+        if !self.channels[chan].chid.eq_ignore_ascii_case(chid) {
+            return self.rotate_failed(ctx, "register_unknown_channel".to_string());
+        }
+        let url = v
+            .get("pushEndpoint")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        ctx.out.push(Out::Endpoint { chan, url });
+        self.rotating = None;
+        self.phase = Phase::Ready;
+        ctx.out.push(Out::Rotated);
     }
 
     fn up(&mut self, ctx: &mut Ctx) {

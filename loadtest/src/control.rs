@@ -22,6 +22,21 @@ pub enum Point {
     Connected,
     /// The scenario's main phase is over (before the final closes).
     End,
+    /// Churn with a fixed population: round N is over, every device checked and closed, and
+    /// --settle seconds have passed.
+    Round(u32),
+}
+
+impl Point {
+    /// The name used in the RSS CSV.
+    pub fn label(self) -> String {
+        match self {
+            Self::Start => "start".into(),
+            Self::Connected => "connected".into(),
+            Self::End => "end".into(),
+            Self::Round(n) => format!("round{n}"),
+        }
+    }
 }
 
 /// Server readings at the barriers.
@@ -31,6 +46,8 @@ pub struct ServerSamples {
     pub start: Option<Sample>,
     pub connected: Option<Sample>,
     pub end: Option<Sample>,
+    /// After each round (churn with --devices), in order.
+    pub rounds: Vec<Sample>,
     pub errors: Vec<String>,
 }
 
@@ -49,6 +66,7 @@ impl ServerSamples {
                 Point::Start => self.start = Some(s),
                 Point::Connected => self.connected = Some(s),
                 Point::End => self.end = Some(s),
+                Point::Round(_) => self.rounds.push(s),
             },
             Err(e) => self
                 .errors

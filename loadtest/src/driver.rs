@@ -12,13 +12,14 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::addrs::{SourceAddrs, SourceCycle};
 use crate::cli::Config;
-use crate::client::{io_kind, Client, Ctx, EndpointRef, Mode, Out, Phase, Shared};
+use crate::client::{io_kind, Channel, Client, Ctx, EndpointRef, Mode, Out, Phase, Shared};
 use crate::control::{self, ChildLink, ChildMsg, Control, Point};
 use crate::http::{HttpOut, Pool};
 use crate::net;
 use crate::procstat;
 use crate::progress::{Printer, Snapshot};
 use crate::rng::Rng;
+use crate::rsslog::RssLog;
 use crate::tally::{Hist, Tally};
 use crate::target::{Endpoint, EndpointBase, WsTarget};
 use crate::tracker::{Matched, Tracker};
@@ -44,6 +45,9 @@ pub enum OnUp {
     Hold,
     /// Close at once (churn): a clean close completes a cycle.
     Close,
+    /// Report it in `came_up` (churn with --devices decides how long it stays): a close or a
+    /// failed setup ends a cycle; the connect latency of a resumed hello is recorded.
+    Report,
 }
 
 /// A client's phase and deadline, kept apart from the (large) clients so that sweeping and
@@ -94,6 +98,11 @@ pub struct Driver {
     pub on_up: OnUp,
     /// Clients that reached Done since the scenario last looked.
     pub finished: Vec<usize>,
+    /// Clients set up since the scenario last looked (OnUp::Report).
+    pub came_up: Vec<usize>,
+    /// Churn with --devices: keep the per-channel delivery books.
+    books: bool,
+    rss_log: Option<RssLog>,
     outs: Vec<Out>,
     http_outs: Vec<HttpOut>,
     last_sweep: Instant,
@@ -133,6 +142,14 @@ impl Driver {
             Duration::from_secs_f64(cfg.timeout),
         );
         let printer = Printer::new(cfg.progress && matches!(control, Control::Solo(_)));
+        let rss_log = match (&control, &cfg.rss_csv, cfg.server_pid) {
+            (Control::Solo(_), Some(path), Some(pid)) => Some(
+                RssLog::create(path, pid, cfg.sample_secs)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
+            ),
+            _ => None,
+        };
+        let books = cfg.devices > 0;
         Ok(Self {
             hard_deadline: now + Duration::from_secs_f64(cfg.max_seconds),
             cfg,
@@ -167,6 +184,9 @@ impl Driver {
             latency_ref: LatencyRef::PutSent,
             on_up: OnUp::Hold,
             finished: Vec::new(),
+            came_up: Vec::new(),
+            books,
+            rss_log,
             outs: Vec::new(),
             http_outs: Vec::new(),
             last_sweep: now,
@@ -219,6 +239,12 @@ impl Driver {
         if now.duration_since(self.last_progress) >= PROGRESS_EVERY {
             self.last_progress = now;
             self.progress();
+        }
+        if self.rss_log.as_ref().is_some_and(|l| l.due(now)) {
+            let snap = self.snapshot();
+            if let Some(log) = &mut self.rss_log {
+                log.row(self.phase, &snap);
+            }
         }
         if now >= self.hard_deadline {
             if !self.stop {
@@ -285,6 +311,17 @@ impl Driver {
             Out::SetupFailed(kind) => self.on_setup_failed(idx, &kind),
             Out::Endpoint { chan, url } => self.on_endpoint(idx, chan, &url),
             Out::UaidChanged => self.tally.uaid_changed += 1,
+            Out::Unregistered { owed } => {
+                if owed {
+                    self.tally.lost += 1;
+                    self.tally.lost_at_unregister += 1;
+                }
+            }
+            Out::Rotated => self.tally.rotations_ok += 1,
+            Out::RotateFailed(kind) => {
+                self.tally.rotations_failed += 1;
+                Tally::count(&mut self.tally.failures, &format!("rotate: {kind}"));
+            }
             Out::Notification(updates) => self.on_notification(idx, &updates, now),
             Out::Pong => self.tally.ping_ok += 1,
             Out::PingLost => self.tally.ping_failed += 1,
@@ -305,11 +342,23 @@ impl Driver {
                 self.tally.conn_ok += 1;
                 self.connect_hist.record_us(us);
             }
-            Mode::Resume => self.tally.reconnect_ok += 1,
+            Mode::Resume => {
+                self.tally.reconnect_ok += 1;
+                if self.on_up == OnUp::Report {
+                    self.connect_hist.record_us(us);
+                }
+            }
         }
-        if self.on_up == OnUp::Close {
-            self.with_client(idx, now, |c, ctx| c.close(ctx));
+        match self.on_up {
+            OnUp::Close => self.with_client(idx, now, |c, ctx| c.close(ctx)),
+            OnUp::Report => self.came_up.push(idx),
+            OnUp::Hold => {}
         }
+    }
+
+    /// Cycles are being counted (churn).
+    fn cycling(&self) -> bool {
+        matches!(self.on_up, OnUp::Close | OnUp::Report)
     }
 
     fn on_setup_failed(&mut self, idx: usize, kind: &str) {
@@ -324,7 +373,7 @@ impl Driver {
                 Tally::count(&mut self.tally.failures, &format!("reconnect {kind}"));
             }
         }
-        if self.on_up == OnUp::Close {
+        if self.cycling() {
             self.tally.cycles_failed += 1;
         }
         self.finished.push(idx);
@@ -334,11 +383,14 @@ impl Driver {
         if !clean {
             Tally::count(&mut self.tally.failures, "close_not_clean");
         }
-        if self.on_up == OnUp::Close {
+        if self.cycling() {
             if clean {
                 self.tally.cycles_ok += 1;
-                let us = now.duration_since(self.clients[idx].started).as_micros() as u64;
-                self.latency_hist.record_us(us);
+                // A cycle with a dwell (Report) is not a latency.
+                if self.on_up == OnUp::Close {
+                    let us = now.duration_since(self.clients[idx].started).as_micros() as u64;
+                    self.latency_hist.record_us(us);
+                }
             } else {
                 self.tally.cycles_failed += 1;
             }
@@ -398,6 +450,14 @@ impl Driver {
     }
 
     fn on_notification(&mut self, idx: usize, updates: &[(String, u64)], now: Instant) {
+        if self.books {
+            let chans = &mut self.clients[idx].channels;
+            for (chid, version) in updates {
+                if let Some(ch) = chans.iter_mut().find(|c| c.chid.eq_ignore_ascii_case(chid)) {
+                    ch.received = ch.received.max(*version);
+                }
+            }
+        }
         for &(_, version) in updates {
             match self.tracker.delivered(version, idx as u32) {
                 Matched::Put {
@@ -425,17 +485,41 @@ impl Driver {
             match out {
                 HttpOut::Answer(version, status) => {
                     Tally::count(&mut self.tally.statuses, &status.to_string());
-                    self.tracker.answered(version, status);
+                    if let Some((c, chan)) = self.tracker.answered(version, status) {
+                        let accepted = status == 200 || status == 202;
+                        self.book(c, chan, |ch| {
+                            ch.inflight = false;
+                            if accepted {
+                                ch.acked = ch.acked.max(version);
+                            }
+                        });
+                    }
                 }
                 HttpOut::Lost(version) => {
                     self.tally.unanswered += 1;
-                    self.tracker.abandoned(version);
+                    if let Some((c, chan)) = self.tracker.abandoned(version) {
+                        self.book(c, chan, |ch| ch.inflight = false);
+                    }
                 }
                 HttpOut::Reopen(why) => {
                     self.tally.http_reconnects += 1;
                     Tally::count(&mut self.tally.http_errors, &why);
                 }
             }
+        }
+    }
+
+    /// Updates the delivery book of channel `chan` of client `c` (churn with --devices).
+    fn book(&mut self, c: u32, chan: u16, f: impl FnOnce(&mut Channel)) {
+        if !self.books {
+            return;
+        }
+        if let Some(ch) = self
+            .clients
+            .get_mut(c as usize)
+            .and_then(|cl| cl.channels.get_mut(usize::from(chan)))
+        {
+            f(ch);
         }
     }
 
@@ -473,6 +557,30 @@ impl Driver {
 
     pub fn channel_count(&self, idx: usize) -> usize {
         self.clients[idx].channels.len()
+    }
+
+    pub fn channels(&self, idx: usize) -> &[Channel] {
+        &self.clients[idx].channels
+    }
+
+    pub fn channels_mut(&mut self, idx: usize) -> &mut [Channel] {
+        &mut self.clients[idx].channels
+    }
+
+    /// Whether client `idx` completed its first setup (it has a uaid).
+    pub fn has_uaid(&self, idx: usize) -> bool {
+        !self.clients[idx].uaid.is_empty()
+    }
+
+    /// Drops client `idx`'s socket without a close frame (the kernel sends a FIN); it is Done.
+    pub fn drop_client(&mut self, idx: usize) {
+        self.clients[idx].abandon();
+        self.remark(idx);
+    }
+
+    /// Starts replacing channel `chan` of open client `idx` (unregister, register a fresh one).
+    pub fn rotate_client(&mut self, idx: usize, chan: usize) {
+        self.with_client(idx, Instant::now(), |c, ctx| c.rotate(chan, ctx));
     }
 
     /// Readies a finished client for another start (its uaid and channels are kept).
@@ -528,11 +636,12 @@ impl Driver {
             pool.activate();
             return PutResult::NoRoom;
         }
-        let version = self.tracker.start(idx as u32, Instant::now());
+        let version = self.tracker.start(idx as u32, chan as u16, Instant::now());
         if !pool.put(&ep.path, version, version, &mut self.http_outs) {
             self.tracker.cancel(version);
             return PutResult::NoRoom;
         }
+        self.clients[idx].channels[chan].inflight = true;
         self.tally.sent += 1;
         self.drain_http();
         PutResult::Sent
@@ -555,7 +664,14 @@ impl Driver {
     /// for its `go` (child).
     pub fn barrier(&mut self, point: Point) {
         let want = match &mut self.control {
-            Control::Solo(samples) => return samples.take(point),
+            Control::Solo(samples) => {
+                samples.take(point);
+                let snap = self.snapshot();
+                if let Some(log) = &mut self.rss_log {
+                    log.row(&point.label(), &snap);
+                }
+                return;
+            }
             Control::Child(link) => link.gos + 1,
         };
         self.progress();
@@ -614,7 +730,13 @@ impl Driver {
             c.abandon();
         }
         let (lost, unanswered) = self.tracker.finish();
-        self.tally.lost += lost;
+        if self.books {
+            // Versions not delivered as such: loss is judged per channel (the books), and
+            // these were overwritten by a newer version before their device came back.
+            self.tally.superseded += lost;
+        } else {
+            self.tally.lost += lost;
+        }
         self.tally.unanswered += unanswered;
         self.tally.connect_hist = self.connect_hist.pairs();
         self.tally.latency_hist = self.latency_hist.pairs();

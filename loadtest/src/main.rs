@@ -14,6 +14,7 @@ mod procstat;
 mod progress;
 mod report;
 mod rng;
+mod rsslog;
 mod scenario;
 mod tally;
 mod target;

@@ -13,6 +13,7 @@ use crate::addrs::SourceAddrs;
 use crate::cli::{ChildSpec, Config};
 use crate::control::{ChildMsg, Point, ServerSamples};
 use crate::progress::{Printer, Snapshot};
+use crate::rsslog::RssLog;
 use crate::tally::Tally;
 
 /// Time past --max-seconds after which children still running are killed.
@@ -35,6 +36,10 @@ pub fn share(cfg: &Config, i: usize, procs: usize, addrs: Option<&SourceAddrs>) 
     let n = cfg.connections as usize;
     let mut c = cfg.clone();
     c.connections = (n / procs + usize::from(i < n % procs)) as u64;
+    let devices = cfg.devices as usize;
+    c.devices = (devices / procs + usize::from(i < devices % procs)) as u64;
+    c.put_rate = cfg.put_rate / procs as f64;
+    c.rss_csv = None;
     c.rate = cfg.rate / procs as f64;
     c.ramp = cfg.ramp / procs as f64;
     c.max_handshakes = (cfg.max_handshakes / procs as u64).max(1);
@@ -71,7 +76,17 @@ pub fn run(cfg: &Config) -> Result<(Tally, ServerSamples), String> {
     }
     drop(tx);
     let mut samples = ServerSamples::new(cfg.server_pid);
-    supervise(cfg, &mut kids, &rx, &mut samples);
+    let mut log = match (&cfg.rss_csv, cfg.server_pid) {
+        (Some(path), Some(pid)) => match RssLog::create(path, pid, cfg.sample_secs) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                kill_all(&mut kids);
+                return Err(format!("{}: {e}", path.display()));
+            }
+        },
+        _ => None,
+    };
+    supervise(cfg, &mut kids, &rx, &mut samples, &mut log);
     Ok((collect(&mut kids), samples))
 }
 
@@ -120,7 +135,13 @@ fn spawn(
     })
 }
 
-fn supervise(cfg: &Config, kids: &mut [Kid], rx: &Receiver<Line>, samples: &mut ServerSamples) {
+fn supervise(
+    cfg: &Config,
+    kids: &mut [Kid],
+    rx: &Receiver<Line>,
+    samples: &mut ServerSamples,
+    log: &mut Option<RssLog>,
+) {
     let kill_at = Instant::now() + Duration::from_secs_f64(cfg.max_seconds) + KILL_AFTER;
     let mut printer = Printer::new(cfg.progress);
     let mut last_print = Instant::now();
@@ -137,17 +158,30 @@ fn supervise(cfg: &Config, kids: &mut [Kid], rx: &Receiver<Line>, samples: &mut 
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        release_barrier(kids, samples);
+        if let Some(point) = release_barrier(kids, samples) {
+            if let Some(l) = log.as_mut() {
+                l.row(&point.label(), &total(kids));
+            }
+        }
+        if let Some(l) = log.as_mut().filter(|l| l.due(Instant::now())) {
+            let t = total(kids);
+            l.row(&t.phase, &t);
+        }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
-            let mut total = Snapshot::default();
-            kids.iter()
-                .filter(|k| !k.gone)
-                .for_each(|k| total.add(&k.last));
-            printer.print(&total);
+            printer.print(&total(kids));
         }
     }
     printer.done();
+}
+
+/// The children's latest progress, added up.
+fn total(kids: &[Kid]) -> Snapshot {
+    let mut total = Snapshot::default();
+    kids.iter()
+        .filter(|k| !k.gone)
+        .for_each(|k| total.add(&k.last));
+    total
 }
 
 fn on_line(kid: &mut Kid, msg: Option<ChildMsg>) {
@@ -163,12 +197,14 @@ fn on_line(kid: &mut Kid, msg: Option<ChildMsg>) {
 }
 
 /// When every running child waits at a barrier: sample the server, then tell them all `go`.
-fn release_barrier(kids: &mut [Kid], samples: &mut ServerSamples) {
+/// Returns the point released.
+fn release_barrier(kids: &mut [Kid], samples: &mut ServerSamples) -> Option<Point> {
     let mut live = kids.iter().filter(|k| !k.gone).peekable();
     if live.peek().is_none() || !live.all(|k| k.waiting.is_some()) {
-        return;
+        return None;
     }
-    if let Some(point) = kids.iter().find_map(|k| k.waiting) {
+    let point = kids.iter().find_map(|k| k.waiting);
+    if let Some(point) = point {
         samples.take(point);
     }
     for kid in kids.iter_mut().filter(|k| k.waiting.is_some()) {
@@ -181,6 +217,7 @@ fn release_barrier(kids: &mut [Kid], samples: &mut ServerSamples) {
             kid.stdin = None;
         }
     }
+    point
 }
 
 fn kill_all(kids: &mut [Kid]) {

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct Sample {
     /// VmRSS from /proc/PID/status, in bytes.
     pub rss_bytes: u64,
+    /// VmHWM (peak RSS so far) from /proc/PID/status, in bytes.
+    #[serde(default)]
+    pub hwm_bytes: u64,
     /// utime + stime from /proc/PID/stat, in microseconds.
     pub cpu_us: u64,
 }
@@ -16,9 +19,14 @@ pub struct Sample {
 pub fn sample(pid: u32) -> io::Result<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rss_bytes = vm_rss(&status).ok_or_else(|| bad("no VmRSS line"))?;
+    let rss_bytes = vm_field(&status, "VmRSS:").ok_or_else(|| bad("no VmRSS line"))?;
+    let hwm_bytes = vm_field(&status, "VmHWM:").unwrap_or(rss_bytes);
     let cpu_us = cpu_us(&stat).ok_or_else(|| bad("unreadable stat line"))?;
-    Ok(Sample { rss_bytes, cpu_us })
+    Ok(Sample {
+        rss_bytes,
+        hwm_bytes,
+        cpu_us,
+    })
 }
 
 /// CPU time (user + system) this process has used, in microseconds.
@@ -33,9 +41,10 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-fn vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut words = line["VmRSS:".len()..].split_whitespace();
+/// A `Vm…:` line of /proc/PID/status (`key` with its colon), in bytes.
+fn vm_field(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
     let n: u64 = words.next()?.parse().ok()?;
     let unit = match words.next() {
         Some("kB") | None => 1024,
@@ -71,10 +80,12 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(vm_rss("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2048 * 1024));
+        let status = "Name:\tx\nVmHWM:\t  4096 kB\nVmRSS:\t  2048 kB\n";
+        assert_eq!(vm_field(status, "VmRSS:"), Some(2048 * 1024));
+        assert_eq!(vm_field(status, "VmHWM:"), Some(4096 * 1024));
         let stat = "42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 150 50 0 0 20 0 1 0";
         assert_eq!(cpu_us(stat), Some(200 * 1_000_000 / clock_ticks()));
         let me = sample(std::process::id()).unwrap();
-        assert!(me.rss_bytes > 0);
+        assert!(me.rss_bytes > 0 && me.hwm_bytes >= me.rss_bytes);
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cli::{Config, Scenario};
 use crate::control::ServerSamples;
 use crate::procstat::Sample;
-use crate::tally::{Hist, Percentiles, Tally};
+use crate::tally::{Hist, Percentiles, RoundTally, Tally};
 
 #[derive(Serialize)]
 pub struct Report {
@@ -27,6 +27,9 @@ pub struct Report {
     pub churn: Option<Churn>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offline: Option<Offline>,
+    /// Churn with a fixed population (--devices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
     pub server: Server,
     pub tester: Tester,
     pub elapsed_secs: f64,
@@ -74,6 +77,51 @@ pub struct Offline {
     pub uaid_changed: u64,
     /// Versions answered 200/202 whose flush never came (= notifications.lost).
     pub missing: u64,
+}
+
+#[derive(Serialize)]
+pub struct Soak {
+    pub devices: u64,
+    /// Devices whose first setup succeeded (the ones cycled and checked).
+    pub population: u64,
+    /// Channels whose highest version answered 200/202 was never delivered (at the end-of-round
+    /// checks, or when the channel was unregistered).
+    pub lost: u64,
+    pub lost_at_unregister: u64,
+    /// Owed channels of devices that could not reconnect for the check.
+    pub unverified: u64,
+    /// Accepted versions never delivered themselves: overwritten by a newer version of the same
+    /// channel before the device came back (and any of lost channels).
+    pub superseded: u64,
+    pub drops: u64,
+    pub rotations_ok: u64,
+    pub rotations_failed: u64,
+    /// Resumed hellos answered with another uaid (the server forgot the device).
+    pub uaid_changed: u64,
+    /// Server RSS after the setup, every device closed, --settle later.
+    pub baseline_rss_bytes: Option<u64>,
+    /// Server VmHWM at the end (the peak RSS over the whole run).
+    pub peak_rss_bytes: Option<u64>,
+    pub rounds: Vec<SoakRound>,
+}
+
+/// One round's figures (deltas) and the server's RSS after it.
+#[derive(Serialize)]
+pub struct SoakRound {
+    pub round: u32,
+    pub churn_secs: f64,
+    pub cycles_ok: u64,
+    pub cycles_failed: u64,
+    pub drops: u64,
+    pub rotations_ok: u64,
+    pub reconnect_failed: u64,
+    pub puts_sent: u64,
+    pub puts_accepted: u64,
+    pub lost: u64,
+    pub unverified: u64,
+    pub rss_after_bytes: Option<u64>,
+    /// RSS after this round minus RSS after the previous one (the baseline for round 1).
+    pub rss_growth_bytes: Option<i64>,
 }
 
 #[derive(Serialize, Default)]
@@ -128,6 +176,9 @@ impl Report {
         let (kind, main) = match cfg.scenario {
             Scenario::Connect => ("connect_hello_register", connect),
             Scenario::Notify => ("put_to_notification", latency),
+            // With --devices, devices are often offline when a PUT comes: its latency includes
+            // the wait for the device's next hello.
+            Scenario::Churn if cfg.devices > 0 => ("put_to_notification_incl_offline", latency),
             Scenario::Churn => ("churn_cycle", latency),
             Scenario::Offline => ("hello_to_flush", latency),
         };
@@ -135,7 +186,12 @@ impl Report {
             scenario: cfg.scenario.name(),
             parameters: cfg.clone(),
             connections: connections(t),
-            connect_rate_per_sec: rate(t.conn_ok as f64, t.connect_secs.max(t.churn_secs)),
+            // With --devices, devices are created in the setup phase only (connect_secs).
+            connect_rate_per_sec: if cfg.devices > 0 {
+                rate(t.conn_ok as f64, t.connect_secs)
+            } else {
+                rate(t.conn_ok as f64, t.connect_secs.max(t.churn_secs))
+            },
             latency_kind: kind,
             latency_us: main,
             connect_latency_us: connect,
@@ -152,6 +208,7 @@ impl Report {
                 uaid_changed: t.uaid_changed,
                 missing: t.lost,
             }),
+            soak: (cfg.devices > 0).then(|| soak(cfg, t, s)),
             server: server(cfg.scenario, t, s),
             tester: Tester {
                 procs: cfg.procs,
@@ -174,10 +231,10 @@ impl Report {
             "== simplepush-loadtest {} ({:.1} s) ==",
             self.scenario, self.elapsed_secs
         ));
-        let secs = self
-            .churn
-            .as_ref()
-            .map_or(c.connect_phase_secs, |ch| ch.churn_secs);
+        let secs = match (&self.churn, &self.soak) {
+            (Some(ch), None) => ch.churn_secs,
+            _ => c.connect_phase_secs,
+        };
         out.push(format!(
             "connections: {} ok, {} failed; {:.0}/s connect+hello+register over {:.2} s; {} dropped by the server",
             c.ok, c.failed, self.connect_rate_per_sec, secs, c.dropped_by_server
@@ -260,6 +317,51 @@ impl Report {
                 "churn: {} cycles ok, {} failed, {:.0} cycles/s over {:.2} s",
                 ch.cycles_ok, ch.cycles_failed, ch.cycles_per_sec, ch.churn_secs
             ));
+        }
+        if let Some(k) = &self.soak {
+            let mib = |b: Option<u64>| {
+                b.map_or("?".to_string(), |b| {
+                    format!("{:.1} MiB", b as f64 / 1048576.0)
+                })
+            };
+            out.push(format!(
+                "soak: {} devices ({} set up); {} lost ({} at unregister), {} unverified, {} superseded, {} uaids changed; {} drops, {} rotations ({} failed)",
+                k.devices,
+                k.population,
+                k.lost,
+                k.lost_at_unregister,
+                k.unverified,
+                k.superseded,
+                k.uaid_changed,
+                k.drops,
+                k.rotations_ok,
+                k.rotations_failed
+            ));
+            out.push(format!(
+                "  server RSS baseline {}, peak {}",
+                mib(k.baseline_rss_bytes),
+                mib(k.peak_rss_bytes)
+            ));
+            for r in &k.rounds {
+                let growth = r.rss_growth_bytes.map_or("?".to_string(), |g| {
+                    format!("{:+.0} KiB", g as f64 / 1024.0)
+                });
+                out.push(format!(
+                    "  round {}: {:.0} s, {} cycles ok, {} failed, {} drops, {} rotations; {} PUTs, {} accepted, {} lost, {} unverified; server RSS after {} ({})",
+                    r.round,
+                    r.churn_secs,
+                    r.cycles_ok,
+                    r.cycles_failed,
+                    r.drops,
+                    r.rotations_ok,
+                    r.puts_sent,
+                    r.puts_accepted,
+                    r.lost,
+                    r.unverified,
+                    mib(r.rss_after_bytes),
+                    growth
+                ));
+            }
         }
         if let Some(o) = &self.offline {
             out.push(format!(
@@ -352,6 +454,58 @@ fn notifications(t: &Tally) -> Notifications {
         http_errors: t.http_errors.clone(),
         put_phase_secs: t.put_secs,
         put_rate_per_sec: rate(t.sent as f64, t.put_secs),
+    }
+}
+
+fn soak(cfg: &Config, t: &Tally, s: &ServerSamples) -> Soak {
+    let baseline = s.connected.map(rss);
+    let mut prev_rss = baseline;
+    let mut prev = RoundTally::default();
+    let mut rounds = Vec::new();
+    for (i, r) in t.rounds.iter().enumerate() {
+        let after = s.rounds.get(i).copied().map(rss);
+        let growth = match (after, prev_rss) {
+            (Some(a), Some(p)) => Some(a as i64 - p as i64),
+            _ => None,
+        };
+        rounds.push(SoakRound {
+            round: i as u32 + 1,
+            churn_secs: r.churn_secs,
+            cycles_ok: r.cycles_ok - prev.cycles_ok,
+            cycles_failed: r.cycles_failed - prev.cycles_failed,
+            drops: r.drops - prev.drops,
+            rotations_ok: r.rotations_ok - prev.rotations_ok,
+            reconnect_failed: r.reconnect_failed - prev.reconnect_failed,
+            puts_sent: r.sent - prev.sent,
+            puts_accepted: r.accepted - prev.accepted,
+            lost: r.lost - prev.lost,
+            unverified: r.unverified - prev.unverified,
+            rss_after_bytes: after,
+            rss_growth_bytes: growth,
+        });
+        prev = *r;
+        prev_rss = after;
+    }
+    let peak = [s.start, s.connected, s.end]
+        .into_iter()
+        .flatten()
+        .chain(s.rounds.iter().copied())
+        .map(|x| x.hwm_bytes)
+        .max();
+    Soak {
+        devices: cfg.devices,
+        population: t.population,
+        lost: t.lost,
+        lost_at_unregister: t.lost_at_unregister,
+        unverified: t.unverified,
+        superseded: t.superseded,
+        drops: t.drops,
+        rotations_ok: t.rotations_ok,
+        rotations_failed: t.rotations_failed,
+        uaid_changed: t.uaid_changed,
+        baseline_rss_bytes: baseline,
+        peak_rss_bytes: peak,
+        rounds,
     }
 }
 

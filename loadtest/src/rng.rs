@@ -32,6 +32,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Uniform in 0..n (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
@@ -71,5 +76,6 @@ mod tests {
             .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)));
         assert_ne!(u, r.uuid());
         assert!((0..1000).all(|_| r.below(7) < 7));
+        assert!((0..1000).all(|_| (0.0..1.0).contains(&r.unit())));
     }
 }

@@ -128,6 +128,20 @@ pub struct Tally {
     pub http_reconnects: u64,
     /// Why HTTP connections failed or closed, by kind.
     pub http_errors: BTreeMap<String, u64>,
+    /// Churn with --devices: devices set up (the population), cycles ended by dropping the
+    /// socket, channel rotations, and the delivery check.
+    pub population: u64,
+    pub drops: u64,
+    pub rotations_ok: u64,
+    pub rotations_failed: u64,
+    /// Channels found owed (accepted version never delivered) when unregistered: also in `lost`.
+    pub lost_at_unregister: u64,
+    /// Owed channels of devices that could not reconnect for the check (delivery unknown).
+    pub unverified: u64,
+    /// Accepted versions overwritten by a newer one before delivery (SimplePush keeps the latest).
+    pub superseded: u64,
+    /// The counters at the end of each round (cumulative).
+    pub rounds: Vec<RoundTally>,
     /// CPU time this process used, microseconds.
     pub tester_cpu_us: u64,
     pub elapsed_secs: f64,
@@ -135,6 +149,36 @@ pub struct Tally {
     pub connect_hist: Vec<(u64, u64)>,
     /// The scenario's main latency, microseconds.
     pub latency_hist: Vec<(u64, u64)>,
+}
+
+/// Cumulative counters at the end of a round.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct RoundTally {
+    pub cycles_ok: u64,
+    pub cycles_failed: u64,
+    pub drops: u64,
+    pub rotations_ok: u64,
+    pub reconnect_failed: u64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub lost: u64,
+    pub unverified: u64,
+    pub churn_secs: f64,
+}
+
+impl RoundTally {
+    pub fn add(&mut self, o: &RoundTally) {
+        self.cycles_ok += o.cycles_ok;
+        self.cycles_failed += o.cycles_failed;
+        self.drops += o.drops;
+        self.rotations_ok += o.rotations_ok;
+        self.reconnect_failed += o.reconnect_failed;
+        self.sent += o.sent;
+        self.accepted += o.accepted;
+        self.lost += o.lost;
+        self.unverified += o.unverified;
+        self.churn_secs = self.churn_secs.max(o.churn_secs);
+    }
 }
 
 fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
@@ -146,6 +190,30 @@ fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
 impl Tally {
     pub fn count(map: &mut BTreeMap<String, u64>, key: &str) {
         *map.entry(key.to_string()).or_default() += 1;
+    }
+
+    /// PUTs answered 200 or 202.
+    pub fn accepted(&self) -> u64 {
+        ["200", "202"]
+            .iter()
+            .filter_map(|k| self.statuses.get(*k))
+            .sum()
+    }
+
+    /// Records the end of a round (`churn_secs` is the round's churn time).
+    pub fn end_round(&mut self, churn_secs: f64) {
+        self.rounds.push(RoundTally {
+            cycles_ok: self.cycles_ok,
+            cycles_failed: self.cycles_failed,
+            drops: self.drops,
+            rotations_ok: self.rotations_ok,
+            reconnect_failed: self.reconnect_failed,
+            sent: self.sent,
+            accepted: self.accepted(),
+            lost: self.lost,
+            unverified: self.unverified,
+            churn_secs,
+        });
     }
 
     /// Adds another process's tally to this one.
@@ -171,6 +239,19 @@ impl Tally {
         self.reconnect_ok += o.reconnect_ok;
         self.reconnect_failed += o.reconnect_failed;
         self.uaid_changed += o.uaid_changed;
+        self.population += o.population;
+        self.drops += o.drops;
+        self.rotations_ok += o.rotations_ok;
+        self.rotations_failed += o.rotations_failed;
+        self.lost_at_unregister += o.lost_at_unregister;
+        self.unverified += o.unverified;
+        self.superseded += o.superseded;
+        if self.rounds.len() < o.rounds.len() {
+            self.rounds.resize(o.rounds.len(), RoundTally::default());
+        }
+        for (a, b) in self.rounds.iter_mut().zip(&o.rounds) {
+            a.add(b);
+        }
         self.http_reconnects += o.http_reconnects;
         add_map(&mut self.http_errors, &o.http_errors);
         self.tester_cpu_us += o.tester_cpu_us;
@@ -212,5 +293,31 @@ mod tests {
         assert!(s.max >= 1_000_000 && s.max < 1_001_000);
         assert!(s.p50 >= 999 && s.p50 <= 1001, "p50 {}", s.p50);
         assert_eq!(Hist::from_pairs(&a.pairs()).summary().p99, a.summary().p99);
+    }
+
+    #[test]
+    fn rounds_merge_elementwise() {
+        let mut a = Tally::default();
+        a.statuses.insert("200".into(), 3);
+        a.statuses.insert("202".into(), 2);
+        a.statuses.insert("410".into(), 7);
+        a.cycles_ok = 10;
+        a.end_round(30.0);
+        a.cycles_ok = 25;
+        a.lost = 1;
+        a.end_round(31.0);
+        let mut b = Tally {
+            cycles_ok: 4,
+            ..Tally::default()
+        };
+        b.end_round(29.0);
+        let mut total = Tally::default();
+        total.merge(&b);
+        total.merge(&a);
+        assert_eq!(total.rounds.len(), 2);
+        assert_eq!(total.rounds[0].cycles_ok, 14);
+        assert_eq!(total.rounds[0].accepted, 5);
+        assert_eq!((total.rounds[1].cycles_ok, total.rounds[1].lost), (25, 1));
+        assert_eq!(total.rounds[0].churn_secs, 30.0);
     }
 }

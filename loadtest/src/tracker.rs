@@ -6,6 +6,7 @@ use std::time::Instant;
 
 struct Put {
     client: u32,
+    chan: u16,
     sent_at: Instant,
     /// HTTP status, 0 until answered.
     status: u16,
@@ -45,14 +46,15 @@ impl Tracker {
         }
     }
 
-    /// A fresh version for a PUT to `client`, written now.
-    pub fn start(&mut self, client: u32, now: Instant) -> u64 {
+    /// A fresh version for a PUT to channel `chan` of `client`, written now.
+    pub fn start(&mut self, client: u32, chan: u16, now: Instant) -> u64 {
         let v = self.next_version;
         self.next_version += 1;
         self.puts.insert(
             v,
             Put {
                 client,
+                chan,
                 sent_at: now,
                 status: 0,
                 delivered: false,
@@ -69,15 +71,15 @@ impl Tracker {
         }
     }
 
-    /// The PUT was answered. Returns the client it was for.
-    pub fn answered(&mut self, version: u64, status: u16) -> Option<u32> {
+    /// The PUT was answered. Returns the client and channel it was for.
+    pub fn answered(&mut self, version: u64, status: u16) -> Option<(u32, u16)> {
         let p = self.puts.get_mut(&version)?;
         if p.status != 0 {
-            return Some(p.client);
+            return Some((p.client, p.chan));
         }
         p.status = status;
         self.unanswered -= 1;
-        let client = p.client;
+        let client = (p.client, p.chan);
         if p.delivered || !accepted(status) {
             self.puts.remove(&version);
         } else {
@@ -87,14 +89,15 @@ impl Tracker {
     }
 
     /// The PUT's connection failed before its answer: it is forgotten (a later notification for
-    /// it counts as unexpected).
-    pub fn abandoned(&mut self, version: u64) {
-        if let Some(p) = self.puts.get(&version) {
-            if p.status == 0 {
-                self.unanswered -= 1;
-                self.puts.remove(&version);
-            }
+    /// it counts as unexpected). Returns the client and channel it was for.
+    pub fn abandoned(&mut self, version: u64) -> Option<(u32, u16)> {
+        let p = self.puts.get(&version)?;
+        let to = (p.client, p.chan);
+        if p.status == 0 {
+            self.unanswered -= 1;
+            self.puts.remove(&version);
         }
+        Some(to)
     }
 
     /// A notification for `version` arrived on `client`.
@@ -144,10 +147,10 @@ mod tests {
     fn follows_puts_in_any_order() {
         let now = Instant::now();
         let mut t = Tracker::new();
-        let a = t.start(1, now);
-        let b = t.start(2, now);
-        let c = t.start(3, now);
-        let d = t.start(4, now);
+        let a = t.start(1, 0, now);
+        let b = t.start(2, 0, now);
+        let c = t.start(3, 0, now);
+        let d = t.start(4, 0, now);
         // a: notification before the answer.
         assert!(matches!(
             t.delivered(a, 1),
@@ -156,7 +159,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(t.answered(a, 200), Some(1));
+        assert_eq!(t.answered(a, 200), Some((1, 0)));
         // b: answer, then notification on the wrong device.
         t.answered(b, 202);
         assert_eq!(t.undelivered(), 1);
@@ -171,7 +174,7 @@ mod tests {
         // c: an error status; d: never answered.
         t.answered(c, 410);
         assert_eq!((t.unanswered(), t.undelivered()), (1, 0));
-        let e = t.start(5, now);
+        let e = t.start(5, 0, now);
         t.answered(e, 200);
         assert_eq!(t.finish(), (1, 1));
         let _ = d;

@@ -4,6 +4,7 @@ mod churn;
 mod connect;
 mod notify;
 mod offline;
+mod soak;
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -19,12 +20,18 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs `cfg`'s scenario in this process.
 pub fn run(cfg: Config, control: Control) -> io::Result<(Tally, Control)> {
-    let slots = cfg.connections as usize;
+    // Churn with a fixed population keeps one client per device, most of them offline.
+    let slots = if cfg.devices > 0 {
+        cfg.devices
+    } else {
+        cfg.connections
+    } as usize;
     let scenario = cfg.scenario;
     let mut d = Driver::new(cfg, control, slots)?;
     match scenario {
         Scenario::Connect => connect::run(&mut d),
         Scenario::Notify => notify::run(&mut d),
+        Scenario::Churn if d.cfg.devices > 0 => soak::run(&mut d),
         Scenario::Churn => churn::run(&mut d),
         Scenario::Offline => offline::run(&mut d),
     }
