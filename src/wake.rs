@@ -86,8 +86,18 @@ impl Net {
         (prefix <= max).then_some(Net { addr, prefix })
     }
 
-    /// Whether `ip` is inside.
+    /// Whether `ip` is inside. IPv4-mapped IPv6 addresses count as the IPv4 address they map, so
+    /// that `::ffff:8.8.8.8` cannot slip past an IPv4 allowlist through an IPv6 entry.
     pub fn contains(&self, ip: IpAddr) -> bool {
+        let (ip, addr) = (ip.to_canonical(), self.addr.to_canonical());
+        let prefix = match (self.addr, addr) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => self.prefix.saturating_sub(96),
+            _ => self.prefix,
+        };
+        Net { addr, prefix }.contains_exact(ip)
+    }
+
+    fn contains_exact(&self, ip: IpAddr) -> bool {
         let bits = |ip: IpAddr| -> Option<u128> {
             match ip {
                 IpAddr::V4(v) => Some(u32::from(v) as u128),
@@ -221,10 +231,15 @@ fn udp(uaid: &Uaid, wake: &Wake, allow: &[Net]) -> Outcome {
     let Some(to) = wake.hostport else {
         return Outcome::Refused;
     };
-    if !allow.iter().any(|n| n.contains(to.ip())) {
+    let ip = to.ip().to_canonical();
+    let special = ip.is_unspecified()
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if special || !allow.iter().any(|n| n.contains(ip)) {
         debug!("wake uaid={uaid}: {to} is outside wake.udp_allow");
         return Outcome::Refused;
     }
+    let to = SocketAddr::new(ip, to.port());
     let local: SocketAddr = if to.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -254,9 +269,15 @@ fn webhook(url: &str, uaid: &Uaid, wake_json: &str, timeout: Duration) -> Outcom
     };
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
+    // `host:port` for the resolver; an URL without a port means port 80.
+    let target = match host.rsplit_once(':') {
+        Some((_, port)) if !host.ends_with(']') && port.parse::<u16>().is_ok() => host.to_string(),
+        _ => format!("{host}:80"),
+    };
     let body = format!("{{\"uaid\":\"{uaid}\",\"wake\":{wake_json}}}");
     let attempt = || -> Option<u16> {
-        let addr = host.to_socket_addrs().ok()?.next()?;
+        // Name lookup blocks without a timeout of its own; it runs on the wake thread only.
+        let addr = target.to_socket_addrs().ok()?.next()?;
         let mut s = TcpStream::connect_timeout(&addr, left()?).ok()?;
         s.set_write_timeout(left()).ok()?;
         let req = format!(
@@ -305,6 +326,14 @@ mod tests {
         assert!(Net::parse("fd00::/8")
             .unwrap()
             .contains("fd12::1".parse().unwrap()));
+        // Mapped IPv6 addresses are judged as the IPv4 address they carry.
+        let v4 = Net::parse("10.0.0.0/8").unwrap();
+        assert!(v4.contains("::ffff:10.1.2.3".parse().unwrap()));
+        let any_v6 = Net::parse("::/0").unwrap();
+        assert!(!any_v6.contains("::ffff:8.8.8.8".parse().unwrap()));
+        assert!(Net::parse("::ffff:10.0.0.0/104")
+            .unwrap()
+            .contains("10.9.9.9".parse().unwrap()));
         for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
             assert_eq!(Net::parse(bad), None, "{bad}");
         }
@@ -321,13 +350,15 @@ mod tests {
             in_window: 0,
         };
         let u = |n| Uaid(Id::fresh([n; 16]));
-        assert!(l.allow(&u(1), t0));
-        assert!(!l.allow(&u(1), t0 + Duration::from_secs(5)));
-        assert!(l.allow(&u(2), t0));
-        assert!(l.allow(&u(3), t0));
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(l.allow(&u(1), at(0)));
+        assert!(l.allow(&u(2), at(100)));
+        assert!(l.allow(&u(3), at(200)));
         // The fourth in the same second, whoever it is for, waits.
-        assert!(!l.allow(&u(4), t0 + Duration::from_millis(500)));
-        assert!(l.allow(&u(4), t0 + Duration::from_millis(1500)));
-        assert!(l.allow(&u(1), t0 + Duration::from_secs(11)));
+        assert!(!l.allow(&u(4), at(500)));
+        assert!(l.allow(&u(4), at(1500)));
+        // Per UAID: not again within 10 s.
+        assert!(!l.allow(&u(1), at(5000)));
+        assert!(l.allow(&u(1), at(11_000)));
     }
 }

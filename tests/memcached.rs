@@ -401,3 +401,37 @@ fn a_device_whose_registrations_all_expired_starts_over() {
         "a new UAID, to re-register"
     );
 }
+
+#[test]
+fn sigterm_answers_an_update_still_waiting_on_storage() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    // A PUT against a stopped memcached takes a few storage timeouts: leave it time to finish.
+    let mut s = Server::start_with(
+        "drain_ms = 0\nshutdown_timeout_ms = 8000",
+        &memcached_section(&[mc.addr]),
+    );
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    // memcached stops answering: the update waits on a storage worker.
+    mc.signal("STOP");
+    let waiting = std::thread::spawn(move || common::try_put(&ep, "version=5"));
+    std::thread::sleep(Duration::from_millis(150));
+    let pid = s.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    // The answer (503 after the storage timeout) still comes, not a closed connection.
+    let answer = waiting.join().unwrap();
+    mc.signal("CONT");
+    let answer =
+        answer.unwrap_or_else(|| panic!("an answer, not a dropped connection: {}", s.log()));
+    assert!(matches!(answer.status, 202 | 503), "{}", answer.status);
+    assert!(s.wait_exit(Duration::from_secs(5)).is_some());
+}

@@ -478,7 +478,8 @@ impl Server {
             self.fire_timers();
             self.drain_step();
             if let Some(at) = self.shutdown_at {
-                if self.conns.is_empty() || self.now_ms() >= at {
+                let idle = self.conns.is_empty() && self.store.outstanding() == 0;
+                if idle || self.now_ms() >= at {
                     self.inbox_drop();
                     info!(
                         "event loop {}: shutdown complete, {} connections dropped",
@@ -548,9 +549,11 @@ impl Server {
         let mut sockets = Vec::new();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
+            // A request waiting on storage or another node has an empty buffer too: it is not
+            // idle, its answer is still to come.
             let idle_http = matches!(
                 self.conns.get(key).map(|c| &c.state),
-                Some(State::Http(h)) if h.buf.is_empty() && h.written >= h.out.len()
+                Some(State::Http(h)) if h.buf.is_empty() && h.written >= h.out.len() && h.waiting.is_none()
             );
             if idle_http {
                 self.drop_conn(key);

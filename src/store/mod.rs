@@ -554,6 +554,15 @@ impl Runner {
         }
     }
 
+    /// Jobs whose answers are still to come: a stopping loop waits for them, since they may
+    /// answer requests held by other loops.
+    pub fn outstanding(&self) -> usize {
+        match self {
+            Runner::Inline { .. } => 0,
+            Runner::Pool(p) => p.outstanding(),
+        }
+    }
+
     /// Jobs complete during `submit`: their answers can be handled at once.
     pub fn is_inline(&self) -> bool {
         matches!(self, Runner::Inline { .. })

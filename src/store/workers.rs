@@ -26,6 +26,8 @@ pub struct Pool {
     done_rx: Mutex<Receiver<Done>>,
     /// Answers for jobs that could not be queued.
     lost: RefCell<Vec<Done>>,
+    /// Jobs and tasks queued whose answers have not been taken yet.
+    outstanding: std::cell::Cell<usize>,
     backend: Arc<dyn Backend + Send + Sync>,
 }
 
@@ -86,6 +88,7 @@ impl Pool {
             tasks: (started > 0).then_some(task_tx),
             done_rx: Mutex::new(done_rx),
             lost: RefCell::new(Vec::new()),
+            outstanding: std::cell::Cell::new(0),
             backend,
         }
     }
@@ -98,16 +101,21 @@ impl Pool {
         }
         // The high half: the event loops pick a UAID's owner with the low half (`server::owner`).
         let i = (ring::hash(job.uaid().0.bytes()) >> 32) as usize % self.queues.len();
-        if let Err(returned) = self.queues[i].send(job) {
-            error!("storage worker {i} is gone");
-            self.lost.borrow_mut().push(returned.0.failed());
+        match self.queues[i].send(job) {
+            Ok(()) => self.outstanding.set(self.outstanding.get() + 1),
+            Err(returned) => {
+                error!("storage worker {i} is gone");
+                self.lost.borrow_mut().push(returned.0.failed());
+            }
         }
     }
 
     /// Queues a forward or kick.
     pub fn spawn(&self, task: Task) {
         let sent = self.tasks.as_ref().map(|t| t.send(task));
-        if !matches!(sent, Some(Ok(()))) {
+        if matches!(sent, Some(Ok(()))) {
+            self.outstanding.set(self.outstanding.get() + 1);
+        } else {
             error!("no forwarding thread: a forward or kick was dropped");
         }
     }
@@ -116,9 +124,18 @@ impl Pool {
     pub fn take_done(&self) -> Vec<Done> {
         let mut out = std::mem::take(&mut *self.lost.borrow_mut());
         if let Ok(rx) = self.done_rx.lock() {
+            let before = out.len();
             out.extend(rx.try_iter());
+            let taken = out.len() - before;
+            self.outstanding
+                .set(self.outstanding.get().saturating_sub(taken));
         }
         out
+    }
+
+    /// Jobs and tasks whose answers are still to come (a task that panicked never answers).
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.get()
     }
 
     /// Whether the backend can serve requests now.
