@@ -99,7 +99,7 @@ impl Default for WebSocketConfig {
             hello_timeout_ms: 30_000,
             min_ping_interval_ms: 20_000,
             max_channels: 200,
-            max_output_buffer: 256 * 1024,
+            max_output_buffer: 1024 * 1024,
         }
     }
 }
@@ -249,6 +249,8 @@ pub struct WebPushConfig {
     pub max_ttl_secs: u64,
     /// Messages allowed to wait per UAID; a push beyond gets 429.
     pub max_messages: usize,
+    /// Memory store: bytes all waiting messages may take together; a push beyond gets 429.
+    pub memory_max_bytes: usize,
 }
 
 impl Default for WebPushConfig {
@@ -257,6 +259,7 @@ impl Default for WebPushConfig {
             enabled: true,
             max_ttl_secs: 2_592_000,
             max_messages: 100,
+            memory_max_bytes: 256 << 20,
         }
     }
 }
@@ -377,6 +380,14 @@ impl Config {
         }
         if self.websocket.max_output_buffer < 64 * 1024 {
             return bad("websocket.max_output_buffer", "must be at least 65536");
+        }
+        // A WebPush hello flushes every waiting message at once: that must fit.
+        let backlog = self.webpush.max_messages * sm::webpush::MAX_FRAME + 64 * 1024;
+        if self.webpush.enabled && self.websocket.max_output_buffer < backlog {
+            return bad(
+                "websocket.max_output_buffer",
+                &format!("must hold webpush.max_messages full messages: at least {backlog}"),
+            );
         }
         if self.endpoint.max_body_size < 1024 {
             return bad("endpoint.max_body_size", "must be at least 1024");
@@ -640,6 +651,33 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:9001");
         assert_eq!(c.websocket.max_channels, 7);
         assert_eq!(c.endpoint.token_keys, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn the_output_cap_must_hold_a_webpush_backlog() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let e = Config::load(
+            None,
+            env(&[("SIMPLEPUSH_WEBSOCKET_MAX_OUTPUT_BUFFER", "262144")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("websocket.max_output_buffer"), "{e}");
+        assert!(Config::load(
+            None,
+            env(&[
+                ("SIMPLEPUSH_WEBSOCKET_MAX_OUTPUT_BUFFER", "262144"),
+                ("SIMPLEPUSH_WEBPUSH_MAX_MESSAGES", "20"),
+            ])
+        )
+        .is_ok());
+        assert!(Config::load(None, env(&[])).is_ok());
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn client_message(data: &[u8]) {
         max_channels: [200, 1, 0, 2][usize::from((setup >> 2) & 3)],
         min_ping_interval_ms: if setup & 2 == 0 { 20_000 } else { 0 },
         webpush: setup & 1 == 0,
+        refresh_ms: if setup & 16 == 0 { 0 } else { 30_000 },
     };
     let mut session = Session::new();
     let mut now_ms = NOW_SECS * 1000;
@@ -138,6 +139,9 @@ fn check_effects(session: &Session, effects: &[Effect]) {
             Effect::Store(_) => assert_eq!(n + 1, effects.len(), "Store comes last"),
             Effect::Close => assert!(session.is_closed(), "Close leaves the session closed"),
             Effect::Bind(uaid) => assert_eq!(session.uaid(), Some(*uaid), "Bind names the UAID"),
+            Effect::Refresh(uaid) => {
+                assert_eq!(session.uaid(), Some(*uaid), "Refresh names the UAID")
+            }
             Effect::Wake(uaid, wake) => {
                 assert_eq!(session.uaid(), Some(*uaid), "Wake names the UAID");
                 assert!(

@@ -72,9 +72,15 @@ fn credentials<'a>(
         let Some((name, value)) = param.trim().split_once('=') else {
             continue;
         };
-        match name.trim() {
-            "t" => token = Some(value.trim()),
-            "k" => key = Some(value.trim()),
+        // RFC 7235 auth-params: names are case-insensitive, values may be quoted strings.
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        match name.trim().to_ascii_lowercase().as_str() {
+            "t" => token = Some(value),
+            "k" => key = Some(value),
             _ => {}
         }
     }
@@ -271,6 +277,18 @@ pub mod tests {
             verify(Some(&bad), None, ORIGIN, NOW),
             Err(VapidError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn quoted_and_upper_case_params_are_read() {
+        let auth = sign(&[7; 32], &claims(NOW + 60));
+        let (t, k) = auth
+            .strip_prefix("vapid t=")
+            .unwrap()
+            .split_once(", k=")
+            .unwrap();
+        let quoted = format!("Vapid T=\"{t}\",K=\"{k}\"");
+        assert!(verify(Some(&quoted), None, ORIGIN, NOW).is_ok());
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn register_beyond_max_channels_is_refused_and_the_socket_stays() {
 fn a_client_that_never_reads_is_dropped_not_buffered() {
     let s = Server::start_with(
         "workers = 1",
-        "[websocket]\nmax_output_buffer = 65536\n[endpoint]\nmax_data_len = 4096\n",
+        "[websocket]\nmax_output_buffer = 65536\n[endpoint]\nmax_data_len = 4096\n[webpush]\nenabled = false\n",
     );
     let mut c = s.client();
     c.hello_new();

@@ -309,6 +309,31 @@ fn unused_registrations_expire_and_use_refreshes_them() {
 }
 
 #[test]
+fn a_device_that_stays_connected_keeps_its_registrations() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    // Refreshed every ttl/3 = 1 s on the device's next message (Firefox's are pings; here acks of
+    // nothing, which touch no registration themselves, and are not held to the ping interval).
+    let s = node_with(&[&mc], "registration_ttl_secs = 3");
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    let mut d = s.client();
+    d.hello_new();
+    let idle = d.register(&chid(2));
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(500));
+        c.ack(&chid(9), 1);
+    }
+    // 6 s later: the pinging device's channel lives, the silent one's has expired.
+    assert_eq!(put(&ep, "version=1").status, 200);
+    assert_eq!(c.recv()["updates"][0]["version"], 1);
+    assert_eq!(put(&idle, "version=1").status, 410);
+}
+
+#[test]
 fn a_pending_version_outlives_the_registration_lifetime() {
     if !have_memcached() {
         return;

@@ -584,7 +584,10 @@ fn a_flooding_client_does_not_starve_the_others() {
 #[test]
 fn a_ping_flood_neither_starves_others_nor_grows_memory() {
     use std::io::Write;
-    let s = Server::start_with("", "[websocket]\nmax_output_buffer = 65536\n");
+    let s = Server::start_with(
+        "",
+        "[websocket]\nmax_output_buffer = 65536\n[webpush]\nenabled = false\n",
+    );
     let mut flooder = s.client();
     flooder.hello_new();
     // Masked 125-byte WebSocket pings, written raw and never read: every pong piles up unread.

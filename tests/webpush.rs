@@ -511,3 +511,37 @@ fn webpush_can_be_switched_off() {
     );
     assert_eq!(a.status, 404);
 }
+
+#[test]
+fn a_full_backlog_of_large_messages_arrives_in_one_hello() {
+    let s = Server::start();
+    let (mut c, uaid) = wp_client(&s, "");
+    let ch = chid(1);
+    let ep = register(&mut c, &ch, None);
+    c.close();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    // webpush.max_messages (100) messages of the largest body: about 560 KB of frames at once.
+    let body = vec![0xabu8; 4096];
+    for _ in 0..100 {
+        assert_eq!(post(&ep, AES, &body).status, 201);
+    }
+    // A small receive window, so that much of it waits in the server. (Loopback's send buffers
+    // grow to megabytes, so this cannot show a cap below the backlog; the config refuses such a cap,
+    // and sm's reply tests bound the frame size.)
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (ws, _) = tungstenite::client(format!("ws://{}/", s.addr), stream).unwrap();
+    let mut c = Client { ws };
+    webpush_hello(&mut c, &uaid);
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 0..100 {
+        let m = c.recv();
+        assert_eq!(m["data"].as_str().map(str::len), Some(5462), "message {n}");
+    }
+}

@@ -158,6 +158,29 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_message_frame_fits_the_budget() {
+        use crate::webpush::{MAX_CRYPTO_HEADER, MAX_FRAME, MAX_PAYLOAD};
+        let chid = ChannelId(Id::parse("0CB8A613-8E2B-4B47-B370-51098DAA8401").unwrap());
+        let payload = "A".repeat(MAX_PAYLOAD.div_ceil(3) * 4);
+        let m = Message {
+            channel: chid,
+            // Sealed message ids are 119 characters; leave room.
+            id: "i".repeat(160),
+            ttl: 2_592_000,
+            topic: Some("t".repeat(32)),
+            payload: Some((
+                payload,
+                Encoding::Aesgcm {
+                    encryption: "e".repeat(MAX_CRYPTO_HEADER),
+                    crypto_key: "k".repeat(MAX_CRYPTO_HEADER),
+                },
+            )),
+        };
+        let len = message(&m).len();
+        assert!(len <= MAX_FRAME, "{len} > {MAX_FRAME}");
+    }
+
+    #[test]
     fn webpush_hello_and_messages() {
         let u = Uaid(Id::parse("9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e").unwrap());
         let v: Value = serde_json::from_str(&hello(&u, Some(&Map::new()))).unwrap();

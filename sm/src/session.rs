@@ -25,6 +25,9 @@ pub struct Limits {
     pub min_ping_interval_ms: u64,
     /// Honour `use_webpush`; when false every client is answered as SimplePush.
     pub webpush: bool,
+    /// A connected device's registrations are refreshed in storage this often (on its next
+    /// message, a ping included), so that they do not expire while it stays connected; 0 = never.
+    pub refresh_ms: u64,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_channels: 200,
             min_ping_interval_ms: 20_000,
             webpush: true,
+            refresh_ms: 0,
         }
     }
 }
@@ -50,6 +54,8 @@ pub enum Effect {
     Bind(Uaid),
     /// Store how the UAID's device can be woken (its hello said so).
     Wake(Uaid, Box<Wake>),
+    /// Extend the lifetime of the UAID's registrations in storage (no answer is awaited).
+    Refresh(Uaid),
 }
 
 /// Which endpoint a registration gets.
@@ -172,6 +178,8 @@ pub struct Session {
     subs: Option<Box<Subscriptions>>,
     /// A hello's wake data, until the hello completes and the UAID is known.
     wake: Option<Box<Wake>>,
+    /// When the registrations were last refreshed in storage (a hello refreshes them too).
+    refreshed_ms: u64,
 }
 
 impl Default for Session {
@@ -193,6 +201,7 @@ impl Session {
             webpush: false,
             subs: None,
             wake: None,
+            refreshed_ms: 0,
         }
     }
 
@@ -264,6 +273,29 @@ impl Session {
             return Vec::new();
         }
         let Request { kind, raw } = req;
+        if matches!(kind, Inbound::Hello(_)) {
+            self.refreshed_ms = now_ms;
+        }
+        let mut out = self.dispatch(kind, raw, limits, broadcasts, now_ms, fresh);
+        let due =
+            limits.refresh_ms > 0 && now_ms.saturating_sub(self.refreshed_ms) >= limits.refresh_ms;
+        if let (true, Some(uaid), false) = (due, self.uaid(), self.is_closed()) {
+            self.refreshed_ms = now_ms;
+            // First: a storage effect, if any, stays last (the session waits on it).
+            out.insert(0, Effect::Refresh(uaid));
+        }
+        out
+    }
+
+    fn dispatch(
+        &mut self,
+        kind: Inbound,
+        raw: Map<String, Value>,
+        limits: &Limits,
+        broadcasts: &Broadcasts,
+        now_ms: u64,
+        fresh: &mut dyn FnMut() -> [u8; 16],
+    ) -> Vec<Effect> {
         match kind {
             Inbound::Ping => self.ping(raw, limits, now_ms),
             Inbound::Purge => vec![Effect::Send(reply::PONG.into())],
@@ -1370,5 +1402,36 @@ mod tests {
         let mut t = T::new();
         let eff = t.send(r#"{"messageType":"hello","uaid":"","channelIDs":[]}"#);
         assert!(!eff.iter().any(|e| matches!(e, Effect::Wake(..))));
+    }
+
+    #[test]
+    fn a_connected_device_refreshes_its_registrations_now_and_then() {
+        let mut t = T::new();
+        t.limits.refresh_ms = 3_600_000;
+        t.ready(U1);
+        t.now += 1_800_000;
+        assert_eq!(t.send("{}"), vec![Effect::Send("{}".into())]);
+        t.now += 1_800_000;
+        assert_eq!(
+            t.send("{}"),
+            vec![Effect::Refresh(uaid(U1)), Effect::Send("{}".into())]
+        );
+        // Also when the message waits on storage itself (an ack): the storage effect stays last.
+        t.now += 3_600_000;
+        let eff = t.send(&format!(
+            r#"{{"messageType":"ack","updates":[{{"channelID":"{C1}","version":1}}]}}"#
+        ));
+        assert!(
+            matches!(eff[..], [Effect::Refresh(_), Effect::Store(_)]),
+            "{eff:?}"
+        );
+        t.s.on_store(StoreReply::Done);
+        t.now += 1_800_000;
+        assert_eq!(t.send("{}").len(), 1);
+        // Off by default; and never before hello.
+        let mut t = T::new();
+        t.now += 10_000_000;
+        t.limits.refresh_ms = 1;
+        assert_eq!(t.send("{}").len(), 1);
     }
 }

@@ -11,6 +11,10 @@ use crate::ids::ChannelId;
 pub const MAX_PAYLOAD: usize = 4096;
 /// RFC 8030 section 5.4: a topic is at most 32 characters of the base64url alphabet.
 pub const MAX_TOPIC_LEN: usize = 32;
+/// Longest `Encryption` or `Crypto-Key` value kept with a message (aesgcm); real ones are ~100 bytes.
+pub const MAX_CRYPTO_HEADER: usize = 512;
+/// The largest notification frame a message makes: base64url payload, two crypto headers, id, JSON.
+pub const MAX_FRAME: usize = 7 * 1024;
 /// Length of an uncompressed P-256 public key (`0x04 ‖ x ‖ y`).
 pub const KEY_LEN: usize = 65;
 
@@ -273,6 +277,10 @@ fn encoding(h: &PushHeaders<'_>) -> Result<Encoding, PushError> {
                 .any(|p| p.trim().to_ascii_lowercase().starts_with(param))
         })
     };
+    let too_long = |v: Option<&str>| v.is_some_and(|v| v.len() > MAX_CRYPTO_HEADER);
+    if too_long(h.encryption) || too_long(h.crypto_key) {
+        return bad("Encryption and Crypto-Key are limited to 512 bytes each");
+    }
     if !has(h.encryption, "salt=") {
         return bad("aesgcm needs an Encryption header with salt=");
     }
@@ -443,6 +451,18 @@ mod tests {
                 crypto_key: "dh=BNk;p256ecdsa=BAx".into()
             }
         );
+    }
+
+    #[test]
+    fn aesgcm_headers_are_bounded() {
+        let long = format!("salt={}", "a".repeat(MAX_CRYPTO_HEADER));
+        let h = PushHeaders {
+            content_encoding: Some("aesgcm"),
+            encryption: Some(&long),
+            crypto_key: Some("dh=abc"),
+            ..hdr("5")
+        };
+        assert!(matches!(parse(&h, b"x", 60), Err(PushError::BadCrypto(_))));
     }
 
     #[test]

@@ -235,7 +235,10 @@ fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
 /// One loop's storage runner: its own memory shard, or worker threads over the shared memcached.
 fn open_store(cfg: &Config, shared: Option<Arc<MemcachedStore>>, waker: Arc<mio::Waker>) -> Runner {
     match shared {
-        None => Runner::inline(Box::new(MemoryStore::new(cfg.webpush.max_messages))),
+        None => Runner::inline(Box::new(MemoryStore::with_budget(
+            cfg.webpush.max_messages,
+            cfg.webpush.memory_max_bytes,
+        ))),
         Some(backend) => Runner::Pool(Pool::start(
             backend,
             cfg.storage.pool_size,
@@ -377,6 +380,14 @@ impl Server {
             max_channels: cfg.websocket.max_channels,
             min_ping_interval_ms: cfg.websocket.min_ping_interval_ms,
             webpush: cfg.webpush.enabled,
+            // Registrations expire only in memcached: refresh them three times per lifetime.
+            refresh_ms: match (
+                cfg.storage.backend.as_str(),
+                cfg.storage.registration_ttl_secs,
+            ) {
+                ("memcached", ttl) if ttl > 0 => ttl * 1000 / 3,
+                _ => 0,
+            },
         };
         let origin = crate::vapid::origin(&public_url);
         let broadcasts = broadcasts::initial(&cfg);

@@ -291,6 +291,7 @@ impl Server {
                         }
                     }
                 }
+                Effect::Refresh(uaid) => self.store.submit(Job::Refresh { uaid }),
                 Effect::Wake(uaid, wake) => {
                     // Owned here: the hello that bound it ran on this loop.
                     self.store.submit(Job::SetWake {

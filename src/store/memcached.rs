@@ -403,6 +403,12 @@ impl MemcachedStore {
         Ok(out)
     }
 
+    /// Wake data serves offline devices, whose registrations a waiting update can keep alive for
+    /// the pending TTL: it lives as long as the longer of the two.
+    fn wake_ttl(&self) -> u32 {
+        self.settings.registration_ttl.max(self.pending_ttl())
+    }
+
     /// What a stored update needs next: where the UAID's socket is, and how to wake its device.
     fn stored_for(&self, uaid: &Uaid) -> Result<PutResult, Unavailable> {
         let (nk, wk) = (node_key(uaid), wake_key(uaid));
@@ -774,12 +780,12 @@ impl Backend for MemcachedStore {
 
     fn set_wake(&self, uaid: &Uaid, wake: &str) -> Result<(), Unavailable> {
         self.check()?;
-        // As long as the registration it serves (3 days when registrations do not expire).
-        let ttl = match self.settings.registration_ttl {
-            0 => self.pending_ttl(),
-            t => t,
-        };
-        self.set(&wake_key(uaid), wake, ttl)
+        self.set(&wake_key(uaid), wake, self.wake_ttl())
+    }
+
+    fn refresh(&self, uaid: &Uaid) -> Result<(), Unavailable> {
+        self.hello(uaid, false, None)?;
+        self.touch(&wake_key(uaid), self.wake_ttl())
     }
 
     fn bind_node(&self, uaid: &Uaid, node: &str) -> Result<Option<String>, Unavailable> {

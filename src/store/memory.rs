@@ -98,16 +98,27 @@ pub struct MemoryStore {
     max_messages: usize,
     /// UAID → how its device can be woken (only devices that said so).
     wakes: RefCell<HashMap<Uaid, Box<str>>>,
+    /// Bytes held by waiting messages, all UAIDs together.
+    message_bytes: std::cell::Cell<usize>,
+    /// Their limit: a push beyond it is refused (429) until messages are acked or expire.
+    max_message_bytes: usize,
 }
 
 impl MemoryStore {
     /// An empty store that keeps at most `max_messages` WebPush messages per UAID.
     pub fn new(max_messages: usize) -> MemoryStore {
+        MemoryStore::with_budget(max_messages, usize::MAX)
+    }
+
+    /// The same, holding at most `max_message_bytes` of messages in all.
+    pub fn with_budget(max_messages: usize, max_message_bytes: usize) -> MemoryStore {
         MemoryStore {
             users: RefCell::default(),
             messages: RefCell::default(),
             max_messages,
             wakes: RefCell::default(),
+            message_bytes: std::cell::Cell::new(0),
+            max_message_bytes,
         }
     }
 
@@ -120,6 +131,7 @@ impl MemoryStore {
         let now = now_secs();
         let mut all = self.messages.borrow_mut();
         let list = all.entry(*uaid).or_default();
+        let before = list_bytes(list);
         list.retain(|m| {
             let live = m.live(now);
             if !live {
@@ -128,11 +140,18 @@ impl MemoryStore {
             live
         });
         let out = f(list);
+        let after = list_bytes(list);
+        let total = self.message_bytes.get() + after;
+        self.message_bytes.set(total.saturating_sub(before));
         if list.is_empty() {
             all.remove(uaid);
         }
         out
     }
+}
+
+fn list_bytes(list: &[StoredMessage]) -> usize {
+    list.iter().map(|m| m.msg.size()).sum()
 }
 
 impl Backend for MemoryStore {
@@ -144,7 +163,11 @@ impl Backend for MemoryStore {
     ) -> Result<HelloFound, Unavailable> {
         if forget {
             self.users.borrow_mut().remove(uaid);
-            self.messages.borrow_mut().remove(uaid);
+            if let Some(list) = self.messages.borrow_mut().remove(uaid) {
+                let total = self.message_bytes.get();
+                self.message_bytes
+                    .set(total.saturating_sub(list_bytes(&list)));
+            }
             self.wakes.borrow_mut().remove(uaid);
             return Ok(HelloFound::default());
         }
@@ -263,7 +286,8 @@ impl Backend for MemoryStore {
                     !replaced
                 });
             }
-            if list.len() >= max {
+            let over_budget = self.message_bytes.get() + stored.msg.size() > self.max_message_bytes;
+            if list.len() >= max || over_budget {
                 return PutResult::Full;
             }
             list.push(stored);
@@ -497,5 +521,40 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].id, "long");
         assert!((597..600).contains(&found[0].ttl), "{}", found[0].ttl);
+    }
+
+    #[test]
+    fn all_messages_together_stay_within_the_byte_budget() {
+        let one = m(1, "a", 60, None).size();
+        let s = MemoryStore::with_budget(100, 3 * one);
+        for n in 1..=3 {
+            s.register(&u(n), &c(1), 200).unwrap();
+        }
+        for n in 1..=3 {
+            let id = format!("{n}");
+            assert!(matches!(
+                s.put_message(&u(n), &m(1, &id, 60, None)),
+                Ok(PutResult::Stored { .. })
+            ));
+        }
+        assert_eq!(
+            s.put_message(&u(1), &m(1, "4", 60, None)),
+            Ok(PutResult::Full)
+        );
+        // An ack frees room; so does forgetting a UAID.
+        s.ack(&u(2), &[], &[(c(1), "2".into())]).unwrap();
+        assert!(matches!(
+            s.put_message(&u(1), &m(1, "5", 60, None)),
+            Ok(PutResult::Stored { .. })
+        ));
+        assert_eq!(
+            s.put_message(&u(1), &m(1, "6", 60, None)),
+            Ok(PutResult::Full)
+        );
+        s.hello(&u(3), true, None).unwrap();
+        assert!(matches!(
+            s.put_message(&u(1), &m(1, "7", 60, None)),
+            Ok(PutResult::Stored { .. })
+        ));
     }
 }

@@ -130,6 +130,10 @@ pub trait Backend {
     fn unbind_node(&self, uaid: &Uaid, node: &str) -> Result<(), Unavailable>;
     /// Records how the UAID's device can be woken (kept as long as its registration).
     fn set_wake(&self, uaid: &Uaid, wake: &str) -> Result<(), Unavailable>;
+    /// Extends the lifetime of a connected UAID's registrations, as a hello does.
+    fn refresh(&self, uaid: &Uaid) -> Result<(), Unavailable> {
+        self.hello(uaid, false, None).map(drop)
+    }
     /// Whether the backend can serve requests now.
     fn healthy(&self) -> bool;
 }
@@ -219,6 +223,11 @@ pub enum Job {
         /// The message id.
         id: String,
     },
+    /// A connected device's registrations are due for a longer life.
+    Refresh {
+        /// The UAID.
+        uaid: Uaid,
+    },
     /// A hello's wake data, to keep with the UAID.
     SetWake {
         /// The UAID.
@@ -254,9 +263,10 @@ impl Job {
             },
             Job::Put { d, .. } | Job::Check { d, .. } => d.uaid,
             Job::DeleteMessage { uaid, .. } => *uaid,
-            Job::Bound { uaid, .. } | Job::Unbound { uaid, .. } | Job::SetWake { uaid, .. } => {
-                *uaid
-            }
+            Job::Bound { uaid, .. }
+            | Job::Unbound { uaid, .. }
+            | Job::SetWake { uaid, .. }
+            | Job::Refresh { uaid } => *uaid,
         }
     }
 
@@ -291,7 +301,9 @@ impl Job {
                 id: id.clone(),
                 result: Err(Unavailable),
             },
-            Job::Bound { .. } | Job::Unbound { .. } | Job::SetWake { .. } => Done::Nothing,
+            Job::Bound { .. } | Job::Unbound { .. } | Job::SetWake { .. } | Job::Refresh { .. } => {
+                Done::Nothing
+            }
         }
     }
 }
@@ -441,6 +453,12 @@ fn run_job(backend: &dyn Backend, job: Job) -> Done {
             uaid,
             previous: backend.bind_node(&uaid, &node).ok().flatten(),
         },
+        Job::Refresh { uaid } => {
+            if backend.refresh(&uaid).is_err() {
+                log::debug!("refresh of uaid={uaid} failed: storage unavailable");
+            }
+            Done::Nothing
+        }
         Job::SetWake { uaid, wake } => {
             if backend.set_wake(&uaid, &wake).is_err() {
                 log::warn!("wake data for uaid={uaid} not stored: storage unavailable");
