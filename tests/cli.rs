@@ -174,3 +174,22 @@ fn sigterm_drains_sockets_gradually() {
     assert_eq!(status.code(), Some(0));
     assert!(s.log().contains("draining 15 sockets over 1500 ms"));
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_refuses_to_start() {
+    let first = Server::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_simplepush"))
+        .env("SIMPLEPUSH_SERVER_LISTEN", first.addr.to_string())
+        .env("SIMPLEPUSH_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&first.addr.to_string()) && err.contains("in use"),
+        "{err}"
+    );
+    // The first one is unharmed.
+    let mut c = first.client();
+    c.hello_new();
+}

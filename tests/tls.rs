@@ -46,11 +46,15 @@ fn tls_server(server_keys: &str) -> (Server, Arc<ClientConfig>) {
     (s, Arc::new(cfg))
 }
 
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
+/// Unique per call: tests run in parallel threads, each with its own certificate files.
+fn rand_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64
+        .as_nanos();
+    format!("{n}-{nanos}")
 }
 
 fn tls_connect(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Tls {

@@ -255,6 +255,16 @@ fn loops_wanted(cfg: &Config) -> usize {
     }
 }
 
+/// The address to listen on, with a port no other socket holds. SO_REUSEPORT lets every process of
+/// the same user bind a port already in use, and the kernel would then split connections between
+/// the two servers; bind(0) may even hand out such a port. A plain bind first refuses a taken port
+/// (EADDRINUSE), and for port 0 finds a free one, which the loops then share.
+fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{addr}: {e}"));
+    let probe = std::net::TcpListener::bind(addr).map_err(named)?;
+    probe.local_addr()
+}
+
 /// A listening socket that several loops can share (SO_REUSEPORT: the kernel spreads connections).
 fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
@@ -336,7 +346,11 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for (i, (addr, roles)) in wanted.into_iter().enumerate() {
-            let addr = same.and_then(|a| a.get(i).copied()).unwrap_or(addr);
+            let addr = match same.and_then(|a| a.get(i).copied()) {
+                Some(a) => a,
+                // The first loop claims the port for this process alone (see `claim_port`).
+                None => claim_port(addr)?,
+            };
             listeners.push(Listener {
                 socket: listen_shared(addr)?,
                 roles,
