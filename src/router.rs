@@ -25,6 +25,8 @@ use crate::http::{Head, Response};
 pub enum RouteRequest {
     /// Deliver this update live if the UAID is connected here (and the version is still pending).
     Deliver(Delivery),
+    /// New broadcast versions, set through another node's admin API.
+    Broadcasts(std::collections::BTreeMap<String, String>),
     /// Close the UAID's socket here, if it is still the one named: it connected elsewhere.
     Kick {
         /// The UAID.
@@ -51,6 +53,11 @@ pub fn parse(head: &Head, body: &[u8], secret: &str) -> Result<RouteRequest, Res
     let token = auth.strip_prefix("Bearer ").unwrap_or("");
     if !secret_matches(token, secret) {
         return Err(Response::json(401, "\"Unauthorized\""));
+    }
+    if head.path == "/broadcasts" && head.method == crate::http::Method::Put {
+        let changes =
+            serde_json::from_slice(body).map_err(|_| Response::json(400, "\"Invalid body\""))?;
+        return Ok(RouteRequest::Broadcasts(changes));
     }
     let Some(raw) = head.path.strip_prefix("/route/") else {
         return Err(Response::json(404, "\"Not Found\""));
@@ -144,6 +151,23 @@ pub fn forward(url: &str, secret: &str, timeout: Duration, d: &Delivery) -> bool
     .to_string();
     let path = format!("/route/{}", d.uaid);
     match send(url, "PUT", &path, secret, &body, timeout) {
+        Some(status) => status == 200,
+        None => {
+            METRICS.router_error();
+            false
+        }
+    }
+}
+
+/// Tells another node of new broadcast versions; true if it took them.
+pub fn push_broadcasts(
+    url: &str,
+    secret: &str,
+    timeout: Duration,
+    changes: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let body = serde_json::to_string(changes).unwrap_or_else(|_| "{}".into());
+    match send(url, "PUT", "/broadcasts", secret, &body, timeout) {
         Some(status) => status == 200,
         None => {
             METRICS.router_error();

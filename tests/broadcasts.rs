@@ -143,3 +143,42 @@ fn a_change_made_on_one_node_reaches_followers_on_another() {
     let (_, reply) = follower(&n3, "\"5\"");
     assert_eq!(reply["broadcasts"], json!({RS: "\"9\""}));
 }
+
+#[test]
+fn in_a_cluster_a_change_is_pushed_through_the_router_at_once() {
+    if !have_memcached() || memcached_backend() {
+        return;
+    }
+    let mc = Memcached::start();
+    // Polling once a minute: only the router's push can be this quick.
+    let cluster = |mc: &Memcached| {
+        Server::start_with(
+            "",
+            &format!(
+                "[admin]\ntoken = \"{TOKEN}\"\n[broadcasts]\nversions = {{ \"{RS}\" = '\"5\"' }}\npoll_ms = 60000\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"cluster-secret-0123456789\"\n",
+                memcached_section(&[mc.addr])
+            ),
+        )
+    };
+    let (n1, n2) = (cluster(&mc), cluster(&mc));
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut on_n2, _) = follower(&n2, "\"5\"");
+    let r = put_broadcasts(
+        n1.admin_addr.unwrap(),
+        Some(TOKEN),
+        &json!({RS: "\"7\""}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = Instant::now();
+    assert_eq!(
+        on_n2.recv(),
+        json!({"messageType":"broadcast","broadcasts":{RS: "\"7\""}})
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // The router listener takes broadcasts only with the cluster secret.
+    let router = *n2.addrs.last().unwrap();
+    assert_eq!(
+        request(router, "PUT", "/broadcasts", &[], r#"{"a":"1"}"#).status,
+        401
+    );
+}

@@ -1,8 +1,10 @@
 //! Broadcasts on the event loops: the admin API that changes them, and telling followers.
 //!
 //! Every loop holds a copy of the table. A change made through one loop's admin listener goes to
-//! the other loops by mailbox; with memcached it is also written to `b/broadcasts`, which a poller
-//! thread on every node reads, so that every node's followers hear of it within `poll_ms`.
+//! the other loops by mailbox. With memcached it is also written to `b/broadcasts` and, in a
+//! cluster, sent through the router to every node listed in `r/nodes` (each node announces itself
+//! there), which tells its own followers at once. A poller thread on every node also reads
+//! `b/broadcasts` every `poll_ms`: a node that missed the push, or started later, catches up.
 
 use std::collections::BTreeMap;
 
@@ -14,19 +16,36 @@ pub(super) fn initial(cfg: &Config) -> Broadcasts {
     Broadcasts::new(cfg.broadcasts.versions.clone())
 }
 
-/// Reads the cluster's table every `poll_ms` and hands changes to every loop.
-pub(super) fn start_poller(cfg: &Config, store: Arc<MemcachedStore>, peers: Arc<Peers>) {
+/// How often a node announces itself in `r/nodes` (stale after 90 s).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
+
+/// Reads the cluster's table every `poll_ms` and hands changes to every loop; in a cluster, also
+/// announces this node (`router_url`) so that other nodes push changes here.
+pub(super) fn start_poller(
+    cfg: &Config,
+    store: Arc<MemcachedStore>,
+    peers: Arc<Peers>,
+    router_url: Option<String>,
+) {
     let every = Duration::from_millis(cfg.broadcasts.poll_ms);
     let configured = cfg.broadcasts.versions.clone();
     let spawned = std::thread::Builder::new()
         .name("broadcasts".into())
         .spawn(move || {
             let mut last = BTreeMap::new();
+            let mut announced: Option<std::time::Instant> = None;
             // At once first: a node that starts learns the cluster's versions before its clients.
             let mut first = true;
             loop {
                 if !std::mem::take(&mut first) {
-                    std::thread::sleep(every);
+                    std::thread::sleep(every.min(ANNOUNCE_EVERY));
+                }
+                if let Some(url) = &router_url {
+                    if announced.is_none_or(|t| t.elapsed() >= ANNOUNCE_EVERY)
+                        && store.announce_node(url).is_ok()
+                    {
+                        announced = Some(std::time::Instant::now());
+                    }
                 }
                 let Ok(set) = store.broadcasts() else {
                     continue;
@@ -107,16 +126,28 @@ impl Server {
             self.spread_broadcasts(Arc::new(changes));
             return Some(Response::json(200, table_json(self.broadcasts.table())));
         };
-        // Stored first, so that a 200 means every node will hear of it.
+        // Stored first, so that a 200 means every node will hear of it (by push or by poll).
         let conn = self.park(key, head.keep_alive)?;
-        self.store
-            .forward(Box::new(move || match store.set_broadcasts(&changes) {
-                Ok(table) => Done::Broadcasts {
-                    conn,
-                    table: Some(Arc::new(table)),
-                },
-                Err(Unavailable) => Done::Broadcasts { conn, table: None },
-            }));
+        let push = self
+            .cluster
+            .as_ref()
+            .map(|c| (c.url.clone(), c.secret.clone(), c.timeout));
+        self.store.forward(Box::new(move || {
+            let Ok(table) = store.set_broadcasts(&changes) else {
+                return Done::Broadcasts { conn, table: None };
+            };
+            if let Some((own, secret, timeout)) = push {
+                for node in store.nodes().unwrap_or_default() {
+                    if node != own && !router::push_broadcasts(&node, &secret, timeout, &changes) {
+                        debug!("broadcasts: {node} did not take the change; it will poll it");
+                    }
+                }
+            }
+            Done::Broadcasts {
+                conn,
+                table: Some(Arc::new(table)),
+            }
+        }));
         None
     }
 
@@ -137,7 +168,7 @@ impl Server {
     }
 
     /// Applies versions here and sends them to every other loop.
-    fn spread_broadcasts(&mut self, changes: Arc<BTreeMap<String, String>>) {
+    pub(super) fn spread_broadcasts(&mut self, changes: Arc<BTreeMap<String, String>>) {
         for w in (0..self.peers.mail.len()).filter(|&w| w != self.id) {
             let _ = self.peers.send(w, Cross::Broadcasts(changes.clone()));
         }

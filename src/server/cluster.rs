@@ -62,6 +62,10 @@ impl Server {
                 };
                 return self.submit_owned(Job::Check { conn, d });
             }
+            Ok(RouteRequest::Broadcasts(changes)) => {
+                self.spread_broadcasts(std::sync::Arc::new(changes));
+                Response::json(200, "{}")
+            }
             Ok(RouteRequest::Kick { uaid, conn }) => {
                 let w = owner(&uaid, self.peers.mail.len());
                 if w == self.id {

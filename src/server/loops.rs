@@ -128,7 +128,11 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         )?);
     }
     if let Some(store) = memcached {
-        super::broadcasts::start_poller(&cfg, store, peers.clone());
+        let router_url = servers
+            .first()
+            .and_then(|s| s.cluster.as_ref())
+            .map(|c| c.url.clone());
+        super::broadcasts::start_poller(&cfg, store, peers.clone(), router_url);
     }
     Ok(servers)
 }

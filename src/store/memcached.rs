@@ -73,6 +73,10 @@ pub struct MemcachedStore {
 
 /// The broadcast table, one item for the whole cluster.
 const BROADCASTS_KEY: &str = "b/broadcasts";
+/// The cluster's nodes: router URL → when it last said it is up (Unix seconds).
+const NODES_KEY: &str = "r/nodes";
+/// A node not heard of for this long is left out of the list.
+const NODE_STALE_SECS: u64 = 90;
 
 fn hex(bytes: &[u8; 16]) -> String {
     Id::fresh(*bytes).to_string()
@@ -253,6 +257,43 @@ impl MemcachedStore {
             }
         }
         Err(Unavailable)
+    }
+
+    /// Records that the node with this router URL is up, and forgets nodes not heard of lately.
+    pub fn announce_node(&self, url: &str) -> Result<(), Unavailable> {
+        self.check()?;
+        for _ in 0..CAS_RETRIES {
+            let now = now_secs();
+            let current = self.gets(NODES_KEY)?;
+            let mut nodes: BTreeMap<String, u64> = current
+                .as_ref()
+                .and_then(|(t, _)| serde_json::from_str(t).ok())
+                .unwrap_or_default();
+            nodes.retain(|_, seen| now.saturating_sub(*seen) < NODE_STALE_SECS);
+            nodes.insert(url.to_string(), now);
+            let text = serde_json::to_string(&nodes).map_err(|_| Unavailable)?;
+            match current {
+                Some((_, cas)) if self.cas(NODES_KEY, &text, 0, cas)? => return Ok(()),
+                Some(_) => {}
+                None => self.add(NODES_KEY, &text, 0)?,
+            }
+        }
+        Err(Unavailable)
+    }
+
+    /// The router URLs of the nodes heard of lately.
+    pub fn nodes(&self) -> Result<Vec<String>, Unavailable> {
+        self.check()?;
+        let now = now_secs();
+        let nodes: BTreeMap<String, u64> = self
+            .get(NODES_KEY)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Ok(nodes
+            .into_iter()
+            .filter(|(_, seen)| now.saturating_sub(*seen) < NODE_STALE_SECS)
+            .map(|(url, _)| url)
+            .collect())
     }
 
     pub fn healthy_now(&self) -> bool {
