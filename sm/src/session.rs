@@ -171,15 +171,23 @@ enum State {
 #[derive(Debug)]
 pub struct Session {
     state: State,
-    last_ping_ms: Option<u64>,
+    /// When the last ping came; 0 = none yet.
+    last_ping_ms: u64,
     /// The last hello asked for WebPush (autopush's dialect).
     webpush: bool,
-    /// The broadcasts this socket follows (most sockets follow none).
-    subs: Option<Box<Subscriptions>>,
-    /// A hello's wake data, until the hello completes and the UAID is known.
-    wake: Option<Box<Wake>>,
+    /// What few sockets have: followed broadcasts, wake data. One pointer for all idle sockets.
+    extra: Option<Box<Extra>>,
     /// When the registrations were last refreshed in storage (a hello refreshes them too).
     refreshed_ms: u64,
+}
+
+/// The rarely used part of a session.
+#[derive(Debug, Default)]
+struct Extra {
+    /// The broadcasts this socket follows.
+    subs: Subscriptions,
+    /// A hello's wake data, until the hello completes and the UAID is known.
+    wake: Option<Box<Wake>>,
 }
 
 impl Default for Session {
@@ -197,10 +205,9 @@ impl Session {
     pub fn new() -> Session {
         Session {
             state: State::AwaitingHello,
-            last_ping_ms: None,
+            last_ping_ms: 0,
             webpush: false,
-            subs: None,
-            wake: None,
+            extra: None,
             refreshed_ms: 0,
         }
     }
@@ -212,6 +219,16 @@ impl Session {
             State::Busy { uaid, .. } => *uaid,
             _ => None,
         }
+    }
+
+    /// The hello's wake data, once; the extra part goes when nothing is left in it.
+    fn take_wake(&mut self) -> Option<Box<Wake>> {
+        let extra = self.extra.as_mut()?;
+        let wake = extra.wake.take();
+        if extra.subs.is_empty() {
+            self.extra = None;
+        }
+        wake
     }
 
     /// True once a hello asked for WebPush: messages, not versions, are delivered.
@@ -306,19 +323,19 @@ impl Session {
     }
 
     fn ping(&mut self, raw: Map<String, Value>, limits: &Limits, now_ms: u64) -> Vec<Effect> {
-        let too_soon = self.last_ping_ms.is_some_and(|last| {
-            limits.min_ping_interval_ms > 0
-                && now_ms.saturating_sub(last) < limits.min_ping_interval_ms
-        });
+        let last = self.last_ping_ms;
+        let too_soon = last > 0
+            && limits.min_ping_interval_ms > 0
+            && now_ms.saturating_sub(last) < limits.min_ping_interval_ms;
         if too_soon {
             return self.closing(fail(raw, ErrorStatus::InvalidCommand));
         }
-        self.last_ping_ms = Some(now_ms);
+        self.last_ping_ms = now_ms.max(1);
         vec![Effect::Send(reply::PONG.into())]
     }
 
     fn subscribe(&mut self, more: Subscriptions, broadcasts: &Broadcasts) -> Vec<Effect> {
-        let subs = self.subs.get_or_insert_with(Box::default);
+        let subs = &mut self.extra.get_or_insert_with(Box::default).subs;
         let new: Vec<String> = more.iter().map(|(id, _)| id.clone()).collect();
         broadcast::merge(subs, more);
         // Only about what this subscribe named; always answered, so the client knows it was heard.
@@ -344,7 +361,11 @@ impl Session {
         changed: &[String],
     ) -> Option<String> {
         self.uaid()?;
-        let told = broadcasts.tell(self.subs.as_mut()?, Some(changed));
+        let subs = &mut self.extra.as_mut()?.subs;
+        if subs.is_empty() {
+            return None;
+        }
+        let told = broadcasts.tell(subs, Some(changed));
         (!told.is_empty()).then(|| reply::broadcast(told))
     }
 
@@ -362,13 +383,15 @@ impl Session {
         }
         let current = self.uaid();
         self.webpush = h.use_webpush && limits.webpush;
-        self.wake = h.wake.map(Box::new);
+        if let Some(w) = h.wake {
+            self.extra.get_or_insert_with(Box::default).wake = Some(Box::new(w));
+        }
         if let Some(subs) = h.broadcasts.filter(|s| !s.is_empty()) {
-            self.subs = Some(Box::new(subs));
+            self.extra.get_or_insert_with(Box::default).subs = subs;
         }
         // Only the WebPush dialect carries broadcasts in its hello reply.
-        let told = self.webpush.then(|| match self.subs.as_mut() {
-            Some(subs) => broadcasts.tell(subs, None),
+        let told = self.webpush.then(|| match self.extra.as_mut() {
+            Some(extra) => broadcasts.tell(&mut extra.subs, None),
             None => Map::new(),
         });
         let requested = match (h.uaid, current) {
@@ -387,7 +410,7 @@ impl Session {
                     Effect::Bind(uaid),
                     Effect::Send(reply::hello(&uaid, told.as_ref())),
                 ];
-                out.extend(self.wake.take().map(|w| Effect::Wake(uaid, w)));
+                out.extend(self.take_wake().map(|w| Effect::Wake(uaid, w)));
                 return out;
             }
             (HelloUaid::Valid(u), None) => u,
@@ -544,7 +567,7 @@ impl Session {
                     Effect::Bind(chosen),
                     Effect::Send(reply::hello(&chosen, told.as_ref())),
                 ];
-                out.extend(self.wake.take().map(|w| Effect::Wake(chosen, w)));
+                out.extend(self.take_wake().map(|w| Effect::Wake(chosen, w)));
                 // Each dialect gets what it can read; the rest stays stored for a client that can.
                 if self.webpush {
                     out.extend(messages.iter().map(|m| Effect::Send(reply::message(m))));
