@@ -84,6 +84,12 @@ impl Stream {
         }
     }
 
+    /// TLS records are still waiting for the socket: dropping the connection now would lose them
+    /// (plain TCP has no such bytes; the kernel sends what it took).
+    pub fn pending(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.conn.wants_write())
+    }
+
     /// Ends our sending side: a TLS close_notify first, then the TCP FIN.
     pub fn shutdown_write(&mut self) {
         if let Stream::Tls(t) = self {

@@ -73,7 +73,12 @@ fn register_beyond_max_channels_is_refused_and_the_socket_stays() {
     let mut again = s.client();
     again.hello(&uaid, &[]);
     again.send_json(json!({"messageType":"register","channelID":chid(9)}));
-    assert_eq!(again.recv()["status"], 429);
+    // Version 4 comes again first if the new socket's hello overtook the old one's ack.
+    let mut reply = again.recv();
+    if reply["messageType"] == "notification" {
+        reply = again.recv();
+    }
+    assert_eq!(reply["status"], 429, "{reply}");
 }
 
 #[test]

@@ -33,6 +33,13 @@ impl Server {
             else {
                 return;
             };
+            if h.closing {
+                // Only the last TLS records were left (sent by `conn_event`): done once they are.
+                if !h.stream.pending() {
+                    self.drop_conn(key);
+                }
+                return;
+            }
             match write_out(&mut h.stream, &h.out, &mut h.written) {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -46,6 +53,12 @@ impl Server {
                 h.written = 0;
                 if h.close_after {
                     h.stream.shutdown_write();
+                    if h.stream.pending() {
+                        h.closing = true;
+                        let at = self.now_ms() + self.cfg.server.close_timeout_ms;
+                        self.set_deadline(key, at);
+                        return;
+                    }
                     return self.drop_conn(key);
                 }
                 if !h.continued {

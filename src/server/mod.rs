@@ -101,6 +101,8 @@ struct HttpConn {
     waiting: Option<bool>,
     /// `100 Continue` was sent for the request being read.
     continued: bool,
+    /// The last response is out and our side shut; TLS records still wait for the socket.
+    closing: bool,
 }
 
 /// A WebSocket with its protocol session.
@@ -724,6 +726,7 @@ impl Server {
                 close_after: false,
                 waiting: None,
                 continued: false,
+                closing: false,
             }),
         });
         let at = self.now_ms() + self.cfg.server.request_timeout_ms;

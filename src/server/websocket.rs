@@ -173,7 +173,9 @@ impl Server {
         };
         let max_output = self.cfg.websocket.max_output_buffer;
         match w.link.uncork(max_output) {
-            Ok(()) if w.link.finished() => self.drop_conn(key),
+            // Over TLS, the last records may still wait for the socket: the next writable event
+            // sends them and comes back here (the close timeout bounds the wait).
+            Ok(()) if w.link.finished() && !w.link.transport().pending() => self.drop_conn(key),
             Ok(()) => {}
             Err(_) => self.drop_conn(key),
         }
