@@ -106,6 +106,18 @@ pub enum StoreOp {
     },
 }
 
+impl StoreOp {
+    /// The UAID it is for.
+    pub fn uaid(&self) -> Uaid {
+        match self {
+            StoreOp::Hello { uaid, .. }
+            | StoreOp::Register { uaid, .. }
+            | StoreOp::Unregister { uaid, .. }
+            | StoreOp::Ack { uaid, .. } => *uaid,
+        }
+    }
+}
+
 /// The storage layer's answer to a [`StoreOp`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreReply {

@@ -3,16 +3,6 @@
 use super::*;
 use crate::metrics::{track, track_drop};
 
-/// The UAID a session's storage operation is for.
-fn op_uaid(op: &StoreOp) -> Uaid {
-    match op {
-        StoreOp::Hello { uaid, .. }
-        | StoreOp::Register { uaid, .. }
-        | StoreOp::Unregister { uaid, .. }
-        | StoreOp::Ack { uaid, .. } => *uaid,
-    }
-}
-
 /// A TTL-0 message that reached no socket is gone: it was never stored.
 fn count_unsent(d: &Delivery) {
     if matches!(&d.notice, Notice::Message(m) if m.ttl == 0) {
@@ -350,7 +340,7 @@ impl Server {
         } = &reply
         {
             // What the hello flushes, by the dialect the socket reads (unless the UAID is reset).
-            let uaid = op_uaid(op);
+            let uaid = op.uaid();
             if w.session.is_webpush() {
                 for m in messages {
                     track(Event::DeliveredStored, &uaid, &m.channel, &m.id);

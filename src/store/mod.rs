@@ -255,12 +255,7 @@ impl Job {
     /// The UAID whose jobs must stay in order.
     pub fn uaid(&self) -> Uaid {
         match self {
-            Job::Session { op, .. } => match op {
-                StoreOp::Hello { uaid, .. }
-                | StoreOp::Register { uaid, .. }
-                | StoreOp::Unregister { uaid, .. }
-                | StoreOp::Ack { uaid, .. } => *uaid,
-            },
+            Job::Session { op, .. } => op.uaid(),
             Job::Put { d, .. } | Job::Check { d, .. } => d.uaid,
             Job::DeleteMessage { uaid, .. } => *uaid,
             Job::Bound { uaid, .. }
