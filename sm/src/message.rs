@@ -7,6 +7,10 @@ use crate::ids::{ChannelId, Id, Uaid};
 use crate::wake::Wake;
 use crate::webpush::AppKey;
 
+/// Ack items taken from one frame: a device never has more than a few hundred things waiting
+/// (200 channels, 100 WebPush messages); the rest of a larger ack is ignored.
+pub const MAX_ACK_ITEMS: usize = 512;
+
 /// The `uaid` a hello carried.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HelloUaid {
@@ -248,13 +252,16 @@ fn ack(obj: &Map<String, Value>) -> Option<Inbound> {
         Some(Value::Array(list)) if !list.is_empty() => list,
         _ => return None,
     };
-    let mut items = Vec::with_capacity(list.len());
+    let mut items = Vec::with_capacity(list.len().min(MAX_ACK_ITEMS));
     for entry in list {
         let Value::Object(item) = entry else {
             return None;
         };
-        if let Some(parsed) = ack_item(item)? {
-            items.push(parsed);
+        match ack_item(item)? {
+            // Beyond what any device waits for: dropped, so that one frame costs the store little.
+            Some(_) if items.len() >= MAX_ACK_ITEMS => {}
+            Some(parsed) => items.push(parsed),
+            None => {}
         }
     }
     Some(Inbound::Ack(items))
@@ -465,6 +472,19 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].version, AckVersion::Number(5));
         assert_eq!(items[0].code, Some(100));
+    }
+
+    #[test]
+    fn huge_acks_are_cut_to_the_limit() {
+        let item = format!(r#"{{"channelID":"{CHID}","version":1}}"#);
+        let s = format!(
+            r#"{{"messageType":"ack","updates":[{}]}}"#,
+            vec![item; MAX_ACK_ITEMS + 100].join(",")
+        );
+        let Inbound::Ack(items) = kind(&s) else {
+            panic!("not an ack")
+        };
+        assert_eq!(items.len(), MAX_ACK_ITEMS);
     }
 
     #[test]

@@ -216,12 +216,10 @@ impl Backend for MemoryStore {
         messages: &[(ChannelId, String)],
     ) -> Result<(), Unavailable> {
         if !messages.is_empty() {
+            let acked: std::collections::HashSet<(&ChannelId, &str)> =
+                messages.iter().map(|(c, id)| (c, id.as_str())).collect();
             self.with_messages(uaid, |list| {
-                list.retain(|m| {
-                    !messages
-                        .iter()
-                        .any(|(c, id)| *c == m.msg.channel && *id == m.msg.id)
-                })
+                list.retain(|m| !acked.contains(&(&m.msg.channel, m.msg.id.as_str())))
             });
         }
         let mut users = self.users.borrow_mut();
