@@ -151,10 +151,20 @@ impl Limits {
     }
 }
 
+/// How long the webhook host's address is used before it is looked up again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(60);
+
 /// The configured driver.
 enum Driver {
-    Udp { allow: Vec<Net> },
-    Webhook { url: String },
+    Udp {
+        allow: Vec<Net>,
+    },
+    Webhook {
+        url: String,
+        /// The host's address and when it was looked up: name lookups block with no timeout of
+        /// their own, so not one per wake.
+        resolved: Option<(SocketAddr, Instant)>,
+    },
 }
 
 /// Hands wake requests to the driver thread.
@@ -177,6 +187,7 @@ impl Waker {
             }
             "webhook" => Driver::Webhook {
                 url: cfg.webhook_url.clone(),
+                resolved: None,
             },
             _ => return None,
         };
@@ -212,14 +223,14 @@ impl Waker {
     }
 }
 
-fn run(rx: Receiver<(Uaid, String)>, driver: Driver, mut limits: Limits, timeout: Duration) {
+fn run(rx: Receiver<(Uaid, String)>, mut driver: Driver, mut limits: Limits, timeout: Duration) {
     while let Ok((uaid, text)) = rx.recv() {
         let outcome = match Wake::from_json(&text) {
             None => Outcome::Refused,
             Some(_) if !limits.allow(&uaid, Instant::now()) => Outcome::Refused,
-            Some(wake) => match &driver {
+            Some(wake) => match &mut driver {
                 Driver::Udp { allow } => udp(&uaid, &wake, allow),
-                Driver::Webhook { url } => webhook(url, &uaid, &text, timeout),
+                Driver::Webhook { url, resolved } => webhook(url, resolved, &uaid, &text, timeout),
             },
         };
         debug!("wake uaid={uaid}: {outcome:?}");
@@ -257,7 +268,13 @@ fn udp(uaid: &Uaid, wake: &Wake, allow: &[Net]) -> Outcome {
 }
 
 /// POSTs `{"uaid","wake"}`; sent when the answer is 2xx within `timeout` in all.
-fn webhook(url: &str, uaid: &Uaid, wake_json: &str, timeout: Duration) -> Outcome {
+fn webhook(
+    url: &str,
+    resolved: &mut Option<(SocketAddr, Instant)>,
+    uaid: &Uaid,
+    wake_json: &str,
+    timeout: Duration,
+) -> Outcome {
     let deadline = Instant::now() + timeout;
     let left = || {
         deadline
@@ -275,10 +292,21 @@ fn webhook(url: &str, uaid: &Uaid, wake_json: &str, timeout: Duration) -> Outcom
         _ => format!("{host}:80"),
     };
     let body = format!("{{\"uaid\":\"{uaid}\",\"wake\":{wake_json}}}");
+    let fresh = resolved.filter(|(_, at)| at.elapsed() < RESOLVE_EVERY);
+    let addr = match fresh {
+        Some((addr, _)) => Some(addr),
+        None => target.to_socket_addrs().ok().and_then(|mut a| a.next()),
+    };
+    let Some(addr) = addr else {
+        debug!("wake uaid={uaid}: webhook {url}: no address for {target}");
+        return Outcome::Failed;
+    };
+    if fresh.is_none() {
+        *resolved = Some((addr, Instant::now()));
+    }
     let attempt = || -> Option<u16> {
-        // Name lookup blocks without a timeout of its own; it runs on the wake thread only.
-        let addr = target.to_socket_addrs().ok()?.next()?;
-        let mut s = TcpStream::connect_timeout(&addr, left()?).ok()?;
+        let connected = TcpStream::connect_timeout(&addr, left()?);
+        let mut s = connected.ok()?;
         s.set_write_timeout(left()).ok()?;
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -300,6 +328,8 @@ fn webhook(url: &str, uaid: &Uaid, wake_json: &str, timeout: Duration) -> Outcom
     match attempt() {
         Some(status) if (200..300).contains(&status) => Outcome::Sent,
         other => {
+            // Perhaps the host moved: look it up again next time.
+            *resolved = None;
             debug!("wake uaid={uaid}: webhook {url}: {other:?}");
             Outcome::Failed
         }
