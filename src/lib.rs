@@ -7,6 +7,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod nonblocking;
+pub mod outbound;
 pub mod random;
 pub mod registry;
 pub mod router;

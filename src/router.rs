@@ -8,14 +8,14 @@
 //! Both carry `Authorization: Bearer <secret>`. The requests are made on worker threads, never on
 //! the event loop.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use sm::{ChannelId, Id, Uaid};
 
 use crate::metrics::METRICS;
+use crate::outbound;
 use crate::store::{codec, Delivery, Notice};
 
 use crate::http::{Head, Response};
@@ -110,32 +110,10 @@ fn send(
     body: &str,
     timeout: Duration,
 ) -> Option<u16> {
-    let deadline = std::time::Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(std::time::Instant::now())
-            .filter(|d| !d.is_zero())
-    };
     let host = url.strip_prefix("http://")?.trim_end_matches('/');
     let addr = host.to_socket_addrs().ok()?.next()?;
-    let mut s = TcpStream::connect_timeout(&addr, left()?).ok()?;
-    s.set_write_timeout(left()).ok()?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut buf = [0u8; 64];
-    let mut got = Vec::new();
-    while got.len() < 12 {
-        s.set_read_timeout(Some(left()?)).ok()?;
-        let n = s.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    std::str::from_utf8(got.get(9..12)?).ok()?.parse().ok()
+    let auth = format!("Authorization: Bearer {secret}\r\n");
+    outbound::status_of(addr, host, (method, path), &auth, body, timeout)
 }
 
 /// Forwards an update; true if the other node wrote it to the UAID's socket.

@@ -7,8 +7,7 @@
 //! `{"uaid", "wake"}` to a configured URL (a carrier service, or a bridge to FCM/APNs).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use sm::wake::Wake;
 use sm::Uaid;
 
 use crate::config::WakeConfig;
+use crate::outbound;
 
 /// Wake requests waiting for the driver thread; more are dropped.
 const QUEUE: usize = 4096;
@@ -275,12 +275,6 @@ fn webhook(
     wake_json: &str,
     timeout: Duration,
 ) -> Outcome {
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-    };
     let Some(rest) = url.strip_prefix("http://") else {
         return Outcome::Failed;
     };
@@ -304,28 +298,7 @@ fn webhook(
     if fresh.is_none() {
         *resolved = Some((addr, Instant::now()));
     }
-    let attempt = || -> Option<u16> {
-        let connected = TcpStream::connect_timeout(&addr, left()?);
-        let mut s = connected.ok()?;
-        s.set_write_timeout(left()).ok()?;
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).ok()?;
-        let mut head = [0u8; 12];
-        let mut got = 0;
-        while got < head.len() {
-            s.set_read_timeout(Some(left()?)).ok()?;
-            let n = s.read(&mut head[got..]).ok()?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
-    };
-    match attempt() {
+    match outbound::status_of(addr, host, ("POST", path), "", &body, timeout) {
         Some(status) if (200..300).contains(&status) => Outcome::Sent,
         other => {
             // Perhaps the host moved: look it up again next time.
