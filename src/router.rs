@@ -55,8 +55,8 @@ pub fn parse(head: &Head, body: &[u8], secret: &str) -> Result<RouteRequest, Res
         return Err(Response::json(401, "\"Unauthorized\""));
     }
     if head.path == "/broadcasts" && head.method == crate::http::Method::Put {
-        let changes =
-            serde_json::from_slice(body).map_err(|_| Response::json(400, "\"Invalid body\""))?;
+        let changes = sm::broadcast::parse_changes(body)
+            .map_err(|why| Response::json(400, format!("\"{why}\"")))?;
         return Ok(RouteRequest::Broadcasts(changes));
     }
     let Some(raw) = head.path.strip_prefix("/route/") else {

@@ -73,6 +73,22 @@ impl Broadcasts {
     }
 }
 
+/// Reads a change of versions (the admin API's and the cluster router's `PUT /broadcasts` body):
+/// a JSON object of strings, ids and versions of 1 to [`MAX_LEN`] and up to [`MAX_LEN`] bytes.
+pub fn parse_changes(body: &[u8]) -> Result<BTreeMap<String, String>, &'static str> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
+    let obj = v.as_object().ok_or("body must be a JSON object")?;
+    let mut out = BTreeMap::new();
+    for (id, version) in obj {
+        let version = version.as_str().ok_or("versions must be strings")?;
+        if id.is_empty() || id.len() > MAX_LEN || version.len() > MAX_LEN {
+            return Err("ids and versions are 1 to 200 characters");
+        }
+        out.insert(id.clone(), version.to_string());
+    }
+    Ok(out)
+}
+
 /// Reads a client's `broadcasts` object: string values only, bounded in count and length.
 pub fn parse(v: Option<&Value>) -> Option<Subscriptions> {
     let obj = v?.as_object()?;
@@ -156,6 +172,20 @@ mod tests {
             Value::Object(b.tell(&mut waiting, Some(&changed))),
             json!({"new": "1"})
         );
+    }
+
+    #[test]
+    fn changes_are_an_object_of_short_strings() {
+        assert!(parse_changes(br#"{"a":"1","b":"\"2\""}"#).is_ok());
+        for bad in [&b"[]"[..], b"nope", br#"{"a":1}"#, br#"{"":"1"}"#] {
+            assert!(
+                parse_changes(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_LEN + 1));
+        assert!(parse_changes(long.as_bytes()).is_err());
     }
 
     #[test]

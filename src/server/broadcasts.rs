@@ -70,21 +70,6 @@ pub(super) fn start_poller(
     }
 }
 
-/// A `PUT /broadcasts` body: an object of strings, at most 200 characters each.
-fn parse_changes(body: &[u8]) -> Result<BTreeMap<String, String>, &'static str> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
-    let obj = v.as_object().ok_or("body must be a JSON object")?;
-    let mut out = BTreeMap::new();
-    for (id, version) in obj {
-        let version = version.as_str().ok_or("versions must be strings")?;
-        if id.is_empty() || id.len() > 200 || version.len() > 200 {
-            return Err("ids and versions are 1 to 200 characters");
-        }
-        out.insert(id.clone(), version.to_string());
-    }
-    Ok(out)
-}
-
 fn table_json(table: &BTreeMap<String, String>) -> String {
     serde_json::to_string(table).unwrap_or_else(|_| "{}".into())
 }
@@ -118,7 +103,7 @@ impl Server {
                 Response::json(401, "\"Unauthorized\"").header("WWW-Authenticate: Bearer"),
             );
         }
-        let changes = match parse_changes(body) {
+        let changes = match sm::broadcast::parse_changes(body) {
             Ok(c) => c,
             Err(why) => return Some(Response::json(400, format!("\"{why}\""))),
         };
@@ -208,24 +193,5 @@ impl Server {
                 self.drop_conn(key);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn changes_are_an_object_of_short_strings() {
-        assert!(parse_changes(br#"{"a":"1","b":"\"2\""}"#).is_ok());
-        for bad in [&b"[]"[..], b"nope", br#"{"a":1}"#, br#"{"":"1"}"#] {
-            assert!(
-                parse_changes(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(201));
-        assert!(parse_changes(long.as_bytes()).is_err());
     }
 }

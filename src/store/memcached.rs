@@ -223,10 +223,7 @@ impl MemcachedStore {
     /// The broadcast versions set through the admin API (`b/broadcasts`), shared by every node.
     pub fn broadcasts(&self) -> Result<BTreeMap<String, String>, Unavailable> {
         self.check()?;
-        Ok(self
-            .get(BROADCASTS_KEY)?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default())
+        self.read_map(BROADCASTS_KEY)
     }
 
     /// Merges new broadcast versions into `b/broadcasts`; the whole table after.
@@ -235,65 +232,69 @@ impl MemcachedStore {
         changes: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, Unavailable> {
         self.check()?;
-        for _ in 0..CAS_RETRIES {
-            let current = self.gets(BROADCASTS_KEY)?;
-            let mut table: BTreeMap<String, String> = current
-                .as_ref()
-                .and_then(|(t, _)| serde_json::from_str(t).ok())
-                .unwrap_or_default();
+        // No expiry: broadcasts live until changed (memcached may still evict them under memory
+        // pressure; the config's versions are the fallback).
+        self.update_map(BROADCASTS_KEY, |table| {
             table.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let text = serde_json::to_string(&table).map_err(|_| Unavailable)?;
-            // No expiry: broadcasts live until changed (memcached may still evict them under
-            // memory pressure; the config's versions are the fallback).
-            let stored = match current {
-                Some((_, cas)) => self.cas(BROADCASTS_KEY, &text, 0, cas)?,
-                None => {
-                    self.add(BROADCASTS_KEY, &text, 0)?;
-                    continue;
-                }
-            };
-            if stored {
-                return Ok(table);
-            }
-        }
-        Err(Unavailable)
+        })
     }
 
     /// Records that the node with this router URL is up, and forgets nodes not heard of lately.
     pub fn announce_node(&self, url: &str) -> Result<(), Unavailable> {
         self.check()?;
-        for _ in 0..CAS_RETRIES {
+        self.update_map(NODES_KEY, |nodes: &mut BTreeMap<String, u64>| {
             let now = now_secs();
-            let current = self.gets(NODES_KEY)?;
-            let mut nodes: BTreeMap<String, u64> = current
-                .as_ref()
-                .and_then(|(t, _)| serde_json::from_str(t).ok())
-                .unwrap_or_default();
             nodes.retain(|_, seen| now.saturating_sub(*seen) < NODE_STALE_SECS);
             nodes.insert(url.to_string(), now);
-            let text = serde_json::to_string(&nodes).map_err(|_| Unavailable)?;
-            match current {
-                Some((_, cas)) if self.cas(NODES_KEY, &text, 0, cas)? => return Ok(()),
-                Some(_) => {}
-                None => self.add(NODES_KEY, &text, 0)?,
-            }
-        }
-        Err(Unavailable)
+        })
+        .map(drop)
     }
 
     /// The router URLs of the nodes heard of lately.
     pub fn nodes(&self) -> Result<Vec<String>, Unavailable> {
         self.check()?;
         let now = now_secs();
-        let nodes: BTreeMap<String, u64> = self
-            .get(NODES_KEY)?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let nodes: BTreeMap<String, u64> = self.read_map(NODES_KEY)?;
         Ok(nodes
             .into_iter()
             .filter(|(_, seen)| now.saturating_sub(*seen) < NODE_STALE_SECS)
             .map(|(url, _)| url)
             .collect())
+    }
+
+    /// A cluster-wide JSON object item (no expiry); empty when absent or unreadable.
+    fn read_map<V: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<BTreeMap<String, V>, Unavailable> {
+        Ok(self
+            .get(key)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
+    }
+
+    /// Changes a cluster-wide JSON object item until the change sticks (gets/cas, or add when
+    /// absent and then once more over what is there); the object after.
+    fn update_map<V: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        change: impl Fn(&mut BTreeMap<String, V>),
+    ) -> Result<BTreeMap<String, V>, Unavailable> {
+        for _ in 0..CAS_RETRIES {
+            let current = self.gets(key)?;
+            let mut map: BTreeMap<String, V> = current
+                .as_ref()
+                .and_then(|(t, _)| serde_json::from_str(t).ok())
+                .unwrap_or_default();
+            change(&mut map);
+            let text = serde_json::to_string(&map).map_err(|_| Unavailable)?;
+            match current {
+                Some((_, cas)) if self.cas(key, &text, 0, cas)? => return Ok(map),
+                Some(_) => {}
+                None => self.add(key, &text, 0)?,
+            }
+        }
+        Err(Unavailable)
     }
 
     pub fn healthy_now(&self) -> bool {
