@@ -131,11 +131,32 @@ const COMMANDS: [(Command, &str); 5] = [
     (Command::Ping, "ping"),
 ];
 
+/// How a wake-up of an offline device ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeOutcome {
+    /// The driver did its part (datagram sent, webhook answered 2xx).
+    Sent,
+    /// The driver failed (socket error, timeout, webhook non-2xx).
+    Failed,
+    /// Not attempted: rate limit, address outside the allowed networks, no usable wake data.
+    Refused,
+    /// Not attempted: the queue was full.
+    Dropped,
+}
+
+const WAKES: [(WakeOutcome, &str); 4] = [
+    (WakeOutcome::Sent, "sent"),
+    (WakeOutcome::Failed, "failed"),
+    (WakeOutcome::Refused, "refused"),
+    (WakeOutcome::Dropped, "dropped"),
+];
+
 /// Every counter the server keeps.
 pub struct Metrics {
     events: [AtomicU64; EVENTS.len()],
     drops: [AtomicU64; DROPS.len()],
     commands: [AtomicU64; COMMANDS.len()],
+    wakes: [AtomicU64; WAKES.len()],
     store_errors: AtomicU64,
     router_errors: AtomicU64,
     refused_connections: AtomicU64,
@@ -150,6 +171,7 @@ pub static METRICS: Metrics = Metrics {
     events: [const { AtomicU64::new(0) }; EVENTS.len()],
     drops: [const { AtomicU64::new(0) }; DROPS.len()],
     commands: [const { AtomicU64::new(0) }; COMMANDS.len()],
+    wakes: [const { AtomicU64::new(0) }; WAKES.len()],
     store_errors: AtomicU64::new(0),
     router_errors: AtomicU64::new(0),
     refused_connections: AtomicU64::new(0),
@@ -175,6 +197,11 @@ impl Metrics {
     /// Counts a client command.
     pub fn command(&self, c: Command, n: u64) {
         self.commands[index(&COMMANDS, c)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a wake-up by how it ended.
+    pub fn wake(&self, o: WakeOutcome) {
+        self.wakes[index(&WAKES, o)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a storage operation that failed.
@@ -251,6 +278,10 @@ pub struct Gauges {
     pub clients: usize,
 }
 
+fn labels<T>(table: &[(T, &'static str)]) -> Vec<&'static str> {
+    table.iter().map(|(_, l)| *l).collect()
+}
+
 fn family(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -270,33 +301,42 @@ pub fn render(g: &Gauges) -> String {
     ] {
         let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
     }
-    let name = "simplepush_commands_total";
-    family(&mut out, name, "Client commands handled.", "counter");
-    for (i, (_, label)) in COMMANDS.iter().enumerate() {
-        let n = m.commands[i].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{command=\"{label}\"}} {n}");
-    }
-    let name = "simplepush_notifications_total";
-    family(
-        &mut out,
-        name,
-        "Notifications by what happened to them.",
-        "counter",
-    );
-    for (i, (_, label)) in EVENTS.iter().enumerate() {
-        let n = m.events[i].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{event=\"{label}\"}} {n}");
-    }
-    let name = "simplepush_notifications_dropped_total";
-    family(
-        &mut out,
-        name,
-        "Notifications not kept, by reason.",
-        "counter",
-    );
-    for (i, (_, label)) in DROPS.iter().enumerate() {
-        let n = m.drops[i].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{reason=\"{label}\"}} {n}");
+    let labelled = [
+        (
+            "simplepush_commands_total",
+            "Client commands handled.",
+            "command",
+            labels(&COMMANDS),
+            &m.commands[..],
+        ),
+        (
+            "simplepush_notifications_total",
+            "Notifications by what happened to them.",
+            "event",
+            labels(&EVENTS),
+            &m.events[..],
+        ),
+        (
+            "simplepush_notifications_dropped_total",
+            "Notifications not kept, by reason.",
+            "reason",
+            labels(&DROPS),
+            &m.drops[..],
+        ),
+        (
+            "simplepush_wakes_total",
+            "Wake-ups of offline devices by outcome.",
+            "outcome",
+            labels(&WAKES),
+            &m.wakes[..],
+        ),
+    ];
+    for (name, help, label, values, counts) in labelled {
+        family(&mut out, name, help, "counter");
+        for (value, n) in values.iter().zip(counts) {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+        }
     }
     let counters = [
         (
@@ -329,7 +369,6 @@ pub fn render(g: &Gauges) -> String {
         "simplepush_delivery_seconds",
         "From a valid app-server request to the notification written to the device's socket.",
     );
-    crate::wake::render(&mut out);
     process(&mut out);
     out
 }
@@ -419,6 +458,7 @@ mod tests {
             "simplepush_commands_total",
             "simplepush_notifications_total",
             "simplepush_notifications_dropped_total",
+            "simplepush_wakes_total",
             "simplepush_store_errors_total",
             "simplepush_router_errors_total",
             "simplepush_store_seconds",

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -17,53 +16,13 @@ use sm::wake::Wake;
 use sm::Uaid;
 
 use crate::config::WakeConfig;
+use crate::metrics::{WakeOutcome as Outcome, METRICS};
 use crate::outbound;
 
 /// Wake requests waiting for the driver thread; more are dropped.
 const QUEUE: usize = 4096;
 /// Per-UAID rate-limit entries kept; older ones are forgotten first.
 const MAX_TRACKED: usize = 100_000;
-
-/// How a wake ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The driver did its part (datagram sent, webhook answered 2xx).
-    Sent,
-    /// The driver failed (socket error, timeout, webhook non-2xx).
-    Failed,
-    /// Not attempted: rate limit, address outside the allowed networks, no usable wake data.
-    Refused,
-    /// Not attempted: the queue was full.
-    Dropped,
-}
-
-const OUTCOMES: [(Outcome, &str); 4] = [
-    (Outcome::Sent, "sent"),
-    (Outcome::Failed, "failed"),
-    (Outcome::Refused, "refused"),
-    (Outcome::Dropped, "dropped"),
-];
-
-static COUNTS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
-
-fn count(o: Outcome) {
-    let i = OUTCOMES.iter().position(|(x, _)| *x == o).unwrap_or(0);
-    COUNTS[i].fetch_add(1, Ordering::Relaxed);
-}
-
-/// `simplepush_wakes_total{outcome}` lines for `/metrics`.
-pub fn render(out: &mut String) {
-    use std::fmt::Write as _;
-    let name = "simplepush_wakes_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Wake-ups of offline devices by outcome.\n# TYPE {name} counter"
-    );
-    for (i, (_, label)) in OUTCOMES.iter().enumerate() {
-        let n = COUNTS[i].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {n}");
-    }
-}
 
 /// An IPv4 or IPv6 network, `addr/prefix`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +176,7 @@ impl Waker {
         match self.tx.try_send((uaid, wake)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                count(Outcome::Dropped)
+                METRICS.wake(Outcome::Dropped)
             }
         }
     }
@@ -234,7 +193,7 @@ fn run(rx: Receiver<(Uaid, String)>, mut driver: Driver, mut limits: Limits, tim
             },
         };
         debug!("wake uaid={uaid}: {outcome:?}");
-        count(outcome);
+        METRICS.wake(outcome);
     }
 }
 
