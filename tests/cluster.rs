@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    chid, have_memcached, memcached_section, put, raw_http, request, split_url, Got, Memcached,
-    Server,
+    chid, have_memcached, memcached_section, put, raw_http, split_url, Got, Memcached, Server,
 };
 
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
@@ -236,8 +235,7 @@ fn webpush_messages_route_between_nodes_and_wait_for_the_device() {
     let (n1, n2) = (node(&mc), node(&mc));
     assert!(n1.wait_log("memcached reachable"));
     let mut c1 = n1.client();
-    c1.send_json(serde_json::json!({"messageType":"hello","use_webpush":true,"broadcasts":{}}));
-    let uaid = c1.recv()["uaid"].as_str().unwrap().to_string();
+    let uaid = c1.webpush_hello("")["uaid"].as_str().unwrap().to_string();
     c1.send_json(serde_json::json!({"messageType":"register","channelID":chid(1)}));
     let ep = c1.recv()["pushEndpoint"].as_str().unwrap().to_string();
     assert!(ep.contains("/wpush/v1/"), "{ep}");
@@ -245,16 +243,14 @@ fn webpush_messages_route_between_nodes_and_wait_for_the_device() {
 
     // Sent to node 2, delivered live by node 1, with its payload.
     assert_eq!(push_via(&n2, &ep, "routed"), 201);
-    let metrics = request(n2.admin_addr.unwrap(), "GET", "/metrics", &[], "").body;
-    assert!(
-        metrics.contains("simplepush_notifications_total{event=\"routed\"} 1\n"),
-        "{metrics}"
-    );
+    let metrics = n2.metrics();
+    let routed = metrics.get("simplepush_notifications_total{event=\"routed\"}");
+    assert_eq!(routed, Some(&1.0), "{metrics:?}");
     let n = c1.recv();
     assert_eq!(n["channelID"], chid(1));
     assert_eq!(n["data"], "cm91dGVk");
     let id = n["version"].as_str().unwrap().to_string();
-    c1.send_json(serde_json::json!({"messageType":"ack","updates":[{"channelID":chid(1),"version":id,"code":100}]}));
+    c1.ack_message(&chid(1), &id);
     std::thread::sleep(Duration::from_millis(100));
 
     // Away: node 2 stores it; the device comes back on node 2 and gets only the unacked one.
@@ -262,8 +258,7 @@ fn webpush_messages_route_between_nodes_and_wait_for_the_device() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(push_via(&n1, &ep, "later"), 201);
     let mut c2 = n2.client();
-    c2.send_json(serde_json::json!({"messageType":"hello","use_webpush":true,"uaid":uaid}));
-    assert_eq!(c2.recv()["uaid"], uaid);
+    assert_eq!(c2.webpush_hello(&uaid)["uaid"], uaid);
     assert_eq!(c2.recv()["data"], "bGF0ZXI");
     assert_eq!(c2.next(Duration::from_millis(300)), Got::Nothing);
 }

@@ -36,13 +36,7 @@ fn node(mc: &Memcached) -> Server {
 /// A WebPush client after its hello (a new UAID when `uaid` is empty); returns it and the UAID.
 fn wp_client(s: &Server, uaid: &str) -> (Client, String) {
     let mut c = s.client();
-    let mut hello = json!({"messageType":"hello","use_webpush":true,"broadcasts":{}});
-    if !uaid.is_empty() {
-        hello["uaid"] = uaid.into();
-    }
-    c.send_json(hello);
-    let reply = c.recv();
-    assert_eq!(reply["status"], 200, "{reply}");
+    let reply = c.webpush_hello(uaid);
     let got = reply["uaid"].as_str().unwrap().to_string();
     if !uaid.is_empty() {
         assert_eq!(got, uaid, "the same UAID");
@@ -60,10 +54,6 @@ fn register(c: &mut Client, ch: &str) -> String {
     ep
 }
 
-fn ack(c: &mut Client, ch: &str, id: &str) {
-    c.send_json(json!({"messageType":"ack","updates":[{"channelID":ch,"version":id,"code":100}]}));
-}
-
 /// Closes a client and gives the server a moment to unbind it, so pushes are stored, not written.
 fn leave(mut c: Client) {
     c.close();
@@ -75,17 +65,11 @@ fn leave(mut c: Client) {
 fn post(ep: &str, headers: &[&str], body: &str) -> (u16, String) {
     let (addr, path) = split_url(ep);
     let r = request(addr, "POST", &path, headers, body);
-    let header = |name: &str| {
-        r.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    };
     if r.status != 201 {
         return (r.status, String::new());
     }
-    let loc = header("Location").expect("Location");
-    assert!(header("TTL").is_some(), "{}", r.head);
+    let loc = r.header("Location").expect("Location");
+    assert!(r.header("TTL").is_some(), "{}", r.head);
     (
         r.status,
         loc.rsplit_once("/m/").expect("message URL").1.to_string(),
@@ -135,7 +119,7 @@ fn an_offline_message_arrives_after_hello_and_an_ack_removes_it() {
     leave(c);
     let (mut c, _) = wp_client(&s, &uaid);
     expect_message(&mut c, &ch, &id, "sealed");
-    ack(&mut c, &ch, &id);
+    c.ack_message(&ch, &id);
     c.expect_silence(Duration::from_millis(200));
     leave(c);
     let (mut c, _) = wp_client(&s, &uaid);
@@ -215,7 +199,7 @@ fn the_per_uaid_cap_answers_429_until_an_ack_makes_room() {
     let (mut c, _) = wp_client(&s, &uaid);
     expect_message(&mut c, &ch, &a, "a");
     expect_message(&mut c, &ch, &b, "b");
-    ack(&mut c, &ch, &a);
+    c.ack_message(&ch, &a);
     c.expect_silence(Duration::from_millis(200));
     leave(c);
     let d = push(&ep, "d");

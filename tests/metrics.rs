@@ -7,19 +7,16 @@ use std::time::Duration;
 
 use common::*;
 
+/// The admin listener's `/metrics` answer, and its samples.
 fn scrape(s: &Server) -> (HttpReply, HashMap<String, f64>) {
-    let addr = s.admin_addr.expect("admin listener");
-    let r = request(addr, "GET", "/metrics", &[], "");
-    let values = r
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, v) = l.rsplit_once(' ')?;
-            Some((name.to_string(), v.parse().ok()?))
-        })
-        .collect();
-    (r, values)
+    let r = request(
+        s.admin_addr.expect("admin listener"),
+        "GET",
+        "/metrics",
+        &[],
+        "",
+    );
+    (r, s.metrics())
 }
 
 fn get(m: &HashMap<String, f64>, name: &str) -> f64 {

@@ -8,18 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn metrics(s: &Server) -> HashMap<String, f64> {
-    let r = request(s.admin_addr.unwrap(), "GET", "/metrics", &[], "");
-    r.body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 fn event(m: &HashMap<String, f64>, e: &str) -> f64 {
     m[&format!("simplepush_notifications_total{{event=\"{e}\"}}")]
 }
@@ -30,25 +18,14 @@ fn dropped(m: &HashMap<String, f64>, r: &str) -> f64 {
 
 fn hello(s: &Server, uaid: &str) -> (Client, String) {
     let mut c = s.client();
-    let mut h = json!({"messageType":"hello","use_webpush":true,"broadcasts":{}});
-    if !uaid.is_empty() {
-        h["uaid"] = uaid.into();
-    }
-    c.send_json(h);
-    let uaid = c.recv()["uaid"].as_str().unwrap().to_string();
+    let uaid = c.webpush_hello(uaid)["uaid"].as_str().unwrap().to_string();
     (c, uaid)
 }
 
 fn post(ep: &str, headers: &[&str]) -> (u16, String) {
     let (addr, path) = split_url(ep);
     let r = request(addr, "POST", &path, headers, "");
-    let loc = r
-        .head
-        .lines()
-        .find_map(|l| l.strip_prefix("Location: "))
-        .unwrap_or("")
-        .to_string();
-    (r.status, loc)
+    (r.status, r.header("Location").unwrap_or_default())
 }
 
 fn away(mut c: Client) {
@@ -63,14 +40,14 @@ fn each_transition_is_counted_and_logged() {
     let (mut c, uaid) = hello(&s, "");
     c.send_json(json!({"messageType":"register","channelID":chid(1)}));
     let ep = c.recv()["pushEndpoint"].as_str().unwrap().to_string();
-    let m0 = metrics(&s);
+    let m0 = s.metrics();
 
     // received → stored → delivered_live → acked
     assert_eq!(post(&ep, &["TTL: 60"]).0, 201);
     let n = c.recv();
-    c.send_json(json!({"messageType":"ack","updates":[{"channelID":chid(1),"version":n["version"],"code":100}]}));
+    c.ack_message(&chid(1), n["version"].as_str().unwrap());
     std::thread::sleep(Duration::from_millis(150));
-    let m1 = metrics(&s);
+    let m1 = s.metrics();
     for e in ["received", "stored", "delivered_live", "acked"] {
         assert_eq!(event(&m1, e) - event(&m0, e), 1.0, "{e}");
     }
@@ -87,7 +64,7 @@ fn each_transition_is_counted_and_logged() {
     assert_eq!(post(&ep, &["TTL: 1"]).0, 201);
     assert_eq!(post(&ep, &["TTL: 60"]).0, 201);
     assert_eq!(post(&ep, &["TTL: 60"]).0, 429);
-    let m2 = metrics(&s);
+    let m2 = s.metrics();
     assert_eq!(dropped(&m2, "offline") - dropped(&m1, "offline"), 1.0);
     assert_eq!(dropped(&m2, "replaced") - dropped(&m1, "replaced"), 1.0);
     assert_eq!(dropped(&m2, "deleted") - dropped(&m1, "deleted"), 1.0);
@@ -99,7 +76,7 @@ fn each_transition_is_counted_and_logged() {
     let flushed: Vec<Value> = (0..3).map(|_| c.recv()).collect();
     assert!(flushed.iter().all(|n| n["messageType"] == "notification"));
     c.expect_silence(Duration::from_millis(200));
-    let m3 = metrics(&s);
+    let m3 = s.metrics();
     assert_eq!(event(&m3, "expired") - event(&m2, "expired"), 1.0);
     assert_eq!(
         event(&m3, "delivered_stored") - event(&m2, "delivered_stored"),
@@ -110,7 +87,7 @@ fn each_transition_is_counted_and_logged() {
     c.send_json(json!({"messageType":"unregister","channelID":chid(1)}));
     c.recv();
     assert_eq!(post(&ep, &["TTL: 60"]).0, 410);
-    let m4 = metrics(&s);
+    let m4 = s.metrics();
     assert_eq!(
         dropped(&m4, "unregistered") - dropped(&m3, "unregistered"),
         1.0
@@ -122,7 +99,7 @@ fn each_transition_is_counted_and_logged() {
         let ep2 = c.recv()["pushEndpoint"].as_str().unwrap().to_string();
         mc.kill();
         assert_eq!(post(&ep2, &["TTL: 60"]).0, 503);
-        let m5 = metrics(&s);
+        let m5 = s.metrics();
         assert_eq!(
             dropped(&m5, "store_error") - dropped(&m4, "store_error"),
             1.0

@@ -11,12 +11,9 @@ use common::*;
 use serde_json::{json, Value};
 
 fn metric(s: &Server, outcome: &str) -> f64 {
-    let body = request(s.admin_addr.unwrap(), "GET", "/metrics", &[], "").body;
-    let line = format!("simplepush_wakes_total{{outcome=\"{outcome}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {line}in {body}"))
+    let name = format!("simplepush_wakes_total{{outcome=\"{outcome}\"}}");
+    let m = s.metrics();
+    *m.get(&name).unwrap_or_else(|| panic!("no {name} in {m:?}"))
 }
 
 /// A device that says hello with wake data, registers, and goes offline; its endpoint.

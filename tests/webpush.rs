@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -54,28 +53,21 @@ impl AppServer {
     }
 }
 
-/// An HTTP answer with its headers easy to look up.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
+/// An app server's answer.
+type Answer = HttpReply;
+
+/// The JSON error shape app servers get.
+trait JsonError {
+    fn json(&self) -> Value;
+    /// `{code, errno, error, message}` with this status and errno.
+    fn assert_error(&self, status: u16, errno: u64);
 }
 
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    }
-
+impl JsonError for HttpReply {
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
     }
 
-    /// The JSON error shape app servers get: `{code, errno, error, message}`.
     fn assert_error(&self, status: u16, errno: u64) {
         assert_eq!(self.status, status, "{} {}", self.head, self.body);
         let v = self.json();
@@ -87,28 +79,7 @@ impl Answer {
 
 fn send(method: &str, url: &str, headers: &[&str], body: &[u8]) -> Answer {
     let (addr, path) = split_url(url);
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    for h in headers {
-        req.extend_from_slice(h.as_bytes());
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"\r\n");
-    req.extend_from_slice(body);
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&req).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let r = parse_reply(&String::from_utf8_lossy(&buf));
-    Answer {
-        status: r.status,
-        head: r.head,
-        body: r.body,
-    }
+    request(addr, method, &path, headers, body)
 }
 
 fn post(url: &str, headers: &[&str], body: &[u8]) -> Answer {
@@ -122,21 +93,9 @@ fn origin(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// A WebPush client: hello with `use_webpush`, as Firefox sends it.
-fn webpush_hello(c: &mut Client, uaid: &str) -> Value {
-    let mut hello = json!({"messageType":"hello","broadcasts":{},"use_webpush":true});
-    if !uaid.is_empty() {
-        hello["uaid"] = uaid.into();
-    }
-    c.send_json(hello);
-    let reply = c.recv();
-    assert_eq!(reply["status"], 200, "{reply}");
-    reply
-}
-
 fn wp_client(s: &Server, uaid: &str) -> (Client, String) {
     let mut c = s.client();
-    let reply = webpush_hello(&mut c, uaid);
+    let reply = c.webpush_hello(uaid);
     let uaid = reply["uaid"].as_str().unwrap().to_string();
     (c, uaid)
 }
@@ -154,12 +113,6 @@ fn register(c: &mut Client, chid: &str, key: Option<&str>) -> String {
     let reply = register_key(c, chid, key);
     assert_eq!(reply["status"], 200, "{reply}");
     reply["pushEndpoint"].as_str().unwrap().to_string()
-}
-
-fn ack(c: &mut Client, chid: &str, version: &str) {
-    c.send_json(
-        json!({"messageType":"ack","updates":[{"channelID":chid,"version":version,"code":100}]}),
-    );
 }
 
 fn message_id(a: &Answer) -> String {
@@ -228,7 +181,7 @@ fn live_message_carries_payload_headers_and_ttl_and_ack_removes_it() {
     assert_eq!(n["data"], URL_SAFE_NO_PAD.encode(body));
     assert_eq!(n["headers"], json!({"encoding":"aes128gcm"}));
     assert_eq!(n["ttl"], 90);
-    ack(&mut c, &ch, n["version"].as_str().unwrap());
+    c.ack_message(&ch, n["version"].as_str().unwrap());
     c.expect_silence(Duration::from_millis(200));
     c.close();
     // Acked: a reconnect gets nothing.
@@ -269,7 +222,7 @@ fn unacked_and_offline_messages_arrive_after_hello_in_order() {
     let ttl = got[1]["ttl"].as_u64().unwrap();
     assert!((58..=60).contains(&ttl), "{ttl}");
     for n in &got {
-        ack(&mut c, &ch, n["version"].as_str().unwrap());
+        c.ack_message(&ch, n["version"].as_str().unwrap());
     }
     c.expect_silence(Duration::from_millis(200));
     c.close();
@@ -444,8 +397,7 @@ fn ttl_is_capped_and_waiting_messages_are_capped_per_uaid() {
     let (mut c, _) = wp_client(&s, &uaid);
     let n = c.recv();
     c.recv();
-    ack(
-        &mut c,
+    c.ack_message(
         n["channelID"].as_str().unwrap(),
         n["version"].as_str().unwrap(),
     );
@@ -538,7 +490,7 @@ fn a_full_backlog_of_large_messages_arrives_in_one_hello() {
         .unwrap();
     let (ws, _) = tungstenite::client(format!("ws://{}/", s.addr), stream).unwrap();
     let mut c = Client { ws };
-    webpush_hello(&mut c, &uaid);
+    c.webpush_hello(&uaid);
     std::thread::sleep(Duration::from_millis(300));
     for n in 0..100 {
         let m = c.recv();

@@ -146,6 +146,21 @@ impl Server {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// `GET /metrics` on the admin listener: each sample line's name (labels included) → value.
+    pub fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let addr = self.admin_addr.expect("admin listener");
+        let r = request(addr, "GET", "/metrics", &[], "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                Some((name.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -315,6 +330,25 @@ impl Client {
         reply
     }
 
+    /// A WebPush hello as Firefox sends it (a new UAID when `uaid` is empty); returns the reply.
+    pub fn webpush_hello(&mut self, uaid: &str) -> Value {
+        let mut hello = json!({"messageType":"hello","broadcasts":{},"use_webpush":true});
+        if !uaid.is_empty() {
+            hello["uaid"] = uaid.into();
+        }
+        self.send_json(hello);
+        let reply = self.recv();
+        assert_eq!(reply["status"], 200, "hello failed: {reply}");
+        reply
+    }
+
+    /// Acks a WebPush message (code 100, delivered).
+    pub fn ack_message(&mut self, chid: &str, id: &str) {
+        self.send_json(
+            json!({"messageType":"ack","updates":[{"channelID":chid,"version":id,"code":100}]}),
+        );
+    }
+
     /// hello with a new UAID; returns it.
     pub fn hello_new(&mut self) -> String {
         self.hello("", &[])["uaid"].as_str().unwrap().to_string()
@@ -356,6 +390,18 @@ pub struct HttpReply {
     pub body: String,
 }
 
+impl HttpReply {
+    /// A header's value (the first of that name, any case).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
 /// Sends raw request bytes and reads the whole response (the request should say Connection: close).
 pub fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpReply {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -387,8 +433,9 @@ pub fn request(
     method: &str,
     path: &str,
     headers: &[&str],
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> HttpReply {
+    let body = body.as_ref();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -398,8 +445,9 @@ pub fn request(
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    req.push_str(body);
-    raw_http(addr, req.as_bytes())
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw_http(addr, &bytes)
 }
 
 /// PUT a form body to an endpoint URL.
