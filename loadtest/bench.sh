@@ -17,6 +17,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+. loadtest/lib.sh
 OUT="${1:-$ROOT/BENCHMARKS.md}"
 SRC="${BENCH_SRC:-127.0.0.2-127.0.0.20}"
 RATES="${BENCH_RATES:-2000 5000 10000 20000}"
@@ -51,26 +52,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .; }
-PORT="${BENCH_PORT:-18480}"
-for _ in $(seq 100); do port_free "$PORT" && break; PORT=$((PORT + 1)); done
-port_free "$PORT" || { echo "bench.sh: no free port found from ${BENCH_PORT:-18480}" >&2; exit 1; }
+PORT="$(free_port_from "${BENCH_PORT:-18480}")" || { echo "bench.sh: no free port found from ${BENCH_PORT:-18480}" >&2; exit 1; }
 WS="ws://127.0.0.1:$PORT/"
 
 KEY="$(head -c32 /dev/urandom | basenc --base64url)"
 CONFIG="$WORK/server.toml"
-cat >"$CONFIG" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-max_connections = 100000
-workers = $WORKERS
-
-[websocket]
-min_ping_interval_ms = 0
-
-[endpoint]
-token_keys = ["$KEY"]
-EOF
+server_config "$PORT" "$WORKERS" "$KEY" >"$CONFIG"
 
 echo "== building (release)"
 cargo build --release -p simplepush -p simplepush-loadtest

@@ -75,6 +75,10 @@ min_ping_interval_ms = 0
 [endpoint]
 token_keys = ["$KEY"]
 
+[admin]
+# Off: the default port would be one for all eleven nodes.
+listen = ""
+
 [storage]
 backend = "memcached"
 servers = ["127.0.0.1:$MC_PORT"]

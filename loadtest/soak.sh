@@ -35,6 +35,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+. loadtest/lib.sh
 OUT="${1:-$ROOT/BENCHMARKS.md}"
 SECS="${SOAK_SECS:-600}"
 DEVICES="${SOAK_DEVICES:-6000}"
@@ -97,12 +98,6 @@ trap 'exit 130' INT TERM
 rm -rf "$KEEP"
 mkdir -p "$KEEP"
 
-port_free() { ! ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .; }
-free_port_from() {
-    local p=$1
-    for _ in $(seq 200); do port_free "$p" && { echo "$p"; return 0; }; p=$((p + 1)); done
-    return 1
-}
 PORT="$(free_port_from "${SOAK_PORT:-18680}")" || { echo "soak.sh: no free port from ${SOAK_PORT:-18680}" >&2; exit 1; }
 WS="ws://127.0.0.1:$PORT/"
 
@@ -127,19 +122,7 @@ fi
 
 KEY="$(head -c32 /dev/urandom | basenc --base64url)"
 CONFIG="$KEEP/server.toml"
-cat >"$CONFIG" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-max_connections = 100000
-workers = $WORKERS
-
-[websocket]
-min_ping_interval_ms = 0
-
-[endpoint]
-token_keys = ["$KEY"]
-$STORAGE
-EOF
+server_config "$PORT" "$WORKERS" "$KEY" "$STORAGE" >"$CONFIG"
 
 RUST_LOG=warn "$SERVER_BIN" --config "$CONFIG" >"$KEEP/server.log" 2>&1 &
 SERVER_PID=$!
