@@ -344,7 +344,9 @@ class Harness:
         with open(cfg, "w") as f:
             f.write(f'[server]\nlisten = "127.0.0.1:{self.push_port}"\n\n'
                     # disabled: hello replies carry no use_webpush, so Firefox stays in SimplePush mode
-                    f'[webpush]\nenabled = {"true" if self.webpush else "false"}\n')
+                    f'[webpush]\nenabled = {"true" if self.webpush else "false"}\n\n'
+                    # no admin listener: its default port may be held outside the network namespace
+                    f'[admin]\nlisten = ""\n')
         env = dict(os.environ, RUST_LOG="debug", RUST_BACKTRACE="1")
         env.pop("SIMPLEPUSH_WEBPUSH_ENABLED", None)   # the config file decides
         self.server_logf = open(self.server_log, "wb")
