@@ -145,6 +145,21 @@ pub struct StorageConfig {
     pub pending_ttl_secs: u64,
     /// Lifetime of a registration without use (hello, register, update), in seconds; 0 = no expiry.
     pub registration_ttl_secs: u64,
+    /// memcached: servers of the ring that hold every acknowledged write (0 = 2 with two or more
+    /// servers, else 1).
+    pub replicas: usize,
+    /// memcached: start even when a server evicts items (`-M` not given), risking acknowledged data.
+    pub allow_eviction: bool,
+}
+
+impl StorageConfig {
+    /// How many servers hold each write: as configured, or 2 when two or more servers are listed.
+    pub fn replica_count(&self) -> usize {
+        match self.replicas {
+            0 => self.servers.len().min(2).max(1),
+            n => n,
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -156,6 +171,8 @@ impl Default for StorageConfig {
             pool_size: 4,
             pending_ttl_secs: 259_200,
             registration_ttl_secs: 10_800,
+            replicas: 0,
+            allow_eviction: false,
         }
     }
 }
@@ -487,6 +504,12 @@ impl Config {
             return bad(
                 "storage.registration_ttl_secs",
                 "must be at most 2592000 (30 days)",
+            );
+        }
+        if st.replicas > st.servers.len() {
+            return bad(
+                "storage.replicas",
+                "must be at most the number of storage.servers (0 = automatic)",
             );
         }
         Ok(())

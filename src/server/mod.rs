@@ -222,6 +222,8 @@ fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
         pending_ttl: st.pending_ttl_secs as u32,
         registration_ttl: st.registration_ttl_secs as u32,
         max_messages: cfg.webpush.max_messages,
+        replicas: st.replica_count(),
+        allow_eviction: st.allow_eviction,
     };
     let backend =
         MemcachedStore::start(settings).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;

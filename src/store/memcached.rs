@@ -59,6 +59,10 @@ pub struct Settings {
     pub registration_ttl: u32,
     /// WebPush messages allowed to wait per UAID.
     pub max_messages: usize,
+    /// Servers that hold each write.
+    pub replicas: usize,
+    /// Start even if a server evicts.
+    pub allow_eviction: bool,
 }
 
 /// The memcached backend.

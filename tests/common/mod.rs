@@ -534,13 +534,18 @@ pub fn have_memcached() -> bool {
 impl Memcached {
     /// Starts memcached on a free port.
     pub fn start() -> Memcached {
+        Memcached::start_with(&[])
+    }
+
+    /// Starts memcached on a free port with extra arguments (they win over the defaults).
+    pub fn start_with(extra: &[&str]) -> Memcached {
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            if let Some(m) = Memcached::start_on(port) {
+            if let Some(m) = Memcached::start_on_with(port, extra) {
                 return m;
             }
         }
@@ -549,19 +554,28 @@ impl Memcached {
 
     /// Starts memcached on this port (`None` if it did not come up).
     pub fn start_on(port: u16) -> Option<Memcached> {
+        Memcached::start_on_with(port, &[])
+    }
+
+    /// Starts memcached on this port with extra arguments. `-M` (no eviction) as production needs.
+    pub fn start_on_with(port: u16, extra: &[&str]) -> Option<Memcached> {
+        let port_text = port.to_string();
+        let mut args = vec![
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port_text,
+            "-U",
+            "0",
+            "-m",
+            "64",
+            "-u",
+            "root",
+            "-M",
+        ];
+        args.extend_from_slice(extra);
         let child = Command::new("memcached")
-            .args([
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "0",
-                "-m",
-                "64",
-                "-u",
-                "root",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
