@@ -29,6 +29,8 @@ pub struct Hello {
     pub uaid: HelloUaid,
     /// The length of `channelIDs`, or `None` when the key is missing or null.
     pub channel_count: Option<usize>,
+    /// The well-formed ids among `channelIDs` (a store that lost data re-creates them).
+    pub channels: Vec<ChannelId>,
     /// The autopush/Firefox `use_webpush` flag.
     pub use_webpush: bool,
     /// The broadcasts the client follows, with the versions it has (`None`: no `broadcasts`).
@@ -201,9 +203,17 @@ fn hello(obj: &Map<String, Value>) -> Option<Hello> {
         }
         Some(_) => return None,
     };
-    let channel_count = match field(obj, "channelIDs") {
-        None => None,
-        Some(Value::Array(list)) => Some(list.len()),
+    let (channel_count, channels) = match field(obj, "channelIDs") {
+        None => (None, Vec::new()),
+        Some(Value::Array(list)) => {
+            let ids = list
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(Id::parse)
+                .map(ChannelId)
+                .collect();
+            (Some(list.len()), ids)
+        }
         Some(_) => return None,
     };
     let use_webpush = match field(obj, "use_webpush") {
@@ -214,6 +224,7 @@ fn hello(obj: &Map<String, Value>) -> Option<Hello> {
     Some(Hello {
         uaid,
         channel_count,
+        channels,
         use_webpush,
         broadcasts: broadcast::parse(field(obj, "broadcasts")),
         wake: Wake::parse(
@@ -357,6 +368,7 @@ mod tests {
             Inbound::Hello(Hello {
                 uaid: HelloUaid::Empty,
                 channel_count: Some(0),
+                channels: Vec::new(),
                 use_webpush: false,
                 broadcasts: None,
                 wake: None
@@ -381,6 +393,19 @@ mod tests {
     }
 
     #[test]
+    fn hello_keeps_the_well_formed_channel_ids() {
+        let k = kind(&format!(
+            r#"{{"messageType":"hello","uaid":"","channelIDs":["{CHID}","bad",7]}}"#
+        ));
+        let Inbound::Hello(h) = k else {
+            panic!("{k:?}")
+        };
+        assert_eq!(h.channel_count, Some(3));
+        assert_eq!(h.channels.len(), 1);
+        assert_eq!(h.channels[0].to_string(), CHID);
+    }
+
+    #[test]
     fn hello_fields() {
         let k = kind(r#"{"messageType":"hello","uaid":"nope","channelIDs":["a","b"]}"#);
         assert_eq!(
@@ -388,6 +413,7 @@ mod tests {
             Inbound::Hello(Hello {
                 uaid: HelloUaid::Invalid,
                 channel_count: Some(2),
+                channels: Vec::new(),
                 use_webpush: false,
                 broadcasts: None,
                 wake: None
@@ -399,6 +425,7 @@ mod tests {
             Inbound::Hello(Hello {
                 uaid: HelloUaid::Empty,
                 channel_count: None,
+                channels: Vec::new(),
                 use_webpush: true,
                 broadcasts: Some(vec![("a".into(), "1".into())]),
                 wake: None

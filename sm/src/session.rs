@@ -76,6 +76,9 @@ pub enum StoreOp {
         uaid: Uaid,
         /// Drop everything stored for it (too many channels).
         forget: bool,
+        /// The channels a SimplePush client says it has; a store that knows it lost data
+        /// re-creates them instead of forgetting the UAID.
+        channels: Vec<ChannelId>,
     },
     /// Record the channel as registered; the answer carries the endpoint URL.
     Register {
@@ -442,9 +445,15 @@ impl Session {
                 raw,
             }),
         };
+        let channels = if forget || self.webpush {
+            Vec::new()
+        } else {
+            h.channels
+        };
         vec![Effect::Store(StoreOp::Hello {
             uaid: requested,
             forget,
+            channels,
         })]
     }
 
@@ -832,7 +841,8 @@ mod tests {
             eff,
             vec![Effect::Store(StoreOp::Hello {
                 uaid: uaid(dashed),
-                forget: false
+                forget: false,
+                channels: vec![],
             })]
         );
         assert!(t.s.is_busy());
@@ -909,7 +919,8 @@ mod tests {
             eff,
             vec![Effect::Store(StoreOp::Hello {
                 uaid: uaid(U1),
-                forget: true
+                forget: true,
+                channels: vec![],
             })]
         );
         let eff = t.s.on_store(StoreReply::Hello {
@@ -946,7 +957,8 @@ mod tests {
                 eff,
                 vec![Effect::Store(StoreOp::Hello {
                     uaid: uaid(U1),
-                    forget: false
+                    forget: false,
+                    channels: vec![],
                 })]
             );
             let eff = t.s.on_store(StoreReply::Hello {
@@ -968,6 +980,27 @@ mod tests {
             r#"{{"messageType":"hello","uaid":"{U2}","channelIDs":[]}}"#
         ));
         assert_eq!(error_status(&eff), 503);
+    }
+
+    #[test]
+    fn a_simplepush_hello_hands_its_channels_to_the_store_and_webpush_none() {
+        let mut t = T::new();
+        let eff = t.send(&format!(
+            r#"{{"messageType":"hello","uaid":"{U1}","channelIDs":["{C1}","junk"]}}"#
+        ));
+        let [Effect::Store(StoreOp::Hello { channels, .. })] = &eff[..] else {
+            panic!("{eff:?}")
+        };
+        assert_eq!(channels.len(), 1);
+        assert_eq!(channels[0].to_string(), C1);
+        let mut t = T::new();
+        let eff = t.send(&format!(
+            r#"{{"messageType":"hello","uaid":"{U1}","use_webpush":true,"channelIDs":["{C1}"]}}"#
+        ));
+        assert!(
+            matches!(&eff[..], [Effect::Store(StoreOp::Hello { channels, .. })] if channels.is_empty()),
+            "{eff:?}"
+        );
     }
 
     #[test]

@@ -308,6 +308,7 @@ impl Server {
                 StoreOp::Hello {
                     uaid,
                     forget: false,
+                    ..
                 },
                 StoreReply::Hello { known: true, .. },
             ) => Some(*uaid),

@@ -604,6 +604,7 @@ impl Backend for MemcachedStore {
         uaid: &Uaid,
         forget: bool,
         node: Option<&str>,
+        _channels: &[ChannelId],
     ) -> Result<HelloFound, Unavailable> {
         self.check()?;
         if forget {
@@ -830,7 +831,7 @@ impl Backend for MemcachedStore {
     }
 
     fn refresh(&self, uaid: &Uaid) -> Result<(), Unavailable> {
-        self.hello(uaid, false, None)?;
+        self.hello(uaid, false, None, &[])?;
         self.touch(&wake_key(uaid), self.wake_ttl())
     }
 

@@ -160,6 +160,7 @@ impl Backend for MemoryStore {
         uaid: &Uaid,
         forget: bool,
         _node: Option<&str>,
+        _channels: &[ChannelId],
     ) -> Result<HelloFound, Unavailable> {
         if forget {
             self.users.borrow_mut().remove(uaid);
@@ -343,11 +344,11 @@ mod tests {
     #[test]
     fn unknown_until_registered() {
         let s = MemoryStore::new(100);
-        assert_eq!(s.hello(&u(1), false, None), Ok(HelloFound::default()));
+        assert_eq!(s.hello(&u(1), false, None, &[]), Ok(HelloFound::default()));
         assert_eq!(s.put(&u(1), &c(1), 5), Ok(PutResult::UnknownChannel));
         s.register(&u(1), &c(1), 200).unwrap();
         assert_eq!(
-            s.hello(&u(1), false, None),
+            s.hello(&u(1), false, None, &[]),
             Ok(HelloFound {
                 known: true,
                 ..HelloFound::default()
@@ -362,16 +363,16 @@ mod tests {
         s.put(&u(1), &c(1), 5).unwrap();
         s.put(&u(1), &c(1), 3).unwrap();
         assert_eq!(
-            s.hello(&u(1), false, None).unwrap().pending,
+            s.hello(&u(1), false, None, &[]).unwrap().pending,
             vec![(c(1), 3)]
         );
         s.ack(&u(1), &[(c(1), 5)], &[]).unwrap();
         assert_eq!(
-            s.hello(&u(1), false, None).unwrap().pending,
+            s.hello(&u(1), false, None, &[]).unwrap().pending,
             vec![(c(1), 3)]
         );
         s.ack(&u(1), &[(c(1), 3)], &[]).unwrap();
-        assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
+        assert_eq!(s.hello(&u(1), false, None, &[]).unwrap().pending, vec![]);
     }
 
     #[test]
@@ -381,11 +382,11 @@ mod tests {
         s.put(&u(1), &c(1), 5).unwrap();
         s.register(&u(1), &c(1), 200).unwrap();
         assert_eq!(
-            s.hello(&u(1), false, None).unwrap().pending,
+            s.hello(&u(1), false, None, &[]).unwrap().pending,
             vec![(c(1), 5)]
         );
         s.unregister(&u(1), &c(1)).unwrap();
-        assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
+        assert_eq!(s.hello(&u(1), false, None, &[]).unwrap().pending, vec![]);
         assert_eq!(s.put(&u(1), &c(1), 6), Ok(PutResult::UnknownChannel));
     }
 
@@ -395,11 +396,11 @@ mod tests {
         s.register(&u(1), &c(1), 200).unwrap();
         s.register(&u(2), &c(1), 200).unwrap();
         s.put(&u(1), &c(1), 5).unwrap();
-        assert_eq!(s.hello(&u(2), false, None).unwrap().pending, vec![]);
-        assert_eq!(s.hello(&u(1), true, None), Ok(HelloFound::default()));
-        assert_eq!(s.hello(&u(1), false, None), Ok(HelloFound::default()));
+        assert_eq!(s.hello(&u(2), false, None, &[]).unwrap().pending, vec![]);
+        assert_eq!(s.hello(&u(1), true, None, &[]), Ok(HelloFound::default()));
+        assert_eq!(s.hello(&u(1), false, None, &[]), Ok(HelloFound::default()));
         assert_eq!(
-            s.hello(&u(2), false, None),
+            s.hello(&u(2), false, None, &[]),
             Ok(HelloFound {
                 known: true,
                 ..HelloFound::default()
@@ -415,7 +416,7 @@ mod tests {
         }
         s.put(&u(1), &c(1), 10).unwrap();
         s.put(&u(1), &c(3), 30).unwrap();
-        let mut got = s.hello(&u(1), false, None).unwrap().pending;
+        let mut got = s.hello(&u(1), false, None, &[]).unwrap().pending;
         got.sort_by_key(|(_, v)| *v);
         assert_eq!(got, vec![(c(1), 10), (c(3), 30)]);
         s.unregister(&u(1), &c(3)).unwrap();
@@ -423,11 +424,11 @@ mod tests {
         assert_eq!(s.pending(&u(1), &c(1)), Ok(Some(10)));
         assert_eq!(s.pending(&u(1), &c(2)), Ok(None));
         s.ack(&u(1), &[(c(1), 10)], &[]).unwrap();
-        assert_eq!(s.hello(&u(1), false, None).unwrap().pending, vec![]);
+        assert_eq!(s.hello(&u(1), false, None, &[]).unwrap().pending, vec![]);
         // Down to none: still a known UAID.
         s.unregister(&u(1), &c(1)).unwrap();
         s.unregister(&u(1), &c(2)).unwrap();
-        assert!(s.hello(&u(1), false, None).unwrap().known);
+        assert!(s.hello(&u(1), false, None, &[]).unwrap().known);
     }
 
     fn m(chan: u8, id: &str, ttl: u64, topic: Option<&str>) -> Message {
@@ -441,7 +442,7 @@ mod tests {
     }
 
     fn ids(s: &MemoryStore, uaid: &Uaid) -> Vec<String> {
-        let found = s.hello(uaid, false, None).unwrap();
+        let found = s.hello(uaid, false, None, &[]).unwrap();
         found.messages.into_iter().map(|m| m.id).collect()
     }
 
@@ -504,7 +505,7 @@ mod tests {
         s.unregister(&u(1), &c(1)).unwrap();
         assert!(ids(&s, &u(1)).is_empty());
         s.put_message(&u(1), &m(2, "f", 60, None)).unwrap();
-        s.hello(&u(1), true, None).unwrap();
+        s.hello(&u(1), true, None, &[]).unwrap();
         assert_eq!(s.message_pending(&u(1), "f"), Ok(false));
     }
 
@@ -515,7 +516,7 @@ mod tests {
         s.put_message(&u(1), &m(1, "short", 1, None)).unwrap();
         s.put_message(&u(1), &m(1, "long", 600, None)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2100));
-        let found = s.hello(&u(1), false, None).unwrap().messages;
+        let found = s.hello(&u(1), false, None, &[]).unwrap().messages;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].id, "long");
         assert!((597..600).contains(&found[0].ttl), "{}", found[0].ttl);
@@ -549,7 +550,7 @@ mod tests {
             s.put_message(&u(1), &m(1, "6", 60, None)),
             Ok(PutResult::Full)
         );
-        s.hello(&u(3), true, None).unwrap();
+        s.hello(&u(3), true, None, &[]).unwrap();
         assert!(matches!(
             s.put_message(&u(1), &m(1, "7", 60, None)),
             Ok(PutResult::Stored { .. })

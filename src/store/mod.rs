@@ -91,12 +91,14 @@ pub struct HelloFound {
 pub trait Backend {
     /// Whether the UAID is known, and its pending versions; with `forget`, drop it first.
     /// With `node` (cluster), a known UAID's node record is set to it before the versions are read,
-    /// so that an update stored after that read is routed to this socket.
+    /// so that an update stored after that read is routed to this socket. `channels` are the ones
+    /// a SimplePush client says it has: a backend that knows it lost data re-creates them.
     fn hello(
         &self,
         uaid: &Uaid,
         forget: bool,
         node: Option<&str>,
+        channels: &[ChannelId],
     ) -> Result<HelloFound, Unavailable>;
     /// The version stored for a channel, if any.
     fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable>;
@@ -132,7 +134,7 @@ pub trait Backend {
     fn set_wake(&self, uaid: &Uaid, wake: &str) -> Result<(), Unavailable>;
     /// Extends the lifetime of a connected UAID's registrations, as a hello does.
     fn refresh(&self, uaid: &Uaid) -> Result<(), Unavailable> {
-        self.hello(uaid, false, None).map(drop)
+        self.hello(uaid, false, None, &[]).map(drop)
     }
     /// Whether the backend can serve requests now.
     fn healthy(&self) -> bool;
@@ -489,7 +491,11 @@ fn session_op(
         Err(Unavailable) => StoreReply::Unavailable,
     };
     let reply = match op {
-        StoreOp::Hello { uaid, forget } => match backend.hello(uaid, *forget, node) {
+        StoreOp::Hello {
+            uaid,
+            forget,
+            channels,
+        } => match backend.hello(uaid, *forget, node, channels) {
             Ok(found) => {
                 let reply = StoreReply::Hello {
                     known: found.known,
