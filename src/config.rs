@@ -156,7 +156,7 @@ impl StorageConfig {
     /// How many servers hold each write: as configured, or 2 when two or more servers are listed.
     pub fn replica_count(&self) -> usize {
         match self.replicas {
-            0 => self.servers.len().min(2).max(1),
+            0 => self.servers.len().clamp(1, 2),
             n => n,
         }
     }
