@@ -37,6 +37,27 @@ impl Ring {
         Ring { points }
     }
 
+    /// Every server, in the order a key prefers them: its own first, then the next ones met
+    /// walking the ring (where its copies go).
+    pub fn order(&self, key: &str, servers: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(servers);
+        if self.points.is_empty() {
+            return (0..servers).collect();
+        }
+        let h = hash(key.as_bytes());
+        let start = self.points.partition_point(|&(p, _)| p < h);
+        for k in 0..self.points.len() {
+            let s = self.points[(start + k) % self.points.len()].1;
+            if !out.contains(&s) {
+                out.push(s);
+                if out.len() == servers {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     /// The server index for a key.
     pub fn pick(&self, key: &str) -> usize {
         if self.points.is_empty() {
@@ -79,6 +100,24 @@ mod tests {
                 .filter(|k| before.pick(k) != after.pick(k))
                 .all(|k| after.pick(k) == n));
         }
+    }
+
+    #[test]
+    fn a_keys_order_starts_at_its_server_and_names_each_once() {
+        let ring = Ring::new(&servers(5));
+        for i in 0..2_000 {
+            let k = format!("u/{i:032x}");
+            let order = ring.order(&k, 5);
+            assert_eq!(order[0], ring.pick(&k));
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
+        }
+        // Second copies spread too: not always the same neighbour.
+        let seconds: std::collections::HashSet<usize> = (0..200)
+            .map(|i| ring.order(&format!("u/{i:032x}"), 5)[1])
+            .collect();
+        assert!(seconds.len() >= 4, "{seconds:?}");
     }
 
     #[test]
