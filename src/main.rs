@@ -72,8 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,r2d2=off"))
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cfg = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {

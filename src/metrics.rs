@@ -369,6 +369,7 @@ pub fn render(g: &Gauges) -> String {
         "simplepush_delivery_seconds",
         "From a valid app-server request to the notification written to the device's socket.",
     );
+    crate::store::memcached::health::render(&mut out);
     process(&mut out);
     out
 }
