@@ -217,13 +217,22 @@ impl Cluster {
             ));
         }
         let replies = answers(&rounds(&self.servers, &batches))?;
+        let refused: Vec<&Item> = writes
+            .iter()
+            .zip(&first)
+            .filter(|(_, (b, i))| matches!(replies[*b][*i], Reply::OutOfMemory))
+            .map(|((item, _, _), _)| *item)
+            .collect();
+        if !refused.is_empty() {
+            self.restore(&refused);
+            return Err(Fail::Full);
+        }
         let mut out = Vec::with_capacity(writes.len());
         let mut batches = Vec::new();
         let mut second = Vec::new();
         for ((item, body, ttl), (b, i)) in writes.iter().zip(first) {
             match &replies[b][i] {
                 Reply::Done => out.push(Written::Yes),
-                Reply::OutOfMemory => return Err(Fail::Full),
                 Reply::NotStored | Reply::Exists | Reply::NotFound => {
                     CONFLICTS.fetch_add(1, Ordering::Relaxed);
                     out.push(Written::Conflict);
@@ -258,6 +267,39 @@ impl Cluster {
             }
         }
         Ok(out)
+    }
+
+    /// Puts back the values of items whose primary refused a write for lack of memory: memcached
+    /// unlinks the old item when a store into it cannot be allocated, which would otherwise drop
+    /// data already answered 2xx. The freed chunk is of the old value's size, so the old value
+    /// fits again. A secondary copy, when there is one, still holds it too and repairs it on read.
+    fn restore(&self, items: &[&Item]) {
+        let mut batches = Vec::new();
+        for item in items {
+            let (Some(slot), Some((stamp, body, ttl))) = (item.slots.first(), &item.newest) else {
+                continue;
+            };
+            let cmd = Cmd::Set {
+                key: item.key.clone(),
+                value: stamped(*stamp, body),
+                ttl: ttl.unwrap_or(0),
+                mode: Mode::Add,
+                cas: None,
+            };
+            push_cmd(&mut batches, slot.server, cmd);
+        }
+        if batches.is_empty() {
+            return;
+        }
+        for (r, (server, _)) in rounds(&self.servers, &batches).iter().zip(&batches) {
+            let ok = matches!(r, Ok(replies) if replies.iter().all(|x| matches!(x, Reply::Done)));
+            if !ok {
+                log::warn!(
+                    "memcached {}: a value unlinked by a refused store could not be put back",
+                    self.servers[*server].addr
+                );
+            }
+        }
     }
 
     /// Brings one secondary copy up to `stamp`, unless a later write already took it past.
