@@ -29,6 +29,8 @@ pub fn error(e: &PushError) -> Response {
     match e {
         PushError::Method => resp.header("Allow: POST"),
         PushError::Unavailable => resp.header("Retry-After: 5"),
+        // Room comes back as devices fetch their messages (or as a full store drains).
+        PushError::Full => resp.header("Retry-After: 30"),
         PushError::Unauthorized(_) => resp.header("WWW-Authenticate: vapid"),
         _ => resp,
     }

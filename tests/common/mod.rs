@@ -559,6 +559,20 @@ impl Memcached {
 
     /// Starts memcached on this port with extra arguments. `-M` (no eviction) as production needs.
     pub fn start_on_with(port: u16, extra: &[&str]) -> Option<Memcached> {
+        Memcached::launch(port, extra, true)
+    }
+
+    /// Starts memcached as it runs by default: evicting items when full (no `-M`).
+    pub fn start_evicting() -> Memcached {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Memcached::launch(port, &[], false).expect("memcached started")
+    }
+
+    fn launch(port: u16, extra: &[&str], no_evict: bool) -> Option<Memcached> {
         let port_text = port.to_string();
         let mut args = vec![
             "-l",
@@ -571,8 +585,10 @@ impl Memcached {
             "64",
             "-u",
             "root",
-            "-M",
         ];
+        if no_evict {
+            args.push("-M");
+        }
         args.extend_from_slice(extra);
         let child = Command::new("memcached")
             .args(&args)

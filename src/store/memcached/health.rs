@@ -73,10 +73,10 @@ enum Marker {
 impl MemcachedStore {
     /// Checks every server once.
     pub(super) fn probe_all(&self) {
-        for (i, s) in self.cluster.servers.iter().enumerate() {
+        for s in &self.cluster.servers {
             match s.state() {
                 State::Up => self.check_up(s),
-                State::Down | State::Refused => self.revive(i, s),
+                State::Down | State::Refused => self.revive(s),
             }
         }
     }
@@ -95,7 +95,7 @@ impl MemcachedStore {
     }
 
     /// A server that was down or refused: reachable, not evicting, and what of its data?
-    fn revive(&self, i: usize, s: &Server) {
+    fn revive(&self, s: &Server) {
         let Ok(mut c) = s.open() else {
             return;
         };
@@ -106,9 +106,12 @@ impl MemcachedStore {
                 }
             }
             Ok(Some(Marker::Lost)) => {
+                // The loss is known here before any operation can read the empty server; the
+                // cluster-wide record needs the server up (it may hold that record).
+                let at = self.note_loss(s);
                 s.set_state(State::Up);
                 info!("memcached reachable: {}", s.addr);
-                self.record_loss(i, s);
+                self.publish_loss(s, at);
             }
             Ok(None) => {}
             Err(e) => log::debug!("memcached {} still unavailable: {e}", s.addr),
@@ -166,8 +169,8 @@ impl MemcachedStore {
         }
     }
 
-    /// Notes that server `i` lost its data, here and in the cluster-wide record.
-    fn record_loss(&self, _i: usize, s: &Server) {
+    /// Notes here that a server lost its data; returns when.
+    fn note_loss(&self, s: &Server) -> u64 {
         let now = now_secs();
         warn!(
             "memcached {} lost its data (restarted or flushed); unknown channels with genuine \
@@ -177,9 +180,14 @@ impl MemcachedStore {
         if let Ok(mut l) = self.losses.lock() {
             l.insert(s.addr.clone(), now);
         }
+        now
+    }
+
+    /// Records a loss cluster-wide, so that nodes that did not see it answer the same way.
+    fn publish_loss(&self, s: &Server, at: u64) {
         let addr = s.addr.clone();
         let recorded = self.update_map(LOSSES_KEY, |m: &mut BTreeMap<String, u64>| {
-            m.insert(addr.clone(), now);
+            m.insert(addr.clone(), at);
         });
         if recorded.is_err() {
             warn!(
