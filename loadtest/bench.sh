@@ -12,7 +12,11 @@
 # Usage: loadtest/bench.sh [FILE]      FILE defaults to BENCHMARKS.md in the repository root.
 # Environment: BENCH_PORT (first port tried, default 18480), BENCH_SRC (source addresses for the
 # tester, default 127.0.0.2-127.0.0.20), BENCH_RATES (ladder, default "2000 5000 10000 20000"),
-# BENCH_WORKERS (server event loops, default 0 = one per core).
+# BENCH_WORKERS (server event loops, default 0 = one per core), BENCH_BACKEND (the server's store:
+# memory (default), memcached (a memcached -M started fresh for every scenario; its CPU and the
+# server's commands and system calls per memcached command are reported) or disk (a fresh data
+# directory per scenario)), BENCH_SCENARIOS (which to run, default "connect notify ladder churn
+# offline").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,12 +28,21 @@ RATES="${BENCH_RATES:-2000 5000 10000 20000}"
 # Event loops of the server (0 = one per core).
 WORKERS="${BENCH_WORKERS:-0}"
 DEVICES=19000
+BACKEND="${BENCH_BACKEND:-memory}"
+SCENARIOS="${BENCH_SCENARIOS:-connect notify ladder churn offline}"
+MC_PID=""
 SERVER_BIN="$ROOT/target/release/simplepush"
 TESTER_BIN="$ROOT/target/release/simplepush-loadtest"
 WORK="$(mktemp -d /tmp/simplepush-bench.XXXXXX)"
 SERVER_PID=""
 PROGRESS=()
 [ -t 2 ] || PROGRESS=(--no-progress)
+
+case "$BACKEND" in
+    memory | disk) ;;
+    memcached) command -v memcached >/dev/null || { echo "bench.sh: needs memcached (apt-get install memcached)" >&2; exit 2; } ;;
+    *) echo "bench.sh: BENCH_BACKEND must be memory, memcached or disk, not '$BACKEND'" >&2; exit 2 ;;
+esac
 
 for tool in jq curl; do
     command -v "$tool" >/dev/null || { echo "bench.sh: needs $tool (apt-get install $tool)" >&2; exit 2; }
@@ -45,8 +58,15 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
 }
+stop_memcached() {
+    [ -n "$MC_PID" ] || return 0
+    kill -KILL "$MC_PID" 2>/dev/null || true
+    wait "$MC_PID" 2>/dev/null || true
+    MC_PID=""
+}
 cleanup() {
     stop_server
+    stop_memcached
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -57,13 +77,57 @@ WS="ws://127.0.0.1:$PORT/"
 
 KEY="$(head -c32 /dev/urandom | basenc --base64url)"
 CONFIG="$WORK/server.toml"
-server_config "$PORT" "$WORKERS" "$KEY" >"$CONFIG"
+STORAGE=""
+case "$BACKEND" in
+    memcached)
+        MC_PORT="$(free_port_from $((PORT + 200)))" || { echo "bench.sh: no free port for memcached" >&2; exit 1; }
+        STORAGE="[storage]
+backend = \"memcached\"
+servers = [\"127.0.0.1:$MC_PORT\"]"
+        ;;
+    disk)
+        STORAGE="[storage]
+backend = \"disk\"
+path = \"$WORK/data\""
+        ;;
+esac
+server_config "$PORT" "$WORKERS" "$KEY" "$STORAGE" >"$CONFIG"
+ADMIN=""
+if [ "$BACKEND" = memcached ]; then
+    # The admin listener, for the server's own memcached counters.
+    APORT="$(free_port_from $((PORT + 300)))" || { echo "bench.sh: no free admin port" >&2; exit 1; }
+    ADMIN="http://127.0.0.1:$APORT/metrics"
+    sed -i "s|^listen = \"\"\$|listen = \"127.0.0.1:$APORT\"|" "$CONFIG"
+fi
 
 echo "== building (release)"
 cargo build --release -p simplepush -p simplepush-loadtest
 
+# A fresh memcached (no eviction, as production must run it) for the next scenario.
+start_memcached() {
+    stop_memcached
+    memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m 4096 -c 8192 -M -u "$(id -un)" >>"$WORK/memcached.log" 2>&1 &
+    MC_PID=$!
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$MC_PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench.sh: memcached did not start" >&2
+    exit 1
+}
+
+# CPU ticks (user + system) a process has used.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# The server's memcached counters: "commands syscalls".
+mc_counters() {
+    curl -sf "$ADMIN" 2>/dev/null | awk '/^simplepush_memcached_commands_total / { c = $2 } /^simplepush_memcached_syscalls_total / { s = $2 } END { print c + 0, s + 0 }'
+}
+
 start_server() {
     stop_server
+    [ "$BACKEND" = memcached ] && start_memcached
+    [ "$BACKEND" = disk ] && rm -rf "$WORK/data"
     RUST_LOG=warn "$SERVER_BIN" --config "$CONFIG" >>"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 50); do
@@ -92,12 +156,20 @@ run() {
     echo "$shown" >"$WORK/$name.cmd"
     echo
     echo "== $name: $shown"
-    local before
+    local before mc_before
     before=$(listen_overflows)
+    if [ "$BACKEND" = memcached ]; then
+        mc_before="$(cpu_ticks "$MC_PID") $(mc_counters)"
+    fi
     if ! "${cmd[@]}" "${PROGRESS[@]}" | tee "$WORK/$name.txt"; then
         echo "the tester failed in $name (see its output above)" >>"$WORK/notes"
     fi
     echo $(($(listen_overflows) - before)) >"$WORK/$name.overflows"
+    if [ "$BACKEND" = memcached ]; then
+        # "ticks commands syscalls" used by memcached and the server's memcached client in the run.
+        echo "$mc_before $(cpu_ticks "$MC_PID") $(mc_counters)" |
+            awk '{ print $4 - $1, $5 - $2, $6 - $3 }' >"$WORK/$name.mc"
+    fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
         echo "bench.sh: the server died during $name" | tee -a "$WORK/notes"
         SERVER_PID=""
@@ -113,13 +185,16 @@ if [ -n "$BUSY_BEFORE" ]; then
     echo "bench.sh: warning: other processes are busy, figures will be lower than on an idle machine: $BUSY_BEFORE" >&2
 fi
 
-run connect connect --connections $DEVICES --channels 1 --duration 10
-run notify notify --connections $DEVICES --channels 1 --rate 1000 --duration 20
-for r in $RATES; do
-    run "ladder-$r" notify --connections $DEVICES --channels 1 --rate "$r" --duration 10 --grace 3
-done
-run churn churn --connections 1000 --rate 2000 --duration 30
-run offline offline --connections 2000 --channels 1
+wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+wanted connect && run connect connect --connections $DEVICES --channels 1 --duration 10
+wanted notify && run notify notify --connections $DEVICES --channels 1 --rate 1000 --duration 20
+if wanted ladder; then
+    for r in $RATES; do
+        run "ladder-$r" notify --connections $DEVICES --channels 1 --rate "$r" --duration 10 --grace 3
+    done
+fi
+wanted churn && run churn churn --connections 1000 --rate 2000 --duration 30
+wanted offline && run offline offline --connections 2000 --channels 1
 
 ELAPSED=$(($(date +%s) - STARTED))
 
@@ -133,7 +208,15 @@ lat() { # name -> "p50 / p99 / p99.9 / max"
 }
 answers() { j "$1" '[.notifications.responses | to_entries[] | "\(.key): \(.value)"] | join(", ")'; }
 failures() { j "$1" '[.connections.failures | to_entries[] | "\(.key): \(.value)"] | join(", ") | if . == "" then "none" else . end'; }
-cmdline() { echo "\`$(cat "$WORK/$1.cmd")\`"; }
+cmdline() { echo "\`$(cat "$WORK/$1.cmd" 2>/dev/null || echo "not run")\`"; }
+# memcached's CPU per unit ($2 units) and the server's memcached commands and syscalls per command.
+mc_cpu() { awk -v t="$(cut -d' ' -f1 "$WORK/$1.mc" 2>/dev/null)" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (t == "" || n + 0 == 0) print "?"; else printf "%.1f µs", t * 1e6 / hz / n }'; }
+mc_calls() { awk '{ if ($2 + 0 == 0) print "?"; else printf "%d commands, %d system calls: %.2f per command", $2, $3, $3 / $2 }' "$WORK/$1.mc" 2>/dev/null || echo "?"; }
+mc_rows() { # scenario, units, unit name
+    [ "$BACKEND" = memcached ] || return 0
+    echo "| memcached's own CPU per $3 | $(mc_cpu "$1" "$2") |"
+    echo "| server ↔ memcached | $(mc_calls "$1") |"
+}
 
 BEST="none"
 LADDER_ROWS=""
@@ -158,6 +241,7 @@ done
     echo "Machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r); load average before the run: $LOAD_BEFORE."
     [ -n "$BUSY_BEFORE" ] && echo "Other busy processes when the run started (they compete for the same CPUs): $BUSY_BEFORE."
     echo "Server and tester share the machine (loopback); the tester binds to $SRC. Total bench time: ${ELAPSED} s."
+    echo "Storage backend: **$BACKEND**$([ "$BACKEND" = memcached ] && echo " (\`memcached $(memcached --version | cut -d' ' -f2) -m 4096 -M\` on loopback, fresh for every scenario)")$([ "$BACKEND" = disk ] && echo " (a fresh data directory under $(df -P /tmp | awk 'NR == 2 { print $6 }') for every scenario)")."
     echo
     echo '```'
     echo "\$ nproc"; nproc
@@ -183,7 +267,8 @@ done
     echo "| server RSS before → after connect | $(mib "$(j connect .server.rss_before_bytes)") → $(mib "$(j connect .server.rss_after_bytes)") |"
     echo "| **server RSS per connection** | **$(num "$(j connect .server.rss_per_connection_bytes)") bytes** |"
     echo "| **server CPU per hello+register** | **$(j connect '.server.cpu_us_per_hello_register | . * 10 | round / 10') µs** |"
-    echo "| kernel listen-queue overflows during the run | $(cat "$WORK/connect.overflows") |"
+    echo "| kernel listen-queue overflows during the run | $(cat "$WORK/connect.overflows" 2>/dev/null || echo "?") |"
+    mc_rows connect "$(j connect .connections.ok)" "hello+register"
     echo
     echo "### 2. notify: 1,000 PUT/s for 20 s, $DEVICES devices held"
     echo
@@ -195,6 +280,7 @@ done
     echo "| PUT answers | $(answers notify) |"
     echo "| **latency PUT → notification p50 / p99 / p99.9 / max** | **$(lat notify)** |"
     echo "| server CPU per notification | $(j notify '.server.cpu_us_per_notification | . * 10 | round / 10') µs |"
+    mc_rows notify "$(j notify .notifications.sent)" "notification"
     echo
     echo "### 3. notify ladder: 10 s per rate, $DEVICES devices held"
     echo
