@@ -116,6 +116,14 @@ start_memcached() {
     exit 1
 }
 
+# memcached's "curr_items bytes" now.
+mc_items_bytes() {
+    exec 3<>"/dev/tcp/127.0.0.1/$MC_PORT" || { echo "0 0"; return; }
+    printf 'stats\r\nquit\r\n' >&3
+    tr -d '\r' <&3 | awk '$2 == "curr_items" { i = $3 } $2 == "bytes" { b = $3 } END { print i + 0, b + 0 }'
+    exec 3<&-
+}
+
 # CPU ticks (user + system) a process has used.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
@@ -169,6 +177,7 @@ run() {
         # "ticks commands syscalls" used by memcached and the server's memcached client in the run.
         echo "$mc_before $(cpu_ticks "$MC_PID") $(mc_counters)" |
             awk '{ print $4 - $1, $5 - $2, $6 - $3 }' >"$WORK/$name.mc"
+        mc_items_bytes >"$WORK/$name.mcmem"
     fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
         echo "bench.sh: the server died during $name" | tee -a "$WORK/notes"
@@ -216,6 +225,8 @@ mc_rows() { # scenario, units, unit name
     [ "$BACKEND" = memcached ] || return 0
     echo "| memcached's own CPU per $3 | $(mc_cpu "$1" "$2") |"
     echo "| server ↔ memcached | $(mc_calls "$1") |"
+    [ "$1" = connect ] || return 0
+    echo "| memcached items / bytes held per device (item sizes, before slab rounding) | $(awk -v n="$2" '{ if (n + 0 == 0) print "?"; else printf "%d items, %.0f B", $1, $2 / n }' "$WORK/$1.mcmem" 2>/dev/null || echo "?") |"
 }
 
 BEST="none"

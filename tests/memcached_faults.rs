@@ -470,3 +470,42 @@ fn racing_registers_of_one_uaid_on_two_nodes_keep_every_channel_answered() {
         lost.lock().unwrap()
     );
 }
+
+/// Stores a raw value in memcached, under our server's feet.
+fn mc_set(mc: &Memcached, key: &str, value: &str) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(mc.addr).unwrap();
+    write!(s, "set {key} 0 0 {}\r\n{value}\r\n", value.len()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STORED\r\n");
+}
+
+#[test]
+fn a_value_that_does_not_decode_is_absent_and_logged_once() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node(&[&mc], "", "");
+    let uaid = "9f3c0b6e5d2a4c8e9b7a6d5c4b3a2f1e";
+    let mut c = s.client();
+    c.hello(uaid, &[]);
+    let ep = c.register(&chid(1));
+    c.close();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(put(&ep, "version=1").status, 202);
+    mc_set(&mc, &format!("u/{uaid}"), "7 this is not a channel record");
+    // Never delivered as garbage: the channel is unknown now.
+    assert_eq!(put(&ep, "version=2").status, 410);
+    assert_eq!(put(&ep, "version=3").status, 410);
+    let mut c = s.client();
+    let reply = c.hello(uaid, &[&chid(1)]);
+    assert_ne!(
+        reply["uaid"], uaid,
+        "an unreadable record is an unknown UAID"
+    );
+    let log = s.log();
+    assert_eq!(log.matches("does not decode").count(), 1, "{log}");
+    assert!(!log.contains("panicked"));
+}

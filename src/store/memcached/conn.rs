@@ -329,3 +329,74 @@ pub fn rounds(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    /// A stand-in for memcached that answers the marker check, then `answer` to the next
+    /// command, on each of `conns` connections in turn.
+    fn fake(answers: Vec<&'static str>) -> (String, std::thread::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let mut served = 0;
+            for answer in answers {
+                let Ok((stream, _)) = listener.accept() else {
+                    break;
+                };
+                let mut reader = io::BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let _ = out.write_all(b"VA 3 c1 t-1\r\nabc\r\n");
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let _ = out.write_all(answer.as_bytes());
+                served += 1;
+            }
+            served
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn a_reply_that_does_not_parse_is_retried_once_on_a_new_connection() {
+        let (addr, t) = fake(vec!["GARBAGE here\r\n", "EN\r\n"]);
+        let s = Server::new(&addr, Duration::from_secs(2));
+        s.set_marker(Some("abc".into()));
+        s.set_state(State::Up);
+        let r = s.round(&[Cmd::Get("u/x".into())]).unwrap();
+        assert!(matches!(r[..], [Reply::Miss]));
+        assert!(s.up(), "one bad reply does not mark the server down");
+        assert_eq!(t.join().unwrap(), 2, "the second try used a new connection");
+    }
+
+    #[test]
+    fn two_bad_replies_fail_the_round_without_a_panic() {
+        let (addr, t) = fake(vec!["VA x\r\n", "NOPE\r\n"]);
+        let s = Server::new(&addr, Duration::from_secs(2));
+        s.set_marker(Some("abc".into()));
+        s.set_state(State::Up);
+        assert!(matches!(
+            s.round(&[Cmd::Get("u/x".into())]),
+            Err(ConnError::Protocol(_))
+        ));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_new_connection_to_a_server_with_another_marker_is_refused() {
+        let (addr, t) = fake(vec!["EN\r\n"]);
+        let s = Server::new(&addr, Duration::from_secs(2));
+        s.set_marker(Some("something else".into()));
+        s.set_state(State::Up);
+        assert!(matches!(s.checkout(), Err(ConnError::Unusable)));
+        assert!(!s.up(), "marked down until the probe has looked");
+        drop(t);
+    }
+}

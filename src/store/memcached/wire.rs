@@ -142,6 +142,8 @@ pub fn parse(cmd: &Cmd, buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolEr
         "EX" => Reply::Exists,
         "NF" => Reply::NotFound,
         "SERVER_ERROR" if line.contains("out of memory") => Reply::OutOfMemory,
+        // An item over memcached's -I: refused like a full store, not a broken connection.
+        "SERVER_ERROR" if line.contains("too large") => Reply::OutOfMemory,
         _ => return Err(ProtocolError(format!("unexpected reply {line:?}"))),
     };
     Ok(Some((reply, used)))
