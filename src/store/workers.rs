@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,8 @@ pub struct Pool {
     queues: Vec<Sender<Job>>,
     tasks: Option<Sender<Task>>,
     done_rx: Mutex<Receiver<Done>>,
+    /// Set by the first answer after the loop last took them: later ones need not wake it again.
+    woken: Arc<AtomicBool>,
     /// Answers for jobs that could not be queued.
     lost: RefCell<Vec<Done>>,
     /// Jobs and tasks queued whose answers have not been taken yet.
@@ -36,6 +39,7 @@ pub struct Pool {
 struct Reply {
     tx: Sender<Done>,
     waker: Arc<Waker>,
+    woken: Arc<AtomicBool>,
 }
 
 impl Reply {
@@ -43,7 +47,10 @@ impl Reply {
         if self.tx.send(done).is_err() {
             return false;
         }
-        let _ = self.waker.wake();
+        // Under load answers come faster than the loop turns: one wake covers all of them.
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
         true
     }
 }
@@ -57,7 +64,12 @@ impl Pool {
         waker: Arc<Waker>,
     ) -> Pool {
         let (done_tx, done_rx) = channel();
-        let reply = Reply { tx: done_tx, waker };
+        let woken = Arc::new(AtomicBool::new(false));
+        let reply = Reply {
+            tx: done_tx,
+            waker,
+            woken: woken.clone(),
+        };
         let mut queues = Vec::new();
         for i in 0..size.max(1) {
             let (tx, rx) = channel::<Job>();
@@ -87,6 +99,7 @@ impl Pool {
             queues,
             tasks: (started > 0).then_some(task_tx),
             done_rx: Mutex::new(done_rx),
+            woken,
             lost: RefCell::new(Vec::new()),
             outstanding: std::cell::Cell::new(0),
             backend,
@@ -123,6 +136,8 @@ impl Pool {
     /// Everything finished so far.
     pub fn take_done(&self) -> Vec<Done> {
         let mut out = std::mem::take(&mut *self.lost.borrow_mut());
+        // Cleared before draining: an answer sent after this point wakes the loop again.
+        self.woken.store(false, Ordering::SeqCst);
         if let Ok(rx) = self.done_rx.lock() {
             let before = out.len();
             out.extend(rx.try_iter());
