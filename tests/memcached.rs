@@ -483,3 +483,30 @@ fn sigterm_answers_an_update_still_waiting_on_storage() {
     assert!(matches!(answer.status, 202 | 503), "{}", answer.status);
     assert!(s.wait_exit(Duration::from_secs(5)).is_some());
 }
+
+#[test]
+fn an_update_and_its_ack_cost_two_round_trips() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    let s = node(&[&mc]);
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    let calls = |s: &Server| s.metrics()["simplepush_memcached_syscalls_total"];
+    let before = calls(&s);
+    for v in 1..=20u64 {
+        assert_eq!(put(&ep, &format!("version={v}")).status, 200);
+        assert_eq!(c.recv()["updates"][0]["version"], v);
+        c.ack(&chid(1), v);
+    }
+    // Let the last ack's write finish, then count: the record as last written is changed with its
+    // CAS (no read first), and the update's node and wake reads share its round trip.
+    std::thread::sleep(Duration::from_millis(200));
+    let per_notification = (calls(&s) - before) / 20.0;
+    assert!(
+        per_notification <= 4.5,
+        "{per_notification} system calls per update + ack (2 round trips = 4)"
+    );
+}

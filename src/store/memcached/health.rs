@@ -198,7 +198,7 @@ impl MemcachedStore {
     }
 
     /// Reads the cluster's loss records (another node may have noticed one) and each server's stats.
-    fn refresh_stats(&self) {
+    pub(super) fn refresh_stats(&self) {
         if let Ok(m) = self.read_map::<u64>(LOSSES_KEY) {
             if let Ok(mut l) = self.losses.lock() {
                 for (addr, at) in m {

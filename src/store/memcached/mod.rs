@@ -133,6 +133,8 @@ impl MemcachedStore {
                 s.addr
             );
         }
+        // The metrics exist from the first scrape on.
+        store.refresh_stats();
         health::spawn_probe(&store)?;
         Ok(store)
     }
@@ -143,13 +145,17 @@ impl MemcachedStore {
     }
 
     /// Reads `key` (and `extra` keys in the same round trip) and writes what `change` makes of it,
-    /// redoing both when another writer changed it meanwhile. `change` may run several times.
+    /// redoing both when another writer changed it meanwhile. `change` may run several times, and
+    /// what it writes must depend on the item alone (`extra` only shapes its answer).
     fn update<R>(
         &self,
         key: String,
         extra: &[String],
         mut change: impl FnMut(&Item, &[Item]) -> (R, Option<(Vec<u8>, u32)>),
     ) -> Result<R, Fail> {
+        if let Some(answer) = self.update_cached(&key, extra, &mut change)? {
+            return Ok(answer);
+        }
         let mut keys = vec![key];
         keys.extend_from_slice(extra);
         for _ in 0..CAS_RETRIES {
@@ -163,6 +169,30 @@ impl MemcachedStore {
             }
         }
         Err(Fail::Unavailable)
+    }
+
+    /// `update` in one round trip instead of two: the change written over the item as this node
+    /// last wrote it (its CAS proves nobody changed it since), with `extra` read in the same round.
+    /// `None` when nothing is remembered, the change writes nothing (an answer that needs no
+    /// write is only trusted from a fresh read), or another writer got there first.
+    fn update_cached<R>(
+        &self,
+        key: &str,
+        extra: &[String],
+        change: &mut impl FnMut(&Item, &[Item]) -> (R, Option<(Vec<u8>, u32)>),
+    ) -> Result<Option<R>, Fail> {
+        let Some(item) = self.cluster.cached(key) else {
+            return Ok(None);
+        };
+        let unread: Vec<Item> = extra.iter().map(|k| Item::absent(k)).collect();
+        let (_, Some((body, ttl))) = change(&item, &unread) else {
+            return Ok(None);
+        };
+        let (written, read) = self.cluster.write_reading(&[(&item, body, ttl)], extra)?;
+        if written.first() != Some(&Written::Yes) {
+            return Ok(None);
+        }
+        Ok(Some(change(&item, &read).0))
     }
 
     fn read_one(&self, key: String) -> Result<Item, Fail> {

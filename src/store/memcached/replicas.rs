@@ -10,7 +10,9 @@
 //! down cannot order writes elsewhere while another node still writes to it. While a key's primary
 //! is down its writes fail (503) and its reads are served by the other copies.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use super::conn::{rounds, ConnError, Server};
 use super::wire::{Cmd, Mode, Reply};
@@ -22,6 +24,10 @@ pub static REPAIRS: AtomicU64 = AtomicU64::new(0);
 pub static CONFLICTS: AtomicU64 = AtomicU64::new(0);
 /// How often a secondary copy is retried when another writer moved it meanwhile.
 const SECONDARY_RETRIES: usize = 8;
+/// Items remembered as last written (see `Cluster::cached`), and the largest body remembered:
+/// under 1 MiB in all. Enough for the common case, an update and its ack moments apart.
+const CACHE_ITEMS: usize = 1024;
+const CACHE_BODY_MAX: usize = 512;
 
 /// Why an operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +61,16 @@ pub struct Item {
 }
 
 impl Item {
+    /// An item not read (yet): no copies, no value.
+    pub fn absent(key: &str) -> Item {
+        Item {
+            key: key.to_string(),
+            slots: Vec::new(),
+            newest: None,
+            primary: false,
+        }
+    }
+
     /// The newest value, without its stamp.
     pub fn body(&self) -> Option<&[u8]> {
         self.newest.as_ref().map(|(_, b, _)| b.as_slice())
@@ -68,6 +84,38 @@ impl Item {
     fn stamp(&self) -> u64 {
         self.newest.as_ref().map_or(0, |(s, _, _)| *s)
     }
+
+    /// The item once `body` is written over it (CAS of copy `k` known; the others' filled in as
+    /// their writes answer). `None` when it is too large to be worth remembering.
+    fn after_write(&self, k: usize, cas: Option<u64>, body: &[u8], ttl: u32) -> Option<Item> {
+        if body.len() > CACHE_BODY_MAX {
+            return None;
+        }
+        let stamp = self.stamp() + 1;
+        let mut slots: Vec<Slot> = self
+            .slots
+            .iter()
+            .map(|s| Slot {
+                server: s.server,
+                cas: None,
+                stamp: Some(stamp),
+            })
+            .collect();
+        slots[k].cas = cas;
+        Some(Item {
+            key: self.key.clone(),
+            slots,
+            newest: Some((stamp, body.to_vec(), (ttl > 0).then_some(ttl))),
+            primary: true,
+        })
+    }
+}
+
+/// Where the replies of one key's reads will be.
+struct ReadPlan<'k> {
+    key: &'k String,
+    at: Vec<(usize, (usize, usize))>,
+    primary: bool,
 }
 
 /// What became of a write.
@@ -113,6 +161,7 @@ pub struct Cluster {
     pub servers: Vec<Server>,
     ring: Ring,
     replicas: usize,
+    cache: Mutex<HashMap<String, Item>>,
 }
 
 impl Cluster {
@@ -123,6 +172,7 @@ impl Cluster {
             ring: Ring::new(&names),
             replicas: replicas.clamp(1, servers.len().max(1)),
             servers,
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -148,21 +198,36 @@ impl Cluster {
     /// older. Fails if a copy's server does not answer.
     pub fn read(&self, keys: &[String]) -> Result<Vec<Item>, Fail> {
         let mut batches: Vec<(usize, Vec<Cmd>)> = Vec::new();
+        let plan = self.plan_reads(keys, &mut batches)?;
+        let replies = answers(rounds(&self.servers, &batches))?;
+        Ok(self.take_reads(plan, &replies))
+    }
+
+    /// Adds the `Get`s of every copy of `keys` to `batches`; where each reply will be.
+    fn plan_reads<'k>(
+        &self,
+        keys: &'k [String],
+        batches: &mut Vec<(usize, Vec<Cmd>)>,
+    ) -> Result<Vec<ReadPlan<'k>>, Fail> {
         let mut plan = Vec::with_capacity(keys.len());
         for key in keys {
             let (targets, primary) = self.targets(key);
             if targets.is_empty() {
                 return Err(Fail::Unavailable);
             }
-            let mut at = Vec::with_capacity(targets.len());
-            for s in targets {
-                at.push((s, push_cmd(&mut batches, s, Cmd::Get(key.clone()))));
-            }
-            plan.push((key, at, primary));
+            let at = targets
+                .into_iter()
+                .map(|s| (s, push_cmd(batches, s, Cmd::Get(key.clone()))))
+                .collect();
+            plan.push(ReadPlan { key, at, primary });
         }
-        let replies = answers(&rounds(&self.servers, &batches))?;
-        let mut items = Vec::with_capacity(keys.len());
-        for (key, at, primary) in plan {
+        Ok(plan)
+    }
+
+    /// The items a round's replies make of a read plan, with missing or older copies repaired.
+    fn take_reads(&self, plan: Vec<ReadPlan<'_>>, replies: &[Vec<Reply>]) -> Vec<Item> {
+        let mut items = Vec::with_capacity(plan.len());
+        for ReadPlan { key, at, primary } in plan {
             let mut item = Item {
                 key: key.clone(),
                 slots: Vec::with_capacity(at.len()),
@@ -171,12 +236,12 @@ impl Cluster {
             };
             for (s, (b, i)) in at {
                 item.slots
-                    .push(take_slot(&mut item.newest, s, &replies[b][i]));
+                    .push(take_slot(&mut item.newest, s, key, &replies[b][i]));
             }
             items.push(item);
         }
         self.repair(&items);
-        Ok(items)
+        items
     }
 
     /// Writes the newest copy where one is missing or older; best effort (the next read retries).
@@ -203,6 +268,15 @@ impl Cluster {
 
     /// Writes new bodies over items as read: the primaries in one round, then the other copies.
     pub fn write(&self, writes: &[(&Item, Vec<u8>, u32)]) -> Result<Vec<Written>, Fail> {
+        self.write_reading(writes, &[]).map(|(w, _)| w)
+    }
+
+    /// Like `write`, and reads `keys` in the same round as the primaries' writes.
+    pub fn write_reading(
+        &self,
+        writes: &[(&Item, Vec<u8>, u32)],
+        keys: &[String],
+    ) -> Result<(Vec<Written>, Vec<Item>), Fail> {
         let mut batches = Vec::new();
         let mut first = Vec::with_capacity(writes.len());
         for (item, body, ttl) in writes {
@@ -216,7 +290,9 @@ impl Cluster {
                 set_over(&item.key, slot, value, *ttl),
             ));
         }
-        let replies = answers(&rounds(&self.servers, &batches))?;
+        let plan = self.plan_reads(keys, &mut batches)?;
+        let replies = answers(rounds(&self.servers, &batches))?;
+        let read = self.take_reads(plan, &replies);
         let refused: Vec<&Item> = writes
             .iter()
             .zip(&first)
@@ -230,43 +306,78 @@ impl Cluster {
         let mut out = Vec::with_capacity(writes.len());
         let mut batches = Vec::new();
         let mut second = Vec::new();
+        let mut written: Vec<Option<Item>> = Vec::with_capacity(writes.len());
         for ((item, body, ttl), (b, i)) in writes.iter().zip(first) {
-            match &replies[b][i] {
-                Reply::Done => out.push(Written::Yes),
+            let cas = match &replies[b][i] {
+                Reply::Done(cas) => *cas,
                 Reply::NotStored | Reply::Exists | Reply::NotFound => {
                     CONFLICTS.fetch_add(1, Ordering::Relaxed);
                     out.push(Written::Conflict);
+                    written.push(None);
                     continue;
                 }
                 _ => return Err(Fail::Unavailable),
-            }
+            };
+            out.push(Written::Yes);
+            written.push(item.after_write(0, cas, body, *ttl));
             let value = stamped(item.stamp() + 1, body);
-            for slot in &item.slots[1..] {
+            for (k, slot) in item.slots.iter().enumerate().skip(1) {
                 let cmd = set_over(&item.key, slot, value.clone(), *ttl);
                 second.push((
-                    item,
-                    slot.server,
-                    value.clone(),
-                    *ttl,
+                    written.len() - 1,
+                    k,
+                    (item, slot.server, value.clone(), *ttl),
                     push_cmd(&mut batches, slot.server, cmd),
                 ));
             }
         }
-        if batches.is_empty() {
-            return Ok(out);
-        }
-        let replies = answers(&rounds(&self.servers, &batches))?;
-        for (item, server, value, ttl, (b, i)) in second {
-            match &replies[b][i] {
-                Reply::Done => {}
-                Reply::OutOfMemory => return Err(Fail::Full),
-                Reply::NotStored | Reply::Exists | Reply::NotFound => {
-                    self.catch_up(&item.key, server, value, ttl, item.stamp() + 1)?
+        if !batches.is_empty() {
+            let replies = answers(rounds(&self.servers, &batches))?;
+            for (w, k, (item, server, value, ttl), (b, i)) in second {
+                match &replies[b][i] {
+                    Reply::Done(cas) => {
+                        if let Some(Some(done)) = written.get_mut(w) {
+                            done.slots[k].cas = *cas;
+                        }
+                    }
+                    Reply::OutOfMemory => return Err(Fail::Full),
+                    Reply::NotStored | Reply::Exists | Reply::NotFound => {
+                        written[w] = None;
+                        self.catch_up(&item.key, server, value, ttl, item.stamp() + 1)?
+                    }
+                    _ => return Err(Fail::Unavailable),
                 }
-                _ => return Err(Fail::Unavailable),
             }
         }
-        Ok(out)
+        self.remember(written.into_iter().flatten());
+        Ok((out, read))
+    }
+
+    /// Takes the item as this node last wrote it, if it is remembered: a change to it can then be
+    /// written at once, with no read first (its CAS tells whether anyone changed it since).
+    pub fn cached(&self, key: &str) -> Option<Item> {
+        self.cache.lock().ok()?.remove(key)
+    }
+
+    fn remember(&self, items: impl Iterator<Item = Item>) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        for item in items.filter(|i| i.slots.iter().all(|s| s.cas.is_some())) {
+            if cache.len() >= CACHE_ITEMS {
+                // Bounded memory, whatever the number of devices; a dropped entry costs a read.
+                cache.clear();
+            }
+            cache.insert(item.key.clone(), item);
+        }
+    }
+
+    fn forget(&self, keys: &[String]) {
+        if let Ok(mut cache) = self.cache.lock() {
+            for k in keys {
+                cache.remove(k);
+            }
+        }
     }
 
     /// Puts back the values of items whose primary refused a write for lack of memory: memcached
@@ -292,7 +403,8 @@ impl Cluster {
             return;
         }
         for (r, (server, _)) in rounds(&self.servers, &batches).iter().zip(&batches) {
-            let ok = matches!(r, Ok(replies) if replies.iter().all(|x| matches!(x, Reply::Done)));
+            let ok =
+                matches!(r, Ok(replies) if replies.iter().all(|x| matches!(x, Reply::Done(_))));
             if !ok {
                 log::warn!(
                     "memcached {}: a value unlinked by a refused store could not be put back",
@@ -316,7 +428,7 @@ impl Cluster {
                 .round(&[Cmd::Get(key.to_string())])
                 .map_err(|_| Fail::Unavailable)?;
             let mut newest = None;
-            let slot = take_slot(&mut newest, server, &got[0]);
+            let slot = take_slot(&mut newest, server, key, &got[0]);
             if slot.stamp.is_some_and(|s| s >= stamp) {
                 return Ok(());
             }
@@ -326,7 +438,7 @@ impl Cluster {
                 .map_err(|_| Fail::Unavailable)?
                 .first()
             {
-                Some(Reply::Done) => return Ok(()),
+                Some(Reply::Done(_)) => return Ok(()),
                 Some(Reply::OutOfMemory) => return Err(Fail::Full),
                 _ => {}
             }
@@ -342,11 +454,12 @@ impl Cluster {
                 push_cmd(&mut batches, s, Cmd::Touch(key.clone(), *ttl));
             }
         }
-        answers(&rounds(&self.servers, &batches)).map(drop)
+        answers(rounds(&self.servers, &batches)).map(drop)
     }
 
     /// Deletes every copy of the items.
     pub fn delete(&self, keys: &[String]) -> Result<(), Fail> {
+        self.forget(keys);
         let mut batches = Vec::new();
         for key in keys {
             let (targets, primary) = self.targets(key);
@@ -357,7 +470,7 @@ impl Cluster {
                 push_cmd(&mut batches, s, Cmd::Delete(key.clone()));
             }
         }
-        answers(&rounds(&self.servers, &batches)).map(drop)
+        answers(rounds(&self.servers, &batches)).map(drop)
     }
 }
 
@@ -374,10 +487,10 @@ fn push_cmd(batches: &mut Vec<(usize, Vec<Cmd>)>, server: usize, cmd: Cmd) -> (u
     (b, batches[b].1.len() - 1)
 }
 
-fn answers(results: &[Result<Vec<Reply>, ConnError>]) -> Result<Vec<Vec<Reply>>, Fail> {
+fn answers(results: Vec<Result<Vec<Reply>, ConnError>>) -> Result<Vec<Vec<Reply>>, Fail> {
     results
-        .iter()
-        .map(|r| r.as_ref().cloned().map_err(|_| Fail::Unavailable))
+        .into_iter()
+        .map(|r| r.map_err(|_| Fail::Unavailable))
         .collect()
 }
 
@@ -385,6 +498,7 @@ fn answers(results: &[Result<Vec<Reply>, ConnError>]) -> Result<Vec<Vec<Reply>>,
 fn take_slot(
     newest: &mut Option<(u64, Vec<u8>, Option<u32>)>,
     server: usize,
+    key: &str,
     reply: &Reply,
 ) -> Slot {
     let Reply::Value { data, cas, ttl } = reply else {
@@ -396,7 +510,7 @@ fn take_slot(
     };
     let parsed = unstamp(data);
     if parsed.is_none() {
-        super::layout::unreadable(&format!("server {server}"), "no stamp");
+        super::layout::unreadable(key, "no stamp");
     }
     if let Some((stamp, body)) = parsed {
         if newest.as_ref().is_none_or(|(s, _, _)| stamp > *s) {
@@ -430,10 +544,10 @@ mod tests {
             cas,
             ttl: Some(5),
         };
-        let a = take_slot(&mut newest, 0, &v(b"3 old", 1));
-        let b = take_slot(&mut newest, 1, &v(b"4 new", 2));
-        let c = take_slot(&mut newest, 2, &v(b"junk", 3));
-        let d = take_slot(&mut newest, 3, &Reply::Miss);
+        let a = take_slot(&mut newest, 0, "k", &v(b"3 old", 1));
+        let b = take_slot(&mut newest, 1, "k", &v(b"4 new", 2));
+        let c = take_slot(&mut newest, 2, "k", &v(b"junk", 3));
+        let d = take_slot(&mut newest, 3, "k", &Reply::Miss);
         assert_eq!(newest, Some((4, b"new".to_vec(), Some(5))));
         assert_eq!(
             (a.stamp, b.stamp, c.stamp, d.stamp),

@@ -54,8 +54,8 @@ pub enum Reply {
     },
     /// `EN`: no such item.
     Miss,
-    /// `HD`: done (stored, deleted, touched).
-    Done,
+    /// `HD`: done (stored, deleted, touched), with the item's new CAS after a store.
+    Done(Option<u64>),
     /// `NS`: not stored (an add found the item).
     NotStored,
     /// `EX`: the CAS did not match (another writer got there first).
@@ -99,7 +99,8 @@ pub fn encode(cmd: &Cmd, out: &mut Vec<u8>) {
                 Mode::Set => 'S',
                 Mode::Add => 'E',
             };
-            let _ = write!(line, "ms {key} {} T{ttl} M{m}", value.len());
+            // `c`: the new CAS comes back, so the next change needs no read.
+            let _ = write!(line, "ms {key} {} T{ttl} M{m} c", value.len());
             if let Some(c) = cas {
                 let _ = write!(line, " C{c}");
             }
@@ -137,7 +138,7 @@ pub fn parse(cmd: &Cmd, buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolEr
     let reply = match head {
         "VA" => return parse_value(line, buf, used),
         "EN" => Reply::Miss,
-        "HD" => Reply::Done,
+        "HD" => Reply::Done(words.find_map(|w| w.strip_prefix('c')?.parse().ok())),
         "NS" => Reply::NotStored,
         "EX" => Reply::Exists,
         "NF" => Reply::NotFound,
@@ -226,7 +227,7 @@ mod tests {
             mode: Mode::Set,
             cas: Some(9),
         };
-        assert_eq!(enc(&set), "ms k 3 T5 MS C9\r\nabc\r\n");
+        assert_eq!(enc(&set), "ms k 3 T5 MS c C9\r\nabc\r\n");
         let add = Cmd::Set {
             key: "k".into(),
             value: Vec::new(),
@@ -234,7 +235,7 @@ mod tests {
             mode: Mode::Add,
             cas: None,
         };
-        assert_eq!(enc(&add), "ms k 0 T0 ME\r\n\r\n");
+        assert_eq!(enc(&add), "ms k 0 T0 ME c\r\n\r\n");
         assert_eq!(enc(&Cmd::Delete("k".into())), "md k\r\n");
         assert_eq!(enc(&Cmd::Stats(Some("settings"))), "stats settings\r\n");
     }
@@ -259,7 +260,7 @@ mod tests {
         let (r, _) = parse(&get, b"VA 0 c1 t30\r\n\r\n").unwrap().unwrap();
         assert!(matches!(r, Reply::Value { ttl: Some(30), .. }));
         for (text, want) in [
-            ("HD c3\r\n", Reply::Done),
+            ("HD c3\r\n", Reply::Done(Some(3))),
             ("NS c0\r\n", Reply::NotStored),
             ("EX\r\n", Reply::Exists),
             ("NF\r\n", Reply::NotFound),
