@@ -162,6 +162,10 @@ pub struct Metrics {
     refused_connections: AtomicU64,
     /// Time a storage job takes.
     pub store_latency: Histogram,
+    /// Time a storage job waits in its worker's queue before it runs.
+    pub store_queue_latency: Histogram,
+    /// Storage jobs queued and not started yet, over all loops.
+    pub store_queued: AtomicU64,
     /// From a valid app-server request to the notification written to the device's socket.
     pub delivery_latency: Histogram,
 }
@@ -176,6 +180,8 @@ pub static METRICS: Metrics = Metrics {
     router_errors: AtomicU64::new(0),
     refused_connections: AtomicU64::new(0),
     store_latency: Histogram::new(),
+    store_queue_latency: Histogram::new(),
+    store_queued: AtomicU64::new(0),
     delivery_latency: Histogram::new(),
 };
 
@@ -363,6 +369,22 @@ pub fn render(g: &Gauges) -> String {
         &mut out,
         "simplepush_store_seconds",
         "Time a storage operation takes.",
+    );
+    m.store_queue_latency.render(
+        &mut out,
+        "simplepush_store_queue_seconds",
+        "Time a storage job waits for its worker (a slow store shows here first).",
+    );
+    family(
+        &mut out,
+        "simplepush_store_queue_depth",
+        "Storage jobs waiting for a worker.",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "simplepush_store_queue_depth {}",
+        m.store_queued.load(Ordering::Relaxed)
     );
     m.delivery_latency.render(
         &mut out,

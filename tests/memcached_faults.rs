@@ -509,3 +509,82 @@ fn a_value_that_does_not_decode_is_absent_and_logged_once() {
     assert_eq!(log.matches("does not decode").count(), 1, "{log}");
     assert!(!log.contains("panicked"));
 }
+
+/// Hello + register cycles and PUTs to a held device until `stop`; every status or error seen.
+fn hello_load(s: &Server, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeMap<String, u64>> {
+    let addr = s.addr;
+    std::thread::spawn(move || {
+        let mut seen = BTreeMap::new();
+        let mut held = Client::connect(addr);
+        held.hello_new();
+        let ep = held.register(&chid(1));
+        let mut n = 0u32;
+        while !stop.load(Ordering::Relaxed) && n < 5_000 {
+            n += 1;
+            let mut c = Client::connect(addr);
+            c.send(r#"{"messageType":"hello","uaid":"","channelIDs":[]}"#);
+            let hello = c.recv();
+            c.send_json(json!({"messageType":"register","channelID":chid(n)}));
+            let reg = match hello["status"].as_u64() {
+                Some(200) => c.recv()["status"].as_u64().unwrap_or(0),
+                _ => 0,
+            };
+            *seen
+                .entry(format!("hello {} register {reg}", hello["status"]))
+                .or_insert(0) += 1;
+            c.close();
+            let st = put(&ep, &format!("version={n}")).status;
+            *seen.entry(format!("put {st}")).or_insert(0) += 1;
+            if st == 200 {
+                held.recv();
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn short_memcached_stalls_are_waited_for_and_an_outage_still_gives_503() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    // timeout_ms = 300 (memcached_section): each stall outlasts it, but not its retry.
+    let s = node(&[&mc], "", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = hello_load(&s, stop.clone());
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(300));
+        mc.signal("STOP");
+        std::thread::sleep(Duration::from_millis(450));
+        mc.signal("CONT");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    let bad: Vec<_> = seen
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "hello 200 register 200" | "put 200"))
+        .collect();
+    assert!(bad.is_empty(), "slow is not down: {seen:?}");
+    assert!(seen.get("put 200").copied().unwrap_or(0) >= 20, "{seen:?}");
+    assert!(s.metrics()["simplepush_memcached_retries_total"] > 0.0);
+    // A real outage: 503 with Retry-After within about two timeouts, and back by itself.
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(9));
+    mc.signal("STOP");
+    let t = Instant::now();
+    let r = put(&ep, "version=1");
+    assert_eq!(r.status, 503);
+    assert!(r.header("Retry-After").is_some(), "{}", r.head);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(put(&ep, "version=2").status, 503);
+    mc.signal("CONT");
+    let end = Instant::now() + Duration::from_secs(10);
+    while put(&ep, "version=3").status != 200 {
+        assert!(Instant::now() < end, "no recovery");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

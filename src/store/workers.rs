@@ -11,18 +11,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use log::{error, warn};
 use mio::Waker;
 
 use super::{ring, run, Backend, Done, Job};
+use crate::metrics::METRICS;
 
 /// A forward or kick: blocking network work whose result comes back as a [`Done`].
 pub type Task = Box<dyn FnOnce() -> Done + Send>;
 
 /// Storage workers around one shared backend, plus forwarding threads.
 pub struct Pool {
-    queues: Vec<Sender<Job>>,
+    queues: Vec<Sender<(Instant, Job)>>,
     tasks: Option<Sender<Task>>,
     done_rx: Mutex<Receiver<Done>>,
     /// Set by the first answer after the loop last took them: later ones need not wake it again.
@@ -72,7 +74,7 @@ impl Pool {
         };
         let mut queues = Vec::new();
         for i in 0..size.max(1) {
-            let (tx, rx) = channel::<Job>();
+            let (tx, rx) = channel::<(Instant, Job)>();
             let (backend, reply) = (backend.clone(), reply.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("store-{i}"))
@@ -114,11 +116,14 @@ impl Pool {
         }
         // The high half: the event loops pick a UAID's owner with the low half (`server::owner`).
         let i = (ring::hash(job.uaid().0.bytes()) >> 32) as usize % self.queues.len();
-        match self.queues[i].send(job) {
-            Ok(()) => self.outstanding.set(self.outstanding.get() + 1),
+        match self.queues[i].send((Instant::now(), job)) {
+            Ok(()) => {
+                self.outstanding.set(self.outstanding.get() + 1);
+                METRICS.store_queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(returned) => {
                 error!("storage worker {i} is gone");
-                self.lost.borrow_mut().push(returned.0.failed());
+                self.lost.borrow_mut().push(returned.0 .1.failed());
             }
         }
     }
@@ -159,8 +164,10 @@ impl Pool {
     }
 }
 
-fn store_worker(rx: Receiver<Job>, backend: &dyn Backend, reply: Reply) {
-    while let Ok(job) = rx.recv() {
+fn store_worker(rx: Receiver<(Instant, Job)>, backend: &dyn Backend, reply: Reply) {
+    while let Ok((queued, job)) = rx.recv() {
+        METRICS.store_queued.fetch_sub(1, Ordering::Relaxed);
+        METRICS.store_queue_latency.observe(queued.elapsed());
         let fallback = job.failed();
         let done = catch_unwind(AssertUnwindSafe(|| run(backend, job))).unwrap_or_else(|_| {
             error!("a storage job panicked; answered as unavailable");

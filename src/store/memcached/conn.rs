@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use log::warn;
+use log::{debug, warn};
 
 use super::wire::{self, Cmd, ProtocolError, Reply};
 
@@ -26,6 +26,8 @@ pub const MARKER_KEY: &str = "g/marker";
 pub static SYSCALLS: AtomicU64 = AtomicU64::new(0);
 /// Commands sent.
 pub static COMMANDS: AtomicU64 = AtomicU64::new(0);
+/// Rounds tried a second time after a slow, broken or garbled answer.
+pub static RETRIES: AtomicU64 = AtomicU64::new(0);
 
 /// Why a round with a server failed.
 #[derive(Debug)]
@@ -165,6 +167,8 @@ pub struct Server {
     /// The marker this node last saw on the server; a connection that finds another is refused.
     marker: Mutex<Option<String>>,
     idle: Mutex<Vec<Conn>>,
+    /// Probes in a row that got no answer.
+    probe_misses: AtomicU8,
 }
 
 impl Server {
@@ -176,6 +180,7 @@ impl Server {
             state: AtomicU8::new(State::Down as u8),
             marker: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
+            probe_misses: AtomicU8::new(0),
         }
     }
 
@@ -216,8 +221,7 @@ impl Server {
         Conn::open(&self.addr, self.timeout).map_err(ConnError::Io)
     }
 
-    /// An idle connection, or a new one whose server still holds the marker this node knows (a
-    /// restarted memcached must be noticed by the probe before any operation reads it as empty).
+    /// An idle connection, or a new one (see `open_checked`).
     pub fn checkout(&self) -> Result<Conn, ConnError> {
         if !self.up() {
             return Err(ConnError::Unusable);
@@ -225,8 +229,16 @@ impl Server {
         if let Some(c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             return Ok(c);
         }
-        let mut c = self.open()?;
-        let found = c.call(&[Cmd::Get(MARKER_KEY.into())])?;
+        self.open_checked()
+    }
+
+    /// A new connection whose server still holds the marker this node knows (a restarted
+    /// memcached must be noticed by the probe before any operation reads it as empty).
+    fn open_checked(&self) -> Result<Conn, ConnError> {
+        let mut c = self.open().inspect_err(|e| self.failed(e))?;
+        let found = c
+            .call(&[Cmd::Get(MARKER_KEY.into())])
+            .inspect_err(|e| self.failed(e))?;
         let now = match found.first() {
             Some(Reply::Value { data, .. }) => Some(String::from_utf8_lossy(data).into_owned()),
             _ => None,
@@ -259,10 +271,11 @@ impl Server {
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
+        self.probe_answered();
     }
 
-    /// Runs one round of commands, retrying once on a fresh connection if the reply did not parse.
-    /// An IO failure marks the server down.
+    /// Runs one round of commands. A failed round is tried once more on a new connection, so
+    /// one slow or garbled answer is not an outage; a second failure marks the server down.
     pub fn round(&self, cmds: &[Cmd]) -> Result<Vec<Reply>, ConnError> {
         let mut conn = self.checkout()?;
         match conn.call(cmds) {
@@ -270,19 +283,40 @@ impl Server {
                 self.checkin(conn);
                 Ok(r)
             }
-            Err(ConnError::Protocol(e)) => {
-                warn!("memcached {}: {e}; retrying on a new connection", self.addr);
-                drop(conn);
-                let mut fresh = self.checkout()?;
-                let r = fresh.call(cmds).inspect_err(|e| self.failed(e))?;
-                self.checkin(fresh);
-                Ok(r)
-            }
             Err(e) => {
-                self.failed(&e);
-                Err(e)
+                drop(conn);
+                self.retry(cmds, &e)
             }
         }
+    }
+
+    /// The second try of a round that failed on a connection (dropped: it may hold a late
+    /// reply). Commands are safe to repeat: writes are conditional (CAS or add), so one that
+    /// took effect the first time comes back as a conflict and is redone from a fresh read.
+    fn retry(&self, cmds: &[Cmd], first: &ConnError) -> Result<Vec<Reply>, ConnError> {
+        match first {
+            ConnError::Unusable => return Err(ConnError::Unusable),
+            ConnError::Protocol(e) => {
+                warn!("memcached {}: {e}; retrying on a new connection", self.addr)
+            }
+            ConnError::Io(e) => debug!("memcached {}: {e}; retrying once", self.addr),
+        }
+        RETRIES.fetch_add(1, Ordering::Relaxed);
+        let mut fresh = self.open_checked()?;
+        let r = fresh.call(cmds).inspect_err(|e| self.failed(e))?;
+        self.checkin(fresh);
+        Ok(r)
+    }
+
+    /// Counts a failed probe; whether it is the second in a row (then the server is down: one
+    /// slow answer under load is not).
+    pub fn probe_missed(&self) -> bool {
+        self.probe_misses.fetch_add(1, Ordering::SeqCst) >= 1
+    }
+
+    /// A probe answered.
+    pub fn probe_answered(&self) {
+        self.probe_misses.store(0, Ordering::SeqCst);
     }
 
     fn failed(&self, e: &ConnError) {
@@ -319,12 +353,7 @@ pub fn rounds(
                 server.checkin(c);
                 Ok(r)
             }
-            // Out of step: one more try on its own.
-            Err(ConnError::Protocol(_)) => server.round(cmds),
-            Err(e) => {
-                server.failed(&e);
-                Err(e)
-            }
+            Err(e) => server.retry(cmds, &e),
         });
     }
     out

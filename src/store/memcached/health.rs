@@ -88,9 +88,11 @@ impl MemcachedStore {
             return;
         };
         match read_marker(&mut c) {
-            Ok(found) if found.is_some() && found == s.marker() => {}
+            Ok(found) if found.is_some() && found == s.marker() => s.probe_answered(),
             Ok(_) => s.mark_down("its data marker changed: restarted or flushed"),
-            Err(e) => s.mark_down(&e.to_string()),
+            // Slow is not down: one probe without an answer in time may be a busy machine.
+            Err(e) if s.probe_missed() => s.mark_down(&e.to_string()),
+            Err(_) => {}
         }
     }
 
@@ -319,6 +321,11 @@ pub fn render(out: &mut String) {
             "simplepush_memcached_syscalls_total",
             "read, write and connect calls on memcached connections.",
             &conn::SYSCALLS,
+        ),
+        (
+            "simplepush_memcached_retries_total",
+            "Rounds tried again on a new connection after a slow, broken or garbled answer.",
+            &conn::RETRIES,
         ),
         (
             "simplepush_memcached_repairs_total",
