@@ -133,8 +133,14 @@ impl Default for EndpointConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `"memory"` (embedded, lost on restart) or `"memcached"`.
+    /// `"disk"` (embedded, durable), `"memory"` (embedded, lost on restart) or `"memcached"`.
     pub backend: String,
+    /// disk: the data directory (the store file and the generated endpoint key).
+    pub path: String,
+    /// disk: when commits reach the disk: `"always"`, `"batch"` (group commit) or `"none"`.
+    pub sync: String,
+    /// disk: the page cache, MiB.
+    pub cache_mb: usize,
     /// memcached servers, `host:port`; keys are spread over them by consistent hashing.
     pub servers: Vec<String>,
     /// memcached connect, read and write timeout.
@@ -166,6 +172,9 @@ impl Default for StorageConfig {
     fn default() -> StorageConfig {
         StorageConfig {
             backend: "memory".into(),
+            path: "data".into(),
+            sync: "batch".into(),
+            cache_mb: 64,
             servers: vec!["127.0.0.1:11211".into()],
             timeout_ms: 500,
             pool_size: 4,
@@ -479,8 +488,20 @@ impl Config {
 
     fn validate_storage(&self) -> Result<(), ConfigError> {
         let st = &self.storage;
-        if st.backend != "memory" && st.backend != "memcached" {
-            return bad("storage.backend", "must be \"memory\" or \"memcached\"");
+        if !["disk", "memory", "memcached"].contains(&st.backend.as_str()) {
+            return bad(
+                "storage.backend",
+                "must be \"disk\", \"memory\" or \"memcached\"",
+            );
+        }
+        if crate::store::disk::Sync::parse(&st.sync).is_none() {
+            return bad("storage.sync", "must be \"always\", \"batch\" or \"none\"");
+        }
+        if st.backend == "disk" && st.path.is_empty() {
+            return bad("storage.path", "needs a directory for the disk store");
+        }
+        if st.cache_mb == 0 || st.cache_mb > 1 << 20 {
+            return bad("storage.cache_mb", "must be 1 to 1048576");
         }
         if st.backend == "memcached" && st.servers.is_empty() {
             return bad("storage.servers", "needs at least one host:port");
@@ -533,6 +554,13 @@ impl Config {
             return bad(
                 "cluster.secret",
                 "needs at least 16 characters when router_listen is set",
+            );
+        }
+        if self.storage.backend == "disk" {
+            return bad(
+                "cluster.router_listen",
+                "storage.backend = \"disk\" is one node's store: cluster nodes share memcached \
+                 (set storage.backend = \"memcached\", or remove [cluster])",
             );
         }
         if self.storage.backend != "memcached" {

@@ -56,6 +56,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Cli, String> {
     Ok(Cli::Run(config))
 }
 
+/// The endpoint keys: configured, or on the disk store the one kept in its data directory
+/// (made at the first start), or none (a random key per process).
+fn token_keys(cfg: &Config) -> Result<Vec<String>, String> {
+    if !cfg.endpoint.token_keys.is_empty() || cfg.storage.backend != "disk" {
+        return Ok(cfg.endpoint.token_keys.clone());
+    }
+    let key = simplepush::store::disk::endpoint_key(cfg.storage.path.as_ref())
+        .map_err(|e| e.to_string())?;
+    Ok(vec![key])
+}
+
 fn main() -> ExitCode {
     let path = match parse_args(std::env::args().skip(1)) {
         Ok(Cli::Help) => {
@@ -80,15 +91,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tokens = match Tokens::new(&cfg.endpoint.token_keys) {
+    let keys = match token_keys(&cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("simplepush: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tokens = match Tokens::new(&keys) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("simplepush: {e}");
             return ExitCode::from(2);
         }
     };
-    if cfg.endpoint.token_keys.is_empty() {
+    if keys.is_empty() {
         warn!("no endpoint.token_keys configured: using a random key, so endpoints die with this process");
+    }
+    // A file-size limit (ulimit -f) must fail a write with EFBIG, answered 503, not kill us.
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        warn!("cannot ignore SIGXFSZ: {e}");
     }
     let servers = match server::start(cfg, tokens) {
         Ok(s) => s,

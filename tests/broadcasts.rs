@@ -118,7 +118,7 @@ fn without_a_token_broadcasts_cannot_be_changed() {
 #[test]
 fn a_change_made_on_one_node_reaches_followers_on_another() {
     // Starts its own memcached; the memcached rerun of this suite has nothing to add here.
-    if !have_memcached() || memcached_backend() {
+    if !have_memcached() || memcached_backend() || disk_backend() {
         return;
     }
     let mc = Memcached::start();
@@ -146,7 +146,7 @@ fn a_change_made_on_one_node_reaches_followers_on_another() {
 
 #[test]
 fn in_a_cluster_a_change_is_pushed_through_the_router_at_once() {
-    if !have_memcached() || memcached_backend() {
+    if !have_memcached() || memcached_backend() || disk_backend() {
         return;
     }
     let mc = Memcached::start();

@@ -107,7 +107,16 @@ impl Server {
             Ok(c) => c,
             Err(why) => return Some(Response::json(400, format!("\"{why}\""))),
         };
-        let Some(store) = self.memcached.clone() else {
+        if let Some(disk) = self.shared.disk.clone() {
+            // Stored first: a 200 means the change outlives a restart.
+            let conn = self.park(key, head.keep_alive)?;
+            self.store.forward(Box::new(move || Done::Broadcasts {
+                conn,
+                table: disk.set_broadcasts(&changes).ok().map(Arc::new),
+            }));
+            return None;
+        }
+        let Some(store) = self.shared.memcached.clone() else {
             self.spread_broadcasts(Arc::new(changes));
             return Some(Response::json(200, table_json(self.broadcasts.table())));
         };

@@ -83,7 +83,15 @@ pub(super) fn fresh_owned(id: usize, loops: usize) -> [u8; 16] {
 /// Binds every event loop of this process: `server.workers` of them (0 = one per core).
 pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
     let loops = loops_wanted(&cfg);
-    let memcached = open_memcached(&cfg)?;
+    let shared = Shared::open(&cfg)?;
+    let mut cfg = cfg;
+    if let Some(d) = &shared.disk {
+        // The versions set through the admin API before a restart win over the configured ones.
+        let stored = d
+            .broadcasts()
+            .map_err(|_| io::Error::other("disk store: cannot read the broadcast table"))?;
+        cfg.broadcasts.versions.extend(stored);
+    }
     let tls = match (cfg.tls.cert_file.as_str(), cfg.tls.key_file.as_str()) {
         ("", "") => None,
         (cert, key) => Some(
@@ -124,10 +132,10 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
             poll,
             waker,
             same.as_deref(),
-            memcached.clone(),
+            shared.clone(),
         )?);
     }
-    if let Some(store) = memcached {
+    if let Some(store) = shared.memcached {
         let router_url = servers
             .first()
             .and_then(|s| s.cluster.as_ref())

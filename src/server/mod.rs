@@ -35,10 +35,13 @@ use crate::metrics::{self, Command, Drop as Dropped, Event, METRICS};
 use crate::nonblocking::{would_block, write_some};
 use crate::registry::Registry;
 use crate::router::{self, RouteRequest};
+use crate::store::disk::{self, DiskStore};
 use crate::store::memcached::{self, MemcachedStore};
 use crate::store::memory::MemoryStore;
 use crate::store::workers::Pool;
-use crate::store::{ConnRef, Delivery, Done, Job, Notice, PutResult, Runner, Unavailable};
+use crate::store::{
+    ConnRef, Delivery, Done, Job, JobRunner, Notice, PutResult, Runner, Unavailable,
+};
 use crate::token::Tokens;
 use crate::transport::{Stream, Tls};
 use crate::webpush;
@@ -167,8 +170,8 @@ pub struct Server {
     drain: Option<Drain>,
     /// The broadcasts clients can follow, as this loop knows them.
     broadcasts: sm::broadcast::Broadcasts,
-    /// The shared memcached store, for what is not per UAID (the broadcast table).
-    memcached: Option<Arc<MemcachedStore>>,
+    /// The stores every loop shares, for what is not per UAID (the broadcast table).
+    shared: Shared,
     last_refusal_log: u64,
     /// Connections that used up their budget with input left: served again after the next poll.
     again: Vec<usize>,
@@ -209,6 +212,52 @@ pub fn report(result: io::Result<()>) -> i32 {
     }
 }
 
+/// The store all loops share, if it is not the per-loop memory store.
+#[derive(Clone, Default)]
+pub(super) struct Shared {
+    /// `storage.backend = "memcached"`.
+    memcached: Option<Arc<MemcachedStore>>,
+    /// `storage.backend = "disk"`.
+    disk: Option<Arc<DiskStore>>,
+}
+
+impl Shared {
+    /// Opens the configured shared store (none for the memory store).
+    fn open(cfg: &Config) -> io::Result<Shared> {
+        Ok(Shared {
+            memcached: open_memcached(cfg)?,
+            disk: open_disk(cfg)?,
+        })
+    }
+
+    fn runner(&self) -> Option<Arc<dyn JobRunner + Send + Sync>> {
+        if let Some(m) = &self.memcached {
+            return Some(m.clone());
+        }
+        self.disk
+            .clone()
+            .map(|d| d as Arc<dyn JobRunner + Send + Sync>)
+    }
+}
+
+/// The disk backend all loops share, if configured.
+fn open_disk(cfg: &Config) -> io::Result<Option<Arc<DiskStore>>> {
+    if cfg.storage.backend != "disk" {
+        return Ok(None);
+    }
+    let st = &cfg.storage;
+    let settings = disk::Settings {
+        pending_ttl: st.pending_ttl_secs as u32,
+        registration_ttl: st.registration_ttl_secs as u32,
+        max_messages: cfg.webpush.max_messages,
+        sync: disk::Sync::parse(&st.sync).unwrap_or(disk::Sync::Batch),
+        cache_bytes: st.cache_mb << 20,
+    };
+    DiskStore::open(st.path.as_ref(), settings)
+        .map(Some)
+        .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))
+}
+
 /// The memcached backend all loops share, if configured.
 fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
     if cfg.storage.backend != "memcached" {
@@ -236,9 +285,9 @@ fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
     Ok(Some(backend))
 }
 
-/// One loop's storage runner: its own memory shard, or worker threads over the shared memcached.
-fn open_store(cfg: &Config, shared: Option<Arc<MemcachedStore>>, waker: Arc<mio::Waker>) -> Runner {
-    match shared {
+/// One loop's storage runner: its own memory shard, or storage threads over the shared store.
+fn open_store(cfg: &Config, shared: &Shared, waker: Arc<mio::Waker>) -> Runner {
+    match shared.runner() {
         None => Runner::inline(Box::new(MemoryStore::with_budget(
             cfg.webpush.max_messages,
             cfg.webpush.memory_max_bytes,
@@ -293,9 +342,9 @@ impl Server {
         poll: Poll,
         waker: Arc<mio::Waker>,
         same: Option<&[SocketAddr]>,
-        memcached: Option<Arc<MemcachedStore>>,
+        shared: Shared,
     ) -> io::Result<Server> {
-        let store = open_store(&cfg, memcached.clone(), waker);
+        let store = open_store(&cfg, &shared, waker);
         let parse = |text: &str, key: &str| {
             text.parse::<SocketAddr>()
                 .map_err(|_| io::Error::new(ErrorKind::InvalidInput, key.to_string()))
@@ -398,12 +447,12 @@ impl Server {
             max_channels: cfg.websocket.max_channels,
             min_ping_interval_ms: cfg.websocket.min_ping_interval_ms,
             webpush: cfg.webpush.enabled,
-            // Registrations expire only in memcached: refresh them three times per lifetime.
+            // Registrations expire in memcached and on disk: refresh them three times per lifetime.
             refresh_ms: match (
                 cfg.storage.backend.as_str(),
                 cfg.storage.registration_ttl_secs,
             ) {
-                ("memcached", ttl) if ttl > 0 => ttl * 1000 / 3,
+                ("memcached" | "disk", ttl) if ttl > 0 => ttl * 1000 / 3,
                 _ => 0,
             },
         };
@@ -433,7 +482,7 @@ impl Server {
             shutdown_at: None,
             drain: None,
             broadcasts,
-            memcached,
+            shared,
             last_refusal_log: 0,
             again: Vec::new(),
             reading: None,

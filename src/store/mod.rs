@@ -6,8 +6,11 @@
 //! the loop through a `mio::Waker`. Jobs of one UAID always run in submission order.
 
 pub mod codec;
+pub mod disk;
 pub mod memcached;
 pub mod memory;
+pub mod message_list;
+pub mod record;
 pub mod ring;
 pub mod workers;
 
@@ -138,6 +141,38 @@ pub trait Backend {
     }
     /// Whether the backend can serve requests now.
     fn healthy(&self) -> bool;
+}
+
+/// What storage threads hand their jobs to: a [`Backend`] one job at a time, or a store that
+/// runs a whole queue of jobs together (the disk store: one commit for all of them).
+pub trait JobRunner {
+    /// Whether jobs are worth handing over in groups (answers then wait for the whole group).
+    fn groups(&self) -> bool {
+        false
+    }
+    /// Runs jobs in order; one answer per job, in the same order.
+    fn run_jobs(&self, jobs: Vec<Job>) -> Vec<Done>;
+    /// Whether the store can serve requests now.
+    fn healthy(&self) -> bool;
+}
+
+impl<B: Backend> JobRunner for B {
+    fn run_jobs(&self, jobs: Vec<Job>) -> Vec<Done> {
+        jobs.into_iter()
+            .map(|job| {
+                let fallback = job.failed();
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(self, job)));
+                ran.unwrap_or_else(|_| {
+                    log::error!("a storage job panicked; answered as unavailable");
+                    fallback
+                })
+            })
+            .collect()
+    }
+
+    fn healthy(&self) -> bool {
+        Backend::healthy(self)
+    }
 }
 
 /// Which connection a job answers to; a reused slab slot has another `gen`.
@@ -590,7 +625,7 @@ impl Runner {
     /// Whether the backend can serve requests now.
     pub fn healthy(&self) -> bool {
         match self {
-            Runner::Inline { backend, .. } => backend.healthy(),
+            Runner::Inline { backend, .. } => Backend::healthy(&**backend),
             Runner::Pool(p) => p.healthy(),
         }
     }

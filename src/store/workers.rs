@@ -16,7 +16,7 @@ use std::time::Instant;
 use log::{error, warn};
 use mio::Waker;
 
-use super::{ring, run, Backend, Done, Job};
+use super::{ring, Done, Job, JobRunner};
 use crate::metrics::METRICS;
 
 /// A forward or kick: blocking network work whose result comes back as a [`Done`].
@@ -33,7 +33,7 @@ pub struct Pool {
     lost: RefCell<Vec<Done>>,
     /// Jobs and tasks queued whose answers have not been taken yet.
     outstanding: std::cell::Cell<usize>,
-    backend: Arc<dyn Backend + Send + Sync>,
+    backend: Arc<dyn JobRunner + Send + Sync>,
 }
 
 /// Sends a result back and wakes the loop.
@@ -60,7 +60,7 @@ impl Reply {
 impl Pool {
     /// Starts `size` storage workers and `forwarders` forwarding threads (at least one each).
     pub fn start(
-        backend: Arc<dyn Backend + Send + Sync>,
+        backend: Arc<dyn JobRunner + Send + Sync>,
         size: usize,
         forwarders: usize,
         waker: Arc<Waker>,
@@ -164,17 +164,35 @@ impl Pool {
     }
 }
 
-fn store_worker(rx: Receiver<(Instant, Job)>, backend: &dyn Backend, reply: Reply) {
-    while let Ok((queued, job)) = rx.recv() {
-        METRICS.store_queued.fetch_sub(1, Ordering::Relaxed);
-        METRICS.store_queue_latency.observe(queued.elapsed());
-        let fallback = job.failed();
-        let done = catch_unwind(AssertUnwindSafe(|| run(backend, job))).unwrap_or_else(|_| {
-            error!("a storage job panicked; answered as unavailable");
-            fallback
-        });
-        if !reply.send(done) {
-            return;
+/// Most jobs one storage thread hands over at once.
+const MAX_GROUP: usize = 1024;
+
+fn store_worker(rx: Receiver<(Instant, Job)>, backend: &dyn JobRunner, reply: Reply) {
+    let grouped = backend.groups();
+    while let Ok(first) = rx.recv() {
+        let mut queued = vec![first];
+        if grouped {
+            queued.extend(rx.try_iter().take(MAX_GROUP - 1));
+        }
+        let jobs: Vec<Job> = queued
+            .into_iter()
+            .map(|(at, job)| {
+                METRICS.store_queued.fetch_sub(1, Ordering::Relaxed);
+                METRICS.store_queue_latency.observe(at.elapsed());
+                job
+            })
+            .collect();
+        let fallbacks: Vec<Done> = jobs.iter().map(Job::failed).collect();
+        let dones =
+            catch_unwind(AssertUnwindSafe(|| backend.run_jobs(jobs))).unwrap_or_else(|_| {
+                error!("storage jobs panicked; answered as unavailable");
+                Vec::new()
+            });
+        let ran = dones.len();
+        for done in dones.into_iter().chain(fallbacks.into_iter().skip(ran)) {
+            if !reply.send(done) {
+                return;
+            }
         }
     }
 }

@@ -32,6 +32,20 @@ pub fn memcached_backend() -> bool {
     std::env::var("PUSH_TEST_BACKEND").as_deref() == Ok("memcached")
 }
 
+/// Whether the suite runs against the disk store (`PUSH_TEST_BACKEND=disk`), each server in a
+/// data directory of its own.
+pub fn disk_backend() -> bool {
+    std::env::var("PUSH_TEST_BACKEND").as_deref() == Ok("disk")
+}
+
+/// The `[storage]` section of a disk store in `dir`, with more keys.
+pub fn disk_section(dir: &std::path::Path, keys: &str) -> String {
+    format!(
+        "[storage]\nbackend = \"disk\"\npath = \"{}\"\n{keys}\n",
+        dir.display()
+    )
+}
+
 impl Server {
     /// Starts with defaults on an ephemeral port.
     pub fn start() -> Server {
@@ -48,10 +62,13 @@ impl Server {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("config.toml");
         let memcached = memcached_backend().then(Memcached::start);
-        let storage = memcached
+        let mut storage = memcached
             .as_ref()
             .map(|m| memcached_section(&[m.addr]))
             .unwrap_or_default();
+        if disk_backend() {
+            storage = disk_section(&dir.join("data"), "");
+        }
         std::fs::write(
             &cfg,
             format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n{sections}\n{storage}\n"),

@@ -3,7 +3,8 @@
 //!
 //! - `wire`: the commands and replies; `conn`: buffered, pipelined connections per server;
 //! - `replicas`: every item on `storage.replicas` servers, written through its primary;
-//! - `layout`: keys and values; `messages`: the WebPush message list;
+//! - `layout`: keys and values (the record is `store::record`, the message list
+//!   `store::message_list`);
 //! - `health`: the probe that checks each server (no eviction, its data marker) and notices a
 //!   server that lost its data.
 //!
@@ -15,7 +16,6 @@
 pub mod conn;
 pub mod health;
 pub mod layout;
-pub mod messages;
 pub mod replicas;
 pub mod wire;
 
@@ -26,10 +26,11 @@ use std::time::Duration;
 use sm::{ChannelId, Message, Uaid};
 
 use self::conn::Server;
-use self::layout::{expiry, msgs_key, node_key, record_key, wake_key, Channel, Record};
-use self::messages::{acked, list_life, same_topic, with_message};
+use self::layout::{msgs_key, node_key, record_key, wake_key};
 use self::replicas::{Cluster, Fail, Item, Written};
 use super::codec::{decode_list, encode_list};
+use super::message_list::{acked, list_life, same_topic, with_message};
+use super::record::{expiry, Channel, Record};
 use super::{now_secs, Backend, HelloFound, PutResult, StoredMessage, Unavailable};
 use crate::metrics::{track, track_drop, Drop, Event};
 

@@ -1,9 +1,9 @@
-//! A UAID's waiting WebPush messages as one list item: what a push, an ack or a DELETE makes of it.
+//! A UAID's waiting WebPush messages as one list value: what a push, an ack or a DELETE makes of it.
 
 use sm::{ChannelId, Message};
 
-use super::layout::MAX_RELATIVE_TTL;
 use crate::store::codec::encode_list;
+use crate::store::record::MAX_RELATIVE_TTL;
 use crate::store::StoredMessage;
 
 /// The largest message list written: memcached refuses items over 1 MiB (its default `-I`).
