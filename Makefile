@@ -6,7 +6,7 @@ CONFIG ?= config.sample.toml
 
 .PHONY: run build test lint unit firefox-test bench scale soak fuzz fmt clean
 
-## Run the server on the embedded memory store (127.0.0.1:8080).
+## Run the server on the embedded durable store in ./data (127.0.0.1:8080).
 run:
 	$(CARGO) run --release --bin simplepush -- --config $(CONFIG)
 
@@ -20,11 +20,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The integration suites run twice: on the embedded store, and on a real memcached that each test
-# starts for itself (tests/memcached.rs and tests/cluster.rs always use memcached).
+# The integration suites run three times: on the memory store, on the disk store (a data directory
+# per test) and on a real memcached that each test starts for itself (tests/memcached*.rs and
+# tests/cluster.rs always use memcached, tests/disk.rs the disk store).
+SUITES = --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts --test wake
 unit:
 	$(CARGO) test --workspace
-	PUSH_TEST_BACKEND=memcached $(CARGO) test --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts --test wake
+	PUSH_TEST_BACKEND=disk $(CARGO) test $(SUITES)
+	PUSH_TEST_BACKEND=memcached $(CARGO) test $(SUITES)
 
 firefox-test:
 	$(CARGO) build --bin simplepush

@@ -15,8 +15,10 @@
 # BENCH_WORKERS (server event loops, default 0 = one per core), BENCH_BACKEND (the server's store:
 # memory (default), memcached (a memcached -M started fresh for every scenario; its CPU and the
 # server's commands and system calls per memcached command are reported) or disk (a fresh data
-# directory per scenario)), BENCH_SCENARIOS (which to run, default "connect notify ladder churn
-# offline").
+# directory per scenario; the store file's bytes per device are reported)), BENCH_SCENARIOS (which
+# to run, default "connect notify ladder churn offline"; with the disk backend also "startup":
+# BENCH_STARTUP_DEVICES (default 1000000) registered by churn at BENCH_STARTUP_RATE (default 5000/s),
+# then the time from start to serving after SIGTERM and after SIGKILL).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -173,6 +175,9 @@ run() {
         echo "the tester failed in $name (see its output above)" >>"$WORK/notes"
     fi
     echo $(($(listen_overflows) - before)) >"$WORK/$name.overflows"
+    if [ "$BACKEND" = disk ]; then
+        stat -c %s "$WORK/data/simplepush.redb" >"$WORK/$name.diskbytes" 2>/dev/null || true
+    fi
     if [ "$BACKEND" = memcached ]; then
         # "ticks commands syscalls" used by memcached and the server's memcached client in the run.
         echo "$mc_before $(cpu_ticks "$MC_PID") $(mc_counters)" |
@@ -205,6 +210,32 @@ fi
 wanted churn && run churn churn --connections 1000 --rate 2000 --duration 30
 wanted offline && run offline offline --connections 2000 --channels 1
 
+# ms from starting the server on the data already there until it answers /status.
+time_start() {
+    local t0
+    t0=$(date +%s%N)
+    RUST_LOG=info "$SERVER_BIN" --config "$CONFIG" >>"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 600); do
+        curl -sf "http://127.0.0.1:$PORT/status" >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    echo $((($(date +%s%N) - t0) / 1000000))
+}
+
+if wanted startup && [ "$BACKEND" = disk ]; then
+    N="${BENCH_STARTUP_DEVICES:-1000000}"
+    R="${BENCH_STARTUP_RATE:-5000}"
+    run startup churn --connections 1000 --rate "$R" --duration $(((N + R - 1) / R))
+    # `run` stopped the server with SIGTERM: a clean start, then one after kill -9.
+    stat -c %s "$WORK/data/simplepush.redb" >"$WORK/startup.bytes"
+    time_start >"$WORK/startup.clean"
+    grep -o 'disk store [^:]*: [0-9]* UAIDs[^)]*)' "$WORK/server.log" | tail -1 >"$WORK/startup.log"
+    kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+    time_start >"$WORK/startup.crash"
+    stop_server
+fi
+
 ELAPSED=$(($(date +%s) - STARTED))
 
 # ---- markdown ----
@@ -227,6 +258,11 @@ mc_rows() { # scenario, units, unit name
     echo "| server ↔ memcached | $(mc_calls "$1") |"
     [ "$1" = connect ] || return 0
     echo "| memcached items / bytes held per device (item sizes, before slab rounding) | $(awk -v n="$2" '{ if (n + 0 == 0) print "?"; else printf "%d items, %.0f B", $1, $2 / n }' "$WORK/$1.mcmem" 2>/dev/null || echo "?") |"
+}
+
+disk_row() { # scenario, units, unit name
+    [ "$BACKEND" = disk ] || return 0
+    echo "| store file bytes per $3 | $(awk -v b="$(cat "$WORK/$1.diskbytes" 2>/dev/null)" -v n="$2" 'BEGIN { if (b == "" || n + 0 == 0) print "?"; else printf "%.0f B (%.1f MiB in all)", b / n, b / 1048576 }') |"
 }
 
 BEST="none"
@@ -280,6 +316,7 @@ done
     echo "| **server CPU per hello+register** | **$(j connect '.server.cpu_us_per_hello_register | . * 10 | round / 10') µs** |"
     echo "| kernel listen-queue overflows during the run | $(cat "$WORK/connect.overflows" 2>/dev/null || echo "?") |"
     mc_rows connect "$(j connect .connections.ok)" "hello+register"
+    disk_row connect "$(j connect .connections.ok)" "registered device (1 channel)"
     echo
     echo "### 2. notify: 1,000 PUT/s for 20 s, $DEVICES devices held"
     echo
@@ -331,6 +368,20 @@ done
     echo "| versions flushed / missing | $(j offline .notifications.received) / $(j offline .offline.missing) |"
     echo "| **hello → flushed version p50 / p99 / p99.9 / max** | **$(lat offline)** |"
     echo "| connect latency p50 / p99 / max (first connect) | $(ms "$(j offline .connect_latency_us.p50)") / $(ms "$(j offline .connect_latency_us.p99)") / $(ms "$(j offline .connect_latency_us.max)") |"
+    disk_row offline "$(j offline .connections.ok)" "device with a version waiting"
+    echo
+    if [ -s "$WORK/startup.clean" ]; then
+        echo "### 6. startup: the disk store with $(num "$(j startup .churn.cycles_ok)") devices registered"
+        echo
+        echo "$(cmdline startup), then the server started again on that data after SIGTERM, and after SIGKILL."
+        echo
+        echo "| figure | value |"
+        echo "|---|---|"
+        echo "| devices registered (churn cycles ok / failed) | $(j startup .churn.cycles_ok) / $(j startup .churn.cycles_failed) at $(num "$(j startup .churn.cycles_per_sec)")/s |"
+        echo "| store file | $(mib "$(cat "$WORK/startup.bytes")"), $(awk -v b="$(cat "$WORK/startup.bytes")" -v n="$(j startup .churn.cycles_ok)" 'BEGIN { if (n + 0 == 0) print "?"; else printf "%.0f", b / n }') B per device |"
+        echo "| **start to serving after a clean stop** | **$(cat "$WORK/startup.clean") ms** ($(cat "$WORK/startup.log")) |"
+        echo "| **start to serving after kill -9** | **$(cat "$WORK/startup.crash") ms** |"
+    fi
     echo
     if [ -s "$WORK/notes" ]; then
         echo "Notes:"
