@@ -233,7 +233,8 @@ fn one_of_three_memcached_killed_and_restarted_empty_loses_nothing_answered() {
         p.statuses
     );
     for st in p.statuses.keys() {
-        assert!([200, 201, 202, 503].contains(st), "{:?}", p.statuses);
+        // 429: a WebPush subscription holds webpush.max_messages unacked (no promise made).
+        assert!([200, 201, 202, 429, 503].contains(st), "{:?}", p.statuses);
     }
     check_delivered(&s, &mut devs, &p);
     // The restarted server got its copies back from the surviving replicas.
@@ -267,7 +268,8 @@ fn the_only_memcached_restarted_empty_under_load_answers_no_410() {
     stop.store(true, Ordering::Relaxed);
     let p = traffic.join().unwrap();
     for st in p.statuses.keys() {
-        assert!([200, 201, 202, 503].contains(st), "{:?}", p.statuses);
+        // 429: a WebPush subscription holds webpush.max_messages unacked (no promise made).
+        assert!([200, 201, 202, 429, 503].contains(st), "{:?}", p.statuses);
     }
     assert!(
         p.versions.len() + p.bodies.len() >= devs.len() / 2,

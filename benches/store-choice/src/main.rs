@@ -5,13 +5,12 @@
 
 use std::error::Error;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use std::{env, fs};
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{TableDefinition, TableError, WriteTransaction};
 use rusqlite::Connection;
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -19,205 +18,165 @@ type Key = [u8; 16];
 
 /// Operations per durable commit in the grouped phases.
 const GROUP: usize = 64;
-/// Entries in `messages` (one per UAID); the ack phase deletes each once.
+/// Entries in `messages`, one per UAID; the ack phase deletes each once.
 const MESSAGES: usize = 20_000;
-/// Updates in the one-commit-each phase.
+/// Updates in the phase of one durable commit each.
 const SINGLES: usize = 2_000;
 /// Close-and-open cycles in the reopen phase.
 const REOPENS: usize = 5;
-/// The 8-byte big-endian expiry in front of every value, and a channel's expiry in its line.
+/// The 8-byte big-endian expiry in front of every value.
 const EXPIRY: u64 = 1_769_817_600;
-const CHANNEL_EXPIRY: u64 = 1_767_225_600;
 /// /proc/self/stat counts CPU time in ticks of 1/100 s.
 const TICK_US: f64 = 10_000.0;
+const PHASES: [&str; 6] = ["register", "reopen", "update", "ack", "hello", "single"];
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const MSGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+const SELECT: &str = "SELECT v FROM records WHERE k = ?1";
 
-/// One operation of a commit.
 enum Op {
-    /// Register: a new key.
-    Insert(Key, Vec<u8>),
-    /// PUT: read the record, set the channel's pending version, write it back.
-    Update(Key, u64),
-    /// Ack: read the record, clear the pending version ("-"), write it back, drop the message.
-    Ack(Key),
-    /// Setup only: a waiting message.
-    Message(Key, Vec<u8>),
+    /// A new key in `records` (register), or in `messages` (`true`; setup only).
+    Insert(Key, Vec<u8>, bool),
+    /// Read the record, write it back with a new version: `Some` for a PUT; `None` (version "-")
+    /// for an ack, which also deletes the UAID's message.
+    Update(Key, Option<u64>),
 }
 
-impl Op {
-    /// The version an update or ack writes (`None`: "-").
-    fn version(&self) -> Option<u64> {
-        match self {
-            Op::Update(_, n) => Some(*n),
-            _ => None,
-        }
-    }
-}
-
-/// The record with its version field replaced (`None`: "-").
+/// The record with its last field, the channel's version, replaced.
 fn rewrite(old: &[u8], version: Option<u64>) -> Res<Vec<u8>> {
-    let line = old.get(8..).ok_or("record too short")?;
-    let cut = line.iter().rposition(|&b| b == b' ').ok_or("no version field")? + 1;
-    let mut v = old[..8 + cut].to_vec();
-    match version {
-        Some(n) => v.extend_from_slice(n.to_string().as_bytes()),
-        None => v.push(b'-'),
-    }
+    let cut = old.iter().rposition(|&b| b == b' ').filter(|&i| i > 8).ok_or("bad record")?;
+    let mut v = old[..=cut].to_vec();
+    v.extend_from_slice(version.map_or("-".into(), |n| n.to_string()).as_bytes());
     v.push(b'\n');
     Ok(v)
 }
 
 trait Store {
-    fn name(&self) -> &'static str;
     /// Applies `ops` in one durable (fsync'd) transaction.
     fn commit(&mut self, ops: &[Op]) -> Res<()>;
-    /// Reads one record in its own read transaction; whether it was there.
-    fn read(&mut self, k: &Key) -> Res<bool>;
+    /// Reads one record in a read transaction of its own; an error if it is missing.
+    fn read(&mut self, k: &Key) -> Res<()>;
     fn close(&mut self);
-    /// Opens the file and counts the records.
+    /// Opens (or creates) the file and counts the records.
     fn open_count(&mut self) -> Res<u64>;
-    /// Bytes the store's files take (after a checkpoint for SQLite).
+    /// Bytes of the store's files (SQLite: after a checkpoint, the -wal file included).
     fn bytes(&mut self) -> Res<u64>;
 }
 
-struct Redb {
-    path: PathBuf,
-    db: Option<Database>,
-}
+struct Redb(PathBuf, Option<Database>);
 
-impl Store for Redb {
-    fn name(&self) -> &'static str {
-        "redb"
-    }
-    fn commit(&mut self, ops: &[Op]) -> Res<()> {
-        let mut txn = self.db.as_ref().ok_or("closed")?.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.set_quick_repair(true);
-        {
-            let mut recs = txn.open_table(RECORDS)?;
-            let mut msgs = txn.open_table(MSGS)?;
-            for op in ops {
-                match op {
-                    Op::Insert(k, v) => {
-                        recs.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    Op::Message(k, v) => {
-                        msgs.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    Op::Update(k, _) | Op::Ack(k) => {
-                        let old = recs.get(k.as_slice())?.ok_or("missing key")?.value().to_vec();
-                        recs.insert(k.as_slice(), rewrite(&old, op.version())?.as_slice())?;
-                        if let Op::Ack(_) = op {
-                            msgs.remove(k.as_slice())?.ok_or("missing message")?;
-                        }
-                    }
+fn redb_apply(txn: &WriteTransaction, ops: &[Op]) -> Res<()> {
+    let (mut recs, mut msgs) = (txn.open_table(RECORDS)?, txn.open_table(MSGS)?);
+    for op in ops {
+        match op {
+            Op::Insert(k, v, false) => drop(recs.insert(k.as_slice(), v.as_slice())?),
+            Op::Insert(k, v, true) => drop(msgs.insert(k.as_slice(), v.as_slice())?),
+            Op::Update(k, ver) => {
+                let old = recs.get(k.as_slice())?.ok_or("missing key")?.value().to_vec();
+                recs.insert(k.as_slice(), rewrite(&old, *ver)?.as_slice())?;
+                if ver.is_none() {
+                    msgs.remove(k.as_slice())?.ok_or("missing message")?;
                 }
             }
         }
+    }
+    Ok(())
+}
+
+impl Store for Redb {
+    fn commit(&mut self, ops: &[Op]) -> Res<()> {
+        let mut txn = self.1.as_ref().ok_or("closed")?.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(true);
+        redb_apply(&txn, ops)?;
         Ok(txn.commit()?)
     }
-    fn read(&mut self, k: &Key) -> Res<bool> {
-        let txn = self.db.as_ref().ok_or("closed")?.begin_read()?;
+    fn read(&mut self, k: &Key) -> Res<()> {
+        let txn = self.1.as_ref().ok_or("closed")?.begin_read()?;
         let table = txn.open_table(RECORDS)?;
-        let value = table.get(k.as_slice())?.map(|g| g.value().to_vec());
-        Ok(black_box(value).is_some())
+        black_box(table.get(k.as_slice())?.ok_or("read missed")?.value().to_vec());
+        Ok(())
     }
     fn close(&mut self) {
-        self.db = None;
+        self.1 = None;
     }
     fn open_count(&mut self) -> Res<u64> {
-        let db = Database::create(&self.path)?;
-        let n = db.begin_read()?.open_table(RECORDS)?.len()?;
-        self.db = Some(db);
+        let db = Database::create(&self.0)?;
+        let n = match db.begin_read()?.open_table(RECORDS) {
+            Ok(table) => table.len()?,
+            Err(TableError::TableDoesNotExist(_)) => 0, // a new file
+            Err(e) => return Err(e.into()),
+        };
+        self.1 = Some(db);
         Ok(n)
     }
     fn bytes(&mut self) -> Res<u64> {
-        Ok(fs::metadata(&self.path)?.len())
+        Ok(fs::metadata(&self.0)?.len())
     }
 }
 
-struct Sqlite {
-    path: PathBuf,
-    conn: Option<Connection>,
-}
+struct Sqlite(PathBuf, Option<Connection>);
 
-const SELECT: &str = "SELECT v FROM records WHERE k = ?1";
-
-impl Sqlite {
-    fn conn(&self) -> Res<&Connection> {
-        Ok(self.conn.as_ref().ok_or("closed")?)
+fn sqlite_apply(c: &Connection, ops: &[Op]) -> Res<()> {
+    for op in ops {
+        match op {
+            Op::Insert(k, v, msg) => {
+                let table = if *msg { "messages" } else { "records" };
+                c.prepare_cached(&format!("INSERT INTO {table} (k, v) VALUES (?1, ?2)"))?
+                    .execute((k.as_slice(), v.as_slice()))?;
+            }
+            Op::Update(k, ver) => {
+                let old: Vec<u8> =
+                    c.prepare_cached(SELECT)?.query_row([k.as_slice()], |r| r.get(0))?;
+                c.prepare_cached("UPDATE records SET v = ?2 WHERE k = ?1")?
+                    .execute((k.as_slice(), rewrite(&old, *ver)?.as_slice()))?;
+                let delete = "DELETE FROM messages WHERE k = ?1";
+                if ver.is_none() && c.prepare_cached(delete)?.execute([k.as_slice()])? != 1 {
+                    return Err("missing message".into());
+                }
+            }
+        }
     }
+    Ok(())
 }
 
 impl Store for Sqlite {
-    fn name(&self) -> &'static str {
-        "SQLite"
-    }
     fn commit(&mut self, ops: &[Op]) -> Res<()> {
-        let c = self.conn()?;
+        let c = self.1.as_ref().ok_or("closed")?;
         c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        for op in ops {
-            match op {
-                Op::Insert(k, v) => {
-                    c.prepare_cached("INSERT INTO records (k, v) VALUES (?1, ?2)")?
-                        .execute((k.as_slice(), v.as_slice()))?;
-                }
-                Op::Message(k, v) => {
-                    c.prepare_cached("INSERT INTO messages (k, v) VALUES (?1, ?2)")?
-                        .execute((k.as_slice(), v.as_slice()))?;
-                }
-                Op::Update(k, _) | Op::Ack(k) => {
-                    let old: Vec<u8> =
-                        c.prepare_cached(SELECT)?.query_row([k.as_slice()], |r| r.get(0))?;
-                    c.prepare_cached("UPDATE records SET v = ?2 WHERE k = ?1")?
-                        .execute((k.as_slice(), rewrite(&old, op.version())?.as_slice()))?;
-                    if let Op::Ack(_) = op {
-                        let gone = c
-                            .prepare_cached("DELETE FROM messages WHERE k = ?1")?
-                            .execute([k.as_slice()])?;
-                        if gone != 1 {
-                            return Err("missing message".into());
-                        }
-                    }
-                }
-            }
+        if let Err(e) = sqlite_apply(c, ops) {
+            c.execute_batch("ROLLBACK")?;
+            return Err(e);
         }
         c.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }
-    fn read(&mut self, k: &Key) -> Res<bool> {
-        let mut st = self.conn()?.prepare_cached(SELECT)?;
-        let mut rows = st.query([k.as_slice()])?;
-        let found = match rows.next()? {
-            Some(r) => !black_box(r.get::<_, Vec<u8>>(0)?).is_empty(),
-            None => false,
-        };
-        Ok(found)
+    fn read(&mut self, k: &Key) -> Res<()> {
+        let mut st = self.1.as_ref().ok_or("closed")?.prepare_cached(SELECT)?;
+        black_box(st.query_row([k.as_slice()], |r| r.get::<_, Vec<u8>>(0))?);
+        Ok(())
     }
     fn close(&mut self) {
-        self.conn = None;
+        self.1 = None;
     }
     fn open_count(&mut self) -> Res<u64> {
-        let c = Connection::open(&self.path)?;
+        let c = Connection::open(&self.0)?;
         c.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS records (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS messages (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID;",
         )?;
         let n: i64 = c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
-        self.conn = Some(c);
+        self.1 = Some(c);
         Ok(n as u64)
     }
     fn bytes(&mut self) -> Res<u64> {
-        let busy: i64 =
-            self.conn()?.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
+        let c = self.1.as_ref().ok_or("closed")?;
+        if c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))? != 0 {
             return Err("checkpoint did not complete".into());
         }
-        let wal = fs::metadata(self.path.with_extension("sqlite-wal")).map_or(0, |m| m.len());
-        Ok(fs::metadata(&self.path)?.len() + wal)
+        let wal = fs::metadata(self.0.with_extension("sqlite-wal")).map_or(0, |m| m.len());
+        Ok(fs::metadata(&self.0)?.len() + wal)
     }
 }
 
@@ -227,49 +186,42 @@ struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let z = (self.0 ^ (self.0 >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
     fn key(&mut self) -> Key {
-        let mut k = [0; 16];
-        k[..8].copy_from_slice(&self.next().to_le_bytes());
-        k[8..].copy_from_slice(&self.next().to_le_bytes());
-        k
+        ((u128::from(self.next()) << 64) | u128::from(self.next())).to_le_bytes()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }
 
-fn hex(k: &Key) -> String {
-    k.iter().map(|b| format!("{b:02x}")).collect()
+fn stamped(body: String) -> Vec<u8> {
+    [&EXPIRY.to_be_bytes()[..], body.as_bytes()].concat()
 }
 
-/// Expiry + one channel line: "<channel id> <expiry> <version>\n".
-fn record(chid: &Key, version: u64) -> Vec<u8> {
-    let mut v = EXPIRY.to_be_bytes().to_vec();
-    v.extend_from_slice(format!("{} {CHANNEL_EXPIRY} {version}\n", hex(chid)).as_bytes());
-    v
+/// Expiry + one channel line: "<channel id> <channel expiry> <version>\n".
+fn record(chid: Key, version: u64) -> Vec<u8> {
+    stamped(format!("{:032x} 1767225600 {version}\n", u128::from_be_bytes(chid)))
 }
 
-/// Expiry + a 292-byte JSON list holding one message.
-fn message(chid: &Key) -> Vec<u8> {
-    let head =
-        format!(r#"[{{"chid":"{}","version":"1767225600123","ttl":86400,"data":""#, hex(chid));
-    let body = format!(r#"{head}{}"}}]"#, "x".repeat(292 - head.len() - 3));
-    let mut v = EXPIRY.to_be_bytes().to_vec();
-    v.extend_from_slice(body.as_bytes());
-    v
+/// Expiry + a 292-byte JSON list of one waiting message.
+fn message(chid: Key) -> Vec<u8> {
+    let head = format!(
+        r#"[{{"chid":"{:032x}","version":"1767225600123","ttl":86400,"data":""#,
+        u128::from_be_bytes(chid)
+    );
+    stamped(format!(r#"{head}{}"}}]"#, "x".repeat(292 - 3 - head.len())))
 }
 
-/// CPU time (user + system) of this process, in ticks: /proc/self/stat fields 14 and 15.
+/// CPU time (user + system) of the process so far, in ticks: /proc/self/stat fields 14 and 15.
 fn cpu_ticks() -> Res<u64> {
     let stat = fs::read_to_string("/proc/self/stat")?;
-    let after_comm = stat.get(stat.rfind(')').ok_or("bad stat")? + 2..).ok_or("bad stat")?;
-    let f: Vec<&str> = after_comm.split(' ').collect(); // f[0] is field 3
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    let f: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect(); // from field 3
+    Ok(f.get(11).ok_or("bad stat")?.parse::<u64>()?
+        + f.get(12).ok_or("bad stat")?.parse::<u64>()?)
 }
 
 struct Row {
@@ -281,12 +233,11 @@ struct Row {
     ticks: u64,
 }
 
-/// Times `steps` calls of `step` (each one commit or one read), `ops` operations in all.
+/// Runs `steps` timed calls of `step` (each one commit or one read): `ops` operations in all.
 fn measure(
     phase: &'static str,
     store: &mut dyn Store,
-    ops: usize,
-    steps: usize,
+    (ops, steps): (usize, usize),
     mut step: impl FnMut(&mut dyn Store, usize) -> Res<()>,
 ) -> Res<Row> {
     let mut lat = Vec::with_capacity(steps);
@@ -296,11 +247,11 @@ fn measure(
         step(store, i)?;
         lat.push(t.elapsed());
     }
-    let secs = start.elapsed().as_secs_f64();
-    Ok(Row { phase, store: store.name(), ops, secs, lat, ticks: cpu_ticks()? - cpu })
+    let (secs, ticks) = (start.elapsed().as_secs_f64(), cpu_ticks()? - cpu);
+    Ok(Row { phase, store: "", ops, secs, lat, ticks })
 }
 
-/// Closes the store (not timed), then times opening it and counting the records.
+/// Closes the store (not timed), then times opening it and counting the records; `REOPENS` times.
 fn reopen(store: &mut dyn Store, n: usize) -> Res<Row> {
     let (mut lat, mut ticks) = (Vec::new(), 0);
     for _ in 0..REOPENS {
@@ -314,66 +265,56 @@ fn reopen(store: &mut dyn Store, n: usize) -> Res<Row> {
         }
     }
     let secs = lat.iter().sum::<Duration>().as_secs_f64();
-    Ok(Row { phase: "reopen", store: store.name(), ops: REOPENS, secs, lat, ticks })
+    Ok(Row { phase: "reopen", store: "", ops: REOPENS, secs, lat, ticks })
 }
 
 fn grouped(phase: &'static str, store: &mut dyn Store, ops: &[Op], per: usize) -> Res<Row> {
     let chunks: Vec<&[Op]> = ops.chunks(per).collect();
-    measure(phase, store, ops.len(), chunks.len(), |s, i| s.commit(chunks[i]))
+    measure(phase, store, (ops.len(), chunks.len()), |s, i| s.commit(chunks[i]))
 }
 
-fn run(store: &mut dyn Store, n: usize, rows: &mut Vec<Row>) -> Res<u64> {
+/// The phases on one store, in order; returns the rows and the bytes on disk at the end.
+fn run(store: &mut dyn Store, n: usize) -> Res<(Vec<Row>, u64)> {
     let mut rng = Rng(0x5eed);
     let keys: Vec<Key> = (0..n).map(|_| rng.key()).collect();
-    let mut last_version = 1_767_225_600_000u64;
-    let mut version = move || {
-        last_version += 1;
-        last_version
-    };
+    let mut version = 1_767_225_600_000u64..;
+    let mut rows = Vec::new();
     store.open_count()?;
 
-    let inserts: Vec<Op> =
-        keys.iter().map(|k| Op::Insert(*k, record(&rng.key(), version()))).collect();
-    rows.push(grouped("register", store, &inserts, GROUP)?);
+    let regs: Vec<Op> = (keys.iter().zip(&mut version))
+        .map(|(k, v)| Op::Insert(*k, record(rng.key(), v), false))
+        .collect();
+    rows.push(grouped("register", store, &regs, GROUP)?);
     rows.push(reopen(store, n)?);
 
     let m = MESSAGES.min(n);
-    let msgs: Vec<Op> = keys[..m].iter().map(|k| Op::Message(*k, message(&rng.key()))).collect();
+    let msgs: Vec<Op> =
+        keys[..m].iter().map(|k| Op::Insert(*k, message(rng.key()), true)).collect();
     msgs.chunks(1000).try_for_each(|c| store.commit(c))?;
 
-    let updates: Vec<Op> = (0..n).map(|_| Op::Update(keys[rng.below(n)], version())).collect();
-    rows.push(grouped("update", store, &updates, GROUP)?);
+    let mut update = |rng: &mut Rng, count| -> Vec<Op> {
+        (0..count).map(|_| Op::Update(keys[rng.below(n)], version.next())).collect()
+    };
+    rows.push(grouped("update", store, &update(&mut rng, n), GROUP)?);
 
-    let mut acked: Vec<Key> = keys[..m].to_vec();
+    let mut acked = keys[..m].to_vec();
     for i in (1..m).rev() {
         acked.swap(i, rng.below(i + 1));
     }
-    let acks: Vec<Op> = acked.into_iter().map(Op::Ack).collect();
+    let acks: Vec<Op> = acked.into_iter().map(|k| Op::Update(k, None)).collect();
     rows.push(grouped("ack", store, &acks, GROUP)?);
 
     let reads: Vec<Key> = (0..n).map(|_| keys[rng.below(n)]).collect();
-    rows.push(measure("hello", store, n, n, |s, i| match s.read(&reads[i])? {
-        true => Ok(()),
-        false => Err("read missed".into()),
-    })?);
+    rows.push(measure("hello", store, (n, n), |s, i| s.read(&reads[i]))?);
 
-    let singles: Vec<Op> =
-        (0..SINGLES).map(|_| Op::Update(keys[rng.below(n)], version())).collect();
-    rows.push(grouped("single", store, &singles, 1)?);
-    store.bytes()
+    rows.push(grouped("single", store, &update(&mut rng, SINGLES), 1)?);
+    Ok((rows, store.bytes()?))
 }
 
-fn pct(sorted: &[Duration], q: f64) -> f64 {
+fn pct(sorted: &[Duration], q: f64) -> String {
     let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e6
-}
-
-fn us(x: f64) -> String {
-    if x < 100.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.0}")
-    }
+    let us = sorted[i].as_secs_f64() * 1e6;
+    format!("{us:.*}", usize::from(us < 100.0))
 }
 
 fn main() -> Res<()> {
@@ -389,48 +330,34 @@ fn main() -> Res<()> {
     if n == 0 {
         return Err("--ops must be at least 1".into());
     }
-    let mut rows = Vec::new();
-    let mut sizes = Vec::new();
-    for name in ["redb", "sqlite"] {
+    let (mut rows, mut sizes) = (Vec::new(), Vec::new());
+    for name in ["redb", "SQLite"] {
         let work = dir.join(format!("store-choice-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work)?;
-        let file = |ext: &str| Path::new(&work).join(format!("store.{ext}"));
+        let file = work.join(format!("store.{}", name.to_lowercase()));
         let mut store: Box<dyn Store> = match name {
-            "redb" => Box::new(Redb { path: file("redb"), db: None }),
-            _ => Box::new(Sqlite { path: file("sqlite"), conn: None }),
+            "redb" => Box::new(Redb(file, None)),
+            _ => Box::new(Sqlite(file, None)),
         };
-        let bytes = run(store.as_mut(), n, &mut rows)?;
-        sizes.push((store.name(), bytes));
+        let result = run(store.as_mut(), n);
         drop(store);
         fs::remove_dir_all(&work)?;
+        let (mut got, bytes) = result?;
+        got.iter_mut().for_each(|r| r.store = name);
+        rows.extend(got);
+        sizes.push((name, bytes));
     }
-    rows.sort_by_key(|r| {
-        ["register", "reopen", "update", "ack", "hello", "single"]
-            .iter()
-            .position(|p| *p == r.phase)
-    });
-    let record_len = record(&[0; 16], 1_767_225_600_000).len();
-    println!(
-        "N = {n} devices, record {record_len} bytes, message {} bytes, dir {}\n",
-        message(&[0; 16]).len(),
-        dir.display()
-    );
+    rows.sort_by_key(|r| PHASES.iter().position(|p| *p == r.phase)); // stable: redb first
+    let (rec, msg) = (record([0; 16], 1_767_225_600_000).len(), message([0; 16]).len());
+    println!("N = {n}; record {rec} bytes, message {msg} bytes; dir {}\n", dir.display());
     println!("| phase | store | ops | ops/s | median µs | p99 µs | CPU µs/op |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &mut rows {
         r.lat.sort();
-        let cpu = r.ticks as f64 * TICK_US / r.ops as f64;
-        println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.1} |",
-            r.phase,
-            r.store,
-            r.ops,
-            r.ops as f64 / r.secs,
-            us(pct(&r.lat, 0.5)),
-            us(pct(&r.lat, 0.99)),
-            cpu
-        );
+        let (rate, cpu) = (r.ops as f64 / r.secs, r.ticks as f64 * TICK_US / r.ops as f64);
+        let (phase, store, ops, p50, p99) =
+            (r.phase, r.store, r.ops, pct(&r.lat, 0.5), pct(&r.lat, 0.99));
+        println!("| {phase} | {store} | {ops} | {rate:.0} | {p50} | {p99} | {cpu:.1} |");
     }
     println!("\n| store | file bytes | bytes/device |\n|---|---:|---:|");
     for (name, bytes) in sizes {

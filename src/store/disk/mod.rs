@@ -4,8 +4,8 @@
 //! - `writer`: the thread that runs them, one commit per batch (group commit);
 //! - `sweep`: expiry in the background; `open`: the data directory and the endpoint key.
 //!
-//! redb (pure Rust, a copy-on-write B-tree with checksummed pages, ACID commits) was chosen
-//! over SQLite and fjall by measuring this workload: see README "The disk store".
+//! redb (pure Rust, a copy-on-write B-tree with checksummed pages, ACID commits) was measured
+//! against SQLite on this workload (`benches/store-choice`; README "The disk store" says why).
 
 mod open;
 mod sweep;
