@@ -49,19 +49,24 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 simplepush \
  && useradd --system --uid 10001 --gid simplepush --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin simplepush
+        --shell /usr/sbin/nologin simplepush \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/simplepush
 COPY --from=build /simplepush /usr/local/bin/simplepush
 COPY config.sample.toml /etc/simplepush/config.toml
 # The sample listens on 127.0.0.1, unreachable from outside the container.
+# The disk store (the sample's default) keeps its file and the generated endpoint key here: mount
+# a volume (docker run -v simplepush-data:/var/lib/simplepush) so they outlive the container.
 ENV SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080 \
+    SIMPLEPUSH_STORAGE_PATH=/var/lib/simplepush \
     RUST_LOG=info
+VOLUME /var/lib/simplepush
 USER 10001:10001
 EXPOSE 8080
 # SIGTERM: stop accepting, close device sockets over server.drain_ms, exit within
 # drain_ms + shutdown_timeout_ms (5 s + 3 s by default). `docker stop` waits only 10 s before
 # SIGKILL: use `docker stop -t 30` (or --stop-timeout 30 at `docker run`) if you raise them.
 STOPSIGNAL SIGTERM
-# GET /health: 200, or 503 while the store (memcached) is unreachable. The slim image has no curl;
+# GET /health: 200, or 503 while the store is unusable (memcached unreachable, the disk full). The slim image has no curl;
 # bash's /dev/tcp speaks the one request instead. It assumes the listener above, port 8080
 # (change it here if SIMPLEPUSH_SERVER_LISTEN moves it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \

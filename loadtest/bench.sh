@@ -161,7 +161,7 @@ run() {
     shift
     start_server
     local cmd=("$TESTER_BIN" "$@" --ws-url "$WS" --source-addrs "$SRC" --server-pid "$SERVER_PID"
-        --max-seconds 150 --json "$WORK/$name.json")
+        --max-seconds "${MAX_SECONDS:-150}" --json "$WORK/$name.json")
     local shown="simplepush-loadtest $* --ws-url $WS --source-addrs $SRC --server-pid \$PID --json $name.json"
     echo "$shown" >"$WORK/$name.cmd"
     echo
@@ -226,13 +226,21 @@ time_start() {
 if wanted startup && [ "$BACKEND" = disk ]; then
     N="${BENCH_STARTUP_DEVICES:-1000000}"
     R="${BENCH_STARTUP_RATE:-5000}"
-    run startup churn --connections 1000 --rate "$R" --duration $(((N + R - 1) / R))
+    MAX_SECONDS=$(((N + R - 1) / R + 120)) run startup churn --connections 1000 --rate "$R" --duration $(((N + R - 1) / R))
     # `run` stopped the server with SIGTERM: a clean start, then one after kill -9.
     stat -c %s "$WORK/data/simplepush.redb" >"$WORK/startup.bytes"
     time_start >"$WORK/startup.clean"
     grep -o 'disk store [^:]*: [0-9]* UAIDs[^)]*)' "$WORK/server.log" | tail -1 >"$WORK/startup.log"
+    # kill -9 in the middle of writes (registrations arriving), so the next start finds a file
+    # that was not closed.
+    "$TESTER_BIN" churn --connections 200 --rate 2000 --duration 4 --max-seconds 30 --ws-url "$WS" \
+        --source-addrs "$SRC" --no-progress >"$WORK/startup-writes.txt" 2>&1 &
+    WRITER=$!
+    sleep 2
     kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+    wait "$WRITER" 2>/dev/null || true
     time_start >"$WORK/startup.crash"
+    grep -o 'disk store [^:]*: [0-9]* UAIDs[^)]*)' "$WORK/server.log" | tail -1 >"$WORK/startup.crashlog"
     stop_server
 fi
 
@@ -380,7 +388,7 @@ done
         echo "| devices registered (churn cycles ok / failed) | $(j startup .churn.cycles_ok) / $(j startup .churn.cycles_failed) at $(num "$(j startup .churn.cycles_per_sec)")/s |"
         echo "| store file | $(mib "$(cat "$WORK/startup.bytes")"), $(awk -v b="$(cat "$WORK/startup.bytes")" -v n="$(j startup .churn.cycles_ok)" 'BEGIN { if (n + 0 == 0) print "?"; else printf "%.0f", b / n }') B per device |"
         echo "| **start to serving after a clean stop** | **$(cat "$WORK/startup.clean") ms** ($(cat "$WORK/startup.log")) |"
-        echo "| **start to serving after kill -9** | **$(cat "$WORK/startup.crash") ms** |"
+        echo "| **start to serving after kill -9 during writes** | **$(cat "$WORK/startup.crash") ms** ($(cat "$WORK/startup.crashlog")) |"
     fi
     echo
     if [ -s "$WORK/notes" ]; then

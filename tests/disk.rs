@@ -625,3 +625,39 @@ fn a_full_disk_answers_503_keeps_every_2xx_and_recovers() {
     assert!(s.wait_log("writable again"), "{}", s.log());
     check_promises(&s, &devices, &p);
 }
+
+#[test]
+fn waiting_messages_cost_bounded_disk_space() {
+    let dir = temp_dir("bytes");
+    let s = start(&dir, "");
+    let file = dir.join("data").join("simplepush.redb");
+    let devices: Vec<Device> = (0..20).map(|i| register_device(&s, i, true).0).collect();
+    // Settled: the registrations' pages are written.
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = std::fs::metadata(&file).unwrap().len();
+    let body = "b".repeat(100);
+    let mut app = AppServer::new(s.addr);
+    let mut stored = 0u64;
+    for n in 0..50 {
+        for d in &devices {
+            let (_, path) = split_url(&d.ep);
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nTTL: 3600\r\nContent-Encoding: aes128gcm\r\nContent-Length: {}\r\n\r\n{body}",
+                s.addr,
+                body.len()
+            );
+            let r = app.exchange(req.as_bytes()).expect("an answer");
+            assert_eq!(r.status, 201, "message {n}: {}", r.body);
+            stored += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let grown = std::fs::metadata(&file)
+        .unwrap()
+        .len()
+        .saturating_sub(before);
+    let per = grown / stored;
+    eprintln!("disk: {stored} messages of 100 bytes grew the store by {grown} B: {per} B each");
+    // A message is its body, headers and id in a JSON list, plus copy-on-write page overhead.
+    assert!(per <= 2048, "{per} B per 100-byte message");
+}

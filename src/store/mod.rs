@@ -143,6 +143,9 @@ pub trait Backend {
     fn healthy(&self) -> bool;
 }
 
+/// Takes the answers of a group of jobs, in order.
+pub type Answer = Box<dyn FnOnce(Vec<Done>) + Send>;
+
 /// What storage threads hand their jobs to: a [`Backend`] one job at a time, or a store that
 /// runs a whole queue of jobs together (the disk store: one commit for all of them).
 pub trait JobRunner {
@@ -152,6 +155,12 @@ pub trait JobRunner {
     }
     /// Runs jobs in order; one answer per job, in the same order.
     fn run_jobs(&self, jobs: Vec<Job>) -> Vec<Done>;
+    /// Runs jobs in order and gives their answers to `answer`, perhaps later and on another
+    /// thread, so that the storage thread can go on queueing (the disk store answers after the
+    /// commit that holds them, while the next batch gathers).
+    fn run_jobs_then(&self, jobs: Vec<Job>, answer: Answer) {
+        answer(self.run_jobs(jobs));
+    }
     /// Whether the store can serve requests now.
     fn healthy(&self) -> bool;
 }

@@ -182,6 +182,19 @@ fn store_worker(rx: Receiver<(Instant, Job)>, backend: &dyn JobRunner, reply: Re
                 job
             })
             .collect();
+        if grouped {
+            // Answered after the commit that holds them; meanwhile this thread gathers the next group.
+            let reply = reply.clone();
+            backend.run_jobs_then(
+                jobs,
+                Box::new(move |dones| {
+                    for done in dones {
+                        reply.send(done);
+                    }
+                }),
+            );
+            continue;
+        }
         let fallbacks: Vec<Done> = jobs.iter().map(Job::failed).collect();
         let dones =
             catch_unwind(AssertUnwindSafe(|| backend.run_jobs(jobs))).unwrap_or_else(|_| {

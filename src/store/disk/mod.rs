@@ -25,7 +25,7 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 
 pub use self::open::{endpoint_key, OpenError, DB_FILE, KEY_FILE};
 use self::writer::{Work, Writer};
-use super::{run, Done, Job, JobRunner, Unavailable};
+use super::{run, Answer, Done, Job, JobRunner, Unavailable};
 
 /// When a commit is synced to the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,28 +132,28 @@ impl DiskStore {
 
     /// Runs jobs in one commit and waits for it.
     fn commit_jobs(&self, jobs: Vec<Job>) -> Vec<Done> {
-        let fallbacks: Vec<Done> = jobs.iter().map(Job::failed).collect();
         let (reply, answer) = sync_channel(1);
+        self.commit_then(
+            jobs,
+            Box::new(move |out| {
+                let _ = reply.send(out);
+            }),
+        );
+        answer.recv().unwrap_or_default()
+    }
+
+    /// Queues jobs for the next commit; `answer` gets their answers once it is durable (or
+    /// failures if it is not).
+    fn commit_then(&self, jobs: Vec<Job>, answer: Answer) {
+        let fallbacks: Vec<Done> = jobs.iter().map(Job::failed).collect();
         let work: Work = Box::new(move |ops| {
-            let dones: Vec<Option<Done>> = match ops {
-                Some(ops) => jobs.into_iter().map(|j| Some(run(ops, j))).collect(),
+            let dones: Vec<Done> = match ops {
+                Some(ops) => jobs.into_iter().map(|j| run_caught(ops, j)).collect(),
                 None => Vec::new(),
             };
-            Box::new(move |committed| {
-                let out = if committed {
-                    dones
-                        .into_iter()
-                        .zip(fallbacks)
-                        .map(|(d, f)| d.unwrap_or(f))
-                        .collect()
-                } else {
-                    fallbacks
-                };
-                let _ = reply.send(out);
-            })
+            Box::new(move |committed| answer(if committed { dones } else { fallbacks }))
         });
         self.send(work);
-        answer.recv().unwrap_or_default()
     }
 
     /// Runs `f` on the store in a commit of its own batch and waits for it.
@@ -202,6 +202,15 @@ impl DiskStore {
     }
 }
 
+/// Runs one job; a panic is its answer as unavailable (and the batch goes on).
+fn run_caught(ops: &txn::Txn<'_, '_>, job: Job) -> Done {
+    let fallback = job.failed();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(ops, job))).unwrap_or_else(|_| {
+        log::error!("a storage job panicked; answered as unavailable");
+        fallback
+    })
+}
+
 impl Drop for DiskStore {
     fn drop(&mut self) {
         self.close();
@@ -220,6 +229,14 @@ impl JobRunner for DiskStore {
         jobs.into_iter()
             .flat_map(|j| self.commit_jobs(vec![j]))
             .collect()
+    }
+
+    fn run_jobs_then(&self, jobs: Vec<Job>, answer: Answer) {
+        if self.sync == Sync::Always {
+            // One commit per job: the storage thread waits for each, in order.
+            return answer(self.run_jobs(jobs));
+        }
+        self.commit_then(jobs, answer);
     }
 
     fn healthy(&self) -> bool {

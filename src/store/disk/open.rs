@@ -76,14 +76,20 @@ fn explain(file: &Path, e: &DatabaseError) -> OpenError {
             file.display()
         )),
         DatabaseError::Storage(StorageError::Corrupted(why)) => damaged(file, why),
-        DatabaseError::Storage(StorageError::Io(io)) if io.kind() == ErrorKind::InvalidData => {
+        DatabaseError::Storage(StorageError::Io(io))
+            if matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) =>
+        {
             damaged(file, &io.to_string())
         }
         DatabaseError::UpgradeRequired(v) => OpenError(format!(
             "{}: written in an older store format ({v}); upgrade it with the redb tools first",
             file.display()
         )),
-        other => OpenError(format!("{}: {other}", file.display())),
+        other => OpenError(format!(
+            "{}: {other} (check the file's permissions and the disk; the server keeps one store \
+             per data directory)",
+            file.display()
+        )),
     }
 }
 
