@@ -661,3 +661,25 @@ fn waiting_messages_cost_bounded_disk_space() {
     // A message is its body, headers and id in a JSON list, plus copy-on-write page overhead.
     assert!(per <= 2048, "{per} B per 100-byte message");
 }
+
+#[test]
+fn every_sync_mode_keeps_what_it_answered_across_a_clean_restart() {
+    for mode in ["always", "batch", "none"] {
+        let dir = temp_dir(mode);
+        let keys = format!("sync = \"{mode}\"");
+        let mut s = start(&dir, &keys);
+        let (d, c) = register_device(&s, 1, false);
+        drop(c);
+        std::thread::sleep(Duration::from_millis(100));
+        let r = push(&d.ep, false, 42).expect("an answer");
+        assert_eq!(r.status, 202, "{mode}: {}", r.body);
+        assert_eq!(
+            s.terminate(Duration::from_secs(10))
+                .and_then(|st| st.code()),
+            Some(0)
+        );
+        let s = start(&dir, &keys);
+        let (versions, _) = received(s.addr, &d);
+        assert!(versions.contains(&42), "{mode}: got {versions:?}");
+    }
+}

@@ -147,6 +147,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
 
 /// Runs every loop on its own thread (loop 0 on this one) until shutdown; the exit code.
 pub fn run_all(mut servers: Vec<Server>) -> i32 {
+    let disk = servers.first().and_then(|s| s.shared.disk.clone());
     let rest: Vec<Server> = servers.drain(1..).collect();
     let threads: Vec<_> = rest
         .into_iter()
@@ -161,6 +162,10 @@ pub fn run_all(mut servers: Vec<Server>) -> i32 {
     let mut code = servers.pop().map_or(1, |mut s| report(s.run()));
     for t in threads {
         code = code.max(t.join().unwrap_or(1));
+    }
+    // Before the process ends: the last commit is made durable and the file closed cleanly.
+    if let Some(d) = disk {
+        d.close();
     }
     code
 }

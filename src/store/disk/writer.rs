@@ -83,6 +83,8 @@ impl Writer {
             }
             self.commit(batch, tick);
         }
+        // With sync = "none" the last second's commits are not durable yet.
+        self.commit(Vec::new(), true);
         if let Some(db) = self.db.take() {
             if let Err(e) = db.close() {
                 warn!("disk store: closing {}: {e}", self.path.display());
