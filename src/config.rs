@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Open connections (WebSocket and HTTP) above which new ones are refused.
     pub max_connections: usize,
+    /// Connections the kernel queues on each listener before they are accepted.
+    pub listen_backlog: u32,
     /// Time to finish a WebSocket handshake or an HTTP request once it has started.
     pub request_timeout_ms: u64,
     /// Idle time allowed between two requests on a kept-alive HTTP connection.
@@ -67,6 +69,7 @@ impl Default for ServerConfig {
             public_url: String::new(),
             workers: 0,
             max_connections: 100_000,
+            listen_backlog: 4096,
             request_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
             close_timeout_ms: 2_000,
@@ -397,6 +400,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1");
+        }
+        if self.server.listen_backlog == 0 || self.server.listen_backlog > 65535 {
+            return bad("server.listen_backlog", "must be 1 to 65535");
         }
         if self.websocket.max_message_size < 1 << 20 {
             return bad(

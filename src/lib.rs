@@ -4,6 +4,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod fuzzing;
+pub mod host_limits;
 pub mod http;
 pub mod metrics;
 pub mod nonblocking;

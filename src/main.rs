@@ -91,6 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    simplepush::host_limits::check(cfg.server.max_connections, cfg.server.listen_backlog);
     let keys = match token_keys(&cfg) {
         Ok(k) => k,
         Err(e) => {

@@ -193,3 +193,45 @@ fn a_second_server_on_a_taken_port_refuses_to_start() {
     let mut c = first.client();
     c.hello_new();
 }
+
+#[test]
+fn host_limits_that_cap_the_configuration_are_warned_at_start() {
+    // 300 descriptors against the default max_connections of 100,000.
+    let s = Server::start_with_fd_limit(300);
+    assert!(
+        s.wait_log("host limit: the open-files limit (RLIMIT_NOFILE) is 300"),
+        "{}",
+        s.log()
+    );
+    assert!(s.log().contains("ulimit -n"), "{}", s.log());
+    drop(s);
+    // A backlog above net.core.somaxconn is named with the sysctl that raises it.
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if somaxconn >= 65535 {
+        return;
+    }
+    let s = Server::start_with(&format!("listen_backlog = {}", somaxconn + 1), "");
+    assert!(
+        s.wait_log(&format!("net.core.somaxconn is {somaxconn}")),
+        "{}",
+        s.log()
+    );
+    assert!(
+        s.log().contains("sysctl -w net.core.somaxconn="),
+        "{}",
+        s.log()
+    );
+    // The default fits this machine's somaxconn, so nothing about it is said.
+    let quiet = Server::start();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        quiet.log().contains("somaxconn"),
+        somaxconn < 4096,
+        "{}",
+        quiet.log()
+    );
+}

@@ -319,14 +319,14 @@ fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
 }
 
 /// A listening socket that several loops can share (SO_REUSEPORT: the kernel spreads connections).
-fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen_shared(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(4096)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(TcpListener::from_std(socket.into()))
 }
 
@@ -405,7 +405,7 @@ impl Server {
                 None => claim_port(addr)?,
             };
             listeners.push(Listener {
-                socket: listen_shared(addr)?,
+                socket: listen_shared(addr, cfg.server.listen_backlog)?,
                 roles,
             });
         }

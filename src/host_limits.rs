@@ -1,0 +1,180 @@
+//! The host's limits that cap connections, read at start, so that a limit is a warning in the
+//! log rather than a discovery at 800,000 devices.
+//!
+//! Each server connection is one descriptor (against `RLIMIT_NOFILE`, itself capped by
+//! `fs.nr_open`, and the host's `fs.file-max`), one conntrack entry when conntrack tracks the
+//! port, and, after it closes, one TIME-WAIT bucket on the side that closed first. The listen
+//! backlog is capped by `net.core.somaxconn`.
+
+use std::fs;
+
+/// Descriptors kept for listeners, storage connections, files and the admin listener.
+const RESERVE: u64 = 1024;
+
+/// What one reading of the host found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// `RLIMIT_NOFILE`, soft and hard (`None`: unlimited or unreadable).
+    pub nofile: (Option<u64>, Option<u64>),
+    /// `fs.nr_open`: the most any process may raise `RLIMIT_NOFILE` to.
+    pub nr_open: Option<u64>,
+    /// `fs.file-max`: descriptors in the whole host.
+    pub file_max: Option<u64>,
+    /// `net.core.somaxconn`: the longest listen backlog.
+    pub somaxconn: Option<u64>,
+    /// `net.netfilter.nf_conntrack_max`, when conntrack is loaded.
+    pub conntrack_max: Option<u64>,
+    /// `net.ipv4.tcp_max_tw_buckets`.
+    pub tw_buckets: Option<u64>,
+}
+
+fn number(path: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `Max open files` of `/proc/self/limits`: (soft, hard).
+fn nofile() -> (Option<u64>, Option<u64>) {
+    let text = fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("Max open files")) else {
+        return (None, None);
+    };
+    let mut values = line["Max open files".len()..].split_whitespace();
+    let mut next = || values.next().and_then(|v| v.parse().ok());
+    (next(), next())
+}
+
+impl Host {
+    /// Reads this host.
+    pub fn read() -> Host {
+        Host {
+            nofile: nofile(),
+            nr_open: number("/proc/sys/fs/nr_open"),
+            file_max: number("/proc/sys/fs/file-max"),
+            somaxconn: number("/proc/sys/net/core/somaxconn"),
+            conntrack_max: number("/proc/sys/net/netfilter/nf_conntrack_max"),
+            tw_buckets: number("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
+        }
+    }
+
+    /// One warning per limit that caps `max_connections` (or the backlog) below its setting,
+    /// each naming the setting that raises it.
+    pub fn warnings(&self, max_connections: u64, backlog: u64) -> Vec<String> {
+        let wanted = max_connections + RESERVE;
+        let mut out = Vec::new();
+        if let (Some(soft), hard) = self.nofile {
+            if soft < wanted {
+                out.push(format!(
+                    "the open-files limit (RLIMIT_NOFILE) is {soft} (hard {}): at most about {} \
+                     connections of server.max_connections = {max_connections}; raise it to {wanted} \
+                     or more (systemd LimitNOFILE=, docker run --ulimit nofile=, ulimit -n)",
+                    hard.map_or("unlimited".to_string(), |h| h.to_string()),
+                    soft.saturating_sub(RESERVE)
+                ));
+            }
+        }
+        let checks = [
+            (
+                self.nr_open,
+                "fs.nr_open",
+                "no process may raise its open-files limit above it",
+            ),
+            (
+                self.file_max,
+                "fs.file-max",
+                "descriptors of the whole host, clients on it included",
+            ),
+            (
+                self.conntrack_max,
+                "net.netfilter.nf_conntrack_max",
+                "connections conntrack can track, if it tracks this port",
+            ),
+        ];
+        for (value, name, what) in checks {
+            if let Some(v) = value.filter(|v| *v < wanted) {
+                out.push(format!(
+                    "{name} is {v} ({what}): below server.max_connections = {max_connections}; \
+                     raise it: sysctl -w {name}={wanted} (and in /etc/sysctl.d/)"
+                ));
+            }
+        }
+        if let Some(v) = self.tw_buckets.filter(|v| *v < max_connections) {
+            out.push(format!(
+                "net.ipv4.tcp_max_tw_buckets is {v}: when more than that many connections close at \
+                 once (a restart of a load balancer or of this server) the rest skip TIME-WAIT; \
+                 sysctl -w net.ipv4.tcp_max_tw_buckets={max_connections}"
+            ));
+        }
+        if let Some(v) = self.somaxconn.filter(|v| *v < backlog) {
+            out.push(format!(
+                "net.core.somaxconn is {v}: the kernel shortens server.listen_backlog = {backlog} to \
+                 it, so a burst of reconnecting devices overflows the queue sooner; \
+                 sysctl -w net.core.somaxconn={backlog}"
+            ));
+        }
+        out
+    }
+}
+
+/// Logs each limit that caps this configuration.
+pub fn check(max_connections: usize, backlog: u32) {
+    for w in Host::read().warnings(max_connections as u64, u64::from(backlog)) {
+        log::warn!("host limit: {w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roomy() -> Host {
+        Host {
+            nofile: (Some(2_000_000), Some(2_000_000)),
+            nr_open: Some(2_000_000),
+            file_max: Some(10_000_000),
+            somaxconn: Some(65535),
+            conntrack_max: None,
+            tw_buckets: Some(2_000_000),
+        }
+    }
+
+    #[test]
+    fn a_roomy_host_gives_no_warning() {
+        assert!(roomy().warnings(1_000_000, 4096).is_empty());
+    }
+
+    #[test]
+    fn each_capping_limit_gets_one_warning_naming_its_setting() {
+        let tight = Host {
+            nofile: (Some(20_000), Some(20_000)),
+            nr_open: Some(1_048_576),
+            file_max: Some(2_470_000),
+            somaxconn: Some(4096),
+            conntrack_max: Some(262_144),
+            tw_buckets: Some(262_144),
+        };
+        let w = tight.warnings(1_050_000, 8192);
+        assert_eq!(w.len(), 5, "{w:#?}");
+        for needle in [
+            "RLIMIT_NOFILE",
+            "fs.nr_open",
+            "nf_conntrack_max",
+            "tcp_max_tw_buckets",
+            "somaxconn",
+        ] {
+            assert_eq!(
+                w.iter().filter(|l| l.contains(needle)).count(),
+                1,
+                "{needle}: {w:#?}"
+            );
+        }
+        assert!(w[0].contains("at most about 18976 connections"), "{}", w[0]);
+        // fs.file-max (2.47M) holds 1.05M.
+        assert!(!w.iter().any(|l| l.contains("fs.file-max")));
+    }
+
+    #[test]
+    fn this_host_can_be_read() {
+        let h = Host::read();
+        assert!(h.nofile.0.is_some() && h.file_max.is_some(), "{h:?}");
+    }
+}
