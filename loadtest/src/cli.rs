@@ -34,9 +34,15 @@ SCENARIOS:
               latency = hello sent -> stored version flushed; lost = missing versions
 
 OPTIONS:
-    --ws-url URL          WebSocket URL of the server [default: ws://127.0.0.1:8080/]
-    --endpoint-base URL   replace scheme://host:port of every pushEndpoint with this
-                          (split listeners, clusters) [default: use pushEndpoint as given]
+    --ws-url URL[,URL..]  WebSocket URL of the server; give several (repeat the flag or separate
+                          with commas) to drive a whole cluster in one run: device i connects to
+                          URL i mod N, all share the phases (connect, hold, ping, close) and
+                          one report counts each URL [default: ws://127.0.0.1:8080/]
+    --endpoint-base URL[,URL..]
+                          replace scheme://host:port of every pushEndpoint with this (split
+                          listeners, clusters); with several, device i's PUTs go to base
+                          (i + 1) mod M, so listing the nodes in --ws-url's order sends every
+                          push through the next node [default: use pushEndpoint as given]
     --connections N       devices (churn: cycles in flight) [default: 100]
     --channels K          channels registered per device, 1..=200 [default: 1]
     --rate R              per second: notify PUTs [default: 100], churn cycles [default: 50],
@@ -90,10 +96,17 @@ OUTPUT:
     Exit status: 0 when the run completed (whatever it measured), 1 on a runtime failure,
     2 on a usage error.
 
+WAITS:
+    The end-of-hold ping wait (6 s), a device's ping timeout (5 s), its close timeout (3 s)
+    and the close phase (5 s) each get one more second per 10,000 devices in the whole run.
+
 LIMITS:
     One process may hold at most its open-file limit (raised to the hard limit at start)
     minus 1000 sockets: above ~19,000 connections on a 20,000-file machine use --procs.
 ";
+
+/// Most --ws-url URLs in one run.
+const MAX_TARGETS: usize = 1024;
 
 /// Most connections one process holds; the rest of the open-file limit is headroom.
 pub const FD_HEADROOM: u64 = 1000;
@@ -140,8 +153,8 @@ impl Scenario {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     pub scenario: Scenario,
-    pub ws_url: String,
-    pub endpoint_base: Option<String>,
+    pub ws_urls: Vec<String>,
+    pub endpoint_bases: Vec<String>,
     pub connections: u64,
     pub channels: u32,
     pub rate: f64,
@@ -168,6 +181,20 @@ pub struct Config {
     pub settle: f64,
     pub rss_csv: Option<PathBuf>,
     pub sample_secs: f64,
+    /// The run's index of this process's first device (children get a slice of the devices).
+    pub first_device: u64,
+    /// Devices in the whole run, all processes together: the end-of-run waits scale with it.
+    pub run_devices: u64,
+}
+
+impl Config {
+    /// An end-of-run wait (pings, closes) of `base_secs` for a small run, plus a second per
+    /// 10,000 devices in the whole run: every process pings and closes at the same barrier, so
+    /// the servers answer all of them at once (1,000,000 devices: base + 100 s). A wait ends as
+    /// soon as every answer is in, so the allowance costs nothing when the servers keep up.
+    pub fn end_wait(&self, base_secs: f64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(base_secs + self.run_devices as f64 / 10_000.0)
+    }
 }
 
 /// What a child process is told: its share of the run.
@@ -203,8 +230,8 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
 #[derive(Default)]
 struct Builder {
     scenario: Option<Scenario>,
-    ws_url: Option<String>,
-    endpoint_base: Option<String>,
+    ws_urls: Vec<String>,
+    endpoint_bases: Vec<String>,
     connections: Option<u64>,
     channels: Option<u32>,
     rate: Option<f64>,
@@ -266,8 +293,8 @@ impl Builder {
 
     fn option(&mut self, name: &str, v: &str) -> Result<(), String> {
         match name {
-            "ws-url" => self.ws_url = Some(v.to_string()),
-            "endpoint-base" => self.endpoint_base = Some(v.to_string()),
+            "ws-url" => self.ws_urls.extend(list(name, v)?),
+            "endpoint-base" => self.endpoint_bases.extend(list(name, v)?),
             "connections" => self.connections = Some(num(name, v)?),
             "channels" => self.channels = Some(num(name, v)?),
             "rate" => self.rate = Some(real(name, v)?),
@@ -301,13 +328,17 @@ impl Builder {
         let scenario = self
             .scenario
             .ok_or("no scenario given: connect, notify, churn or offline (try --help)")?;
+        let mut ws_urls = self.ws_urls;
+        if ws_urls.is_empty() {
+            ws_urls.push("ws://127.0.0.1:8080/".to_string());
+        }
+        let connections = self.connections.unwrap_or(100);
+        let devices = self.devices.unwrap_or(0);
         let cfg = Config {
             scenario,
-            ws_url: self
-                .ws_url
-                .unwrap_or_else(|| "ws://127.0.0.1:8080/".to_string()),
-            endpoint_base: self.endpoint_base,
-            connections: self.connections.unwrap_or(100),
+            ws_urls,
+            endpoint_bases: self.endpoint_bases,
+            connections,
             channels: self.channels.unwrap_or(1),
             rate: self.rate.unwrap_or_else(|| scenario.default_rate()),
             duration: self.duration.unwrap_or(10.0),
@@ -323,7 +354,7 @@ impl Builder {
             http_conns: self.http_conns.unwrap_or(8),
             pipeline: self.pipeline.unwrap_or(64),
             progress: !self.no_progress,
-            devices: self.devices.unwrap_or(0),
+            devices,
             put_rate: self.put_rate.unwrap_or(0.0),
             dwell: self.dwell.unwrap_or(2.0),
             rotate: self.rotate.unwrap_or(0.1),
@@ -332,10 +363,26 @@ impl Builder {
             settle: self.settle.unwrap_or(5.0),
             rss_csv: self.rss_csv,
             sample_secs: self.sample_secs.unwrap_or(10.0),
+            first_device: 0,
+            run_devices: connections.max(devices),
         };
         validate(&cfg)?;
         Ok(cfg)
     }
+}
+
+/// `a,b, c` as its non-empty parts (at least one).
+fn list(name: &str, v: &str) -> Result<Vec<String>, String> {
+    let parts: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if parts.is_empty() {
+        return Err(format!("--{name} needs at least one URL"));
+    }
+    Ok(parts)
 }
 
 fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
@@ -430,15 +477,27 @@ pub fn validate(c: &Config) -> Result<(), String> {
         c.rss_csv.is_none() || c.server_pid.is_some(),
         "--rss-csv needs --server-pid",
     )?;
-    let ws = WsTarget::parse(&c.ws_url)?;
-    if let Some(base) = &c.endpoint_base {
+    check(
+        (1..=MAX_TARGETS).contains(&c.ws_urls.len()),
+        "--ws-url: give 1 to 1024 URLs",
+    )?;
+    check(
+        c.endpoint_bases.len() <= 64,
+        "--endpoint-base: give at most 64 URLs (each gets its own pool of HTTP connections)",
+    )?;
+    let targets = c
+        .ws_urls
+        .iter()
+        .map(|u| WsTarget::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    for base in &c.endpoint_bases {
         target::EndpointBase::parse(base)?;
     }
     if let Some(spec) = &c.source_addrs {
         let addrs = SourceAddrs::parse(spec)?;
         check(
-            addrs.family_matches(&ws.addr),
-            "--source-addrs must be of the same address family as --ws-url",
+            targets.iter().all(|t| addrs.family_matches(&t.addr)),
+            "--source-addrs must be of the same address family as every --ws-url",
         )?;
     }
     Ok(())
@@ -462,7 +521,8 @@ mod tests {
             (c.connections, c.channels, c.rate, c.max_handshakes),
             (100, 1, 100.0, 500)
         );
-        assert_eq!(c.ws_url, "ws://127.0.0.1:8080/");
+        assert_eq!(c.ws_urls, ["ws://127.0.0.1:8080/"]);
+        assert_eq!(c.run_devices, 100);
         let c = run("churn --connections=2_000 --rate 300 --no-progress").unwrap();
         assert_eq!((c.connections, c.rate, c.progress), (2000, 300.0, false));
         assert!(matches!(
@@ -490,5 +550,38 @@ mod tests {
         assert!(run("churn --devices 10 --connections 5 --rounds 2 --duration 400").is_err());
         let c = run("churn --devices 10 --connections 5 --rounds 2 --put-rate 50").unwrap();
         assert_eq!((c.devices, c.rounds, c.put_rate), (10, 2, 50.0));
+        assert_eq!(c.run_devices, 10);
+    }
+
+    #[test]
+    fn end_waits_grow_with_the_whole_run() {
+        let c = run("connect --connections 1000000 --procs 56").unwrap();
+        assert_eq!(c.end_wait(6.0), std::time::Duration::from_secs(106));
+        let small = run("connect --connections 100").unwrap();
+        assert_eq!(small.end_wait(5.0), std::time::Duration::from_millis(5010));
+    }
+
+    #[test]
+    fn several_targets() {
+        let c = run(
+            "connect --ws-url ws://127.0.0.1:1/,ws://127.0.0.2:2/ --ws-url ws://127.0.0.3:3/ \
+             --endpoint-base http://127.0.0.1:4 --endpoint-base=http://127.0.0.1:5,",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ws_urls,
+            [
+                "ws://127.0.0.1:1/",
+                "ws://127.0.0.2:2/",
+                "ws://127.0.0.3:3/"
+            ]
+        );
+        assert_eq!(
+            c.endpoint_bases,
+            ["http://127.0.0.1:4", "http://127.0.0.1:5"]
+        );
+        assert!(run("connect --ws-url ws://127.0.0.1:1/,ws://10.0.0.1:2/").is_err());
+        assert!(run("connect --ws-url ,").is_err());
+        assert!(run("connect --ws-url ws://127.0.0.1:1/ --source-addrs ::1").is_err());
     }
 }

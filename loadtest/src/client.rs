@@ -148,7 +148,8 @@ pub enum Out {
 
 /// Settings every client shares.
 pub struct Shared {
-    pub url: String,
+    /// The --ws-url list; a client's target is picked by the driver (`Ctx::target`).
+    pub urls: Vec<String>,
     pub ws_config: WebSocketConfig,
     pub channels: u32,
     pub setup_timeout: Duration,
@@ -157,19 +158,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(url: &str, channels: u32, setup_timeout: Duration) -> Self {
+    /// `waits`: (ping, close) timeouts, scaled by the caller with the run's size.
+    pub fn new(
+        urls: &[String],
+        channels: u32,
+        setup_timeout: Duration,
+        waits: (Duration, Duration),
+    ) -> Self {
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(2048)
             .write_buffer_size(0)
             .max_write_buffer_size(1 << 20)
             .max_message_size(Some(1 << 20));
         Self {
-            url: url.to_string(),
+            urls: urls.to_vec(),
             ws_config,
             channels,
             setup_timeout,
-            close_timeout: Duration::from_secs(3),
-            ping_timeout: Duration::from_secs(5),
+            ping_timeout: waits.0,
+            close_timeout: waits.1,
         }
     }
 }
@@ -178,6 +185,8 @@ impl Shared {
 pub struct Ctx<'a> {
     pub registry: &'a Registry,
     pub shared: &'a Shared,
+    /// Which of `shared.urls` this client connects to.
+    pub target: usize,
     pub rng: &'a mut Rng,
     pub out: &'a mut Vec<Out>,
     pub now: Instant,
@@ -354,7 +363,7 @@ impl Client {
                 if let Conn::Tcp(stream) = std::mem::replace(&mut self.conn, Conn::None) {
                     self.phase = Phase::Upgrading;
                     let res = client_with_config(
-                        ctx.shared.url.as_str(),
+                        ctx.shared.urls[ctx.target].as_str(),
                         stream,
                         Some(ctx.shared.ws_config),
                     );

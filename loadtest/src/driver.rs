@@ -20,7 +20,7 @@ use crate::procstat;
 use crate::progress::{Printer, Snapshot};
 use crate::rng::Rng;
 use crate::rsslog::RssLog;
-use crate::tally::{Hist, Tally};
+use crate::tally::{Hist, Tally, TargetTally};
 use crate::target::{Endpoint, EndpointBase, WsTarget};
 use crate::tracker::{Matched, Tracker};
 
@@ -31,6 +31,10 @@ const MAX_POOLS: usize = 64;
 const STDIN: Token = Token(usize::MAX - 1);
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// A client's wait for its ping's answer and for its close handshake, in seconds, for a small
+/// run (scaled with the run's size by `Config::end_wait`).
+const PING_TIMEOUT: f64 = 5.0;
+const CLOSE_TIMEOUT: f64 = 3.0;
 
 /// What a notification's latency is measured from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -76,11 +80,13 @@ pub struct Driver {
     clients: Vec<Client>,
     marks: Vec<Mark>,
     shared: Shared,
-    ws_addr: SocketAddr,
+    /// The --ws-url addresses; client `idx` uses `targets[(first_device + idx) % len]`.
+    targets: Vec<SocketAddr>,
+    per_target: Vec<TargetTally>,
     src: SourceCycle,
     pools: Vec<Pool>,
     pool_keys: HashMap<String, u16>,
-    endpoint_base: Option<EndpointBase>,
+    endpoint_bases: Vec<EndpointBase>,
     endpoint_error_shown: bool,
     pub tracker: Tracker,
     pub rng: Rng,
@@ -115,12 +121,17 @@ impl Driver {
     pub fn new(cfg: Config, control: Control, slots: usize) -> io::Result<Self> {
         let now = Instant::now();
         let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-        let ws = WsTarget::parse(&cfg.ws_url).map_err(bad)?;
-        let endpoint_base = cfg
-            .endpoint_base
-            .as_deref()
-            .map(EndpointBase::parse)
-            .transpose()
+        let targets = cfg
+            .ws_urls
+            .iter()
+            .map(|u| WsTarget::parse(u).map(|t| t.addr))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let endpoint_bases = cfg
+            .endpoint_bases
+            .iter()
+            .map(|u| EndpointBase::parse(u))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         let addrs = cfg
             .source_addrs
@@ -137,9 +148,10 @@ impl Driver {
                 .register(&mut SourceFd(&fd), STDIN, Interest::READABLE)?;
         }
         let shared = Shared::new(
-            &cfg.ws_url,
+            &cfg.ws_urls,
             cfg.channels,
             Duration::from_secs_f64(cfg.timeout),
+            (cfg.end_wait(PING_TIMEOUT), cfg.end_wait(CLOSE_TIMEOUT)),
         );
         let printer = Printer::new(cfg.progress && matches!(control, Control::Solo(_)));
         let rss_log = match (&control, &cfg.rss_csv, cfg.server_pid) {
@@ -165,11 +177,12 @@ impl Driver {
                 slots
             ],
             shared,
-            ws_addr: ws.addr,
+            per_target: vec![TargetTally::default(); targets.len()],
+            targets,
             src: SourceCycle::new(addrs),
             pools: Vec::new(),
             pool_keys: HashMap::new(),
-            endpoint_base,
+            endpoint_bases,
             endpoint_error_shown: false,
             tracker: Tracker::new(),
             rng: Rng::seeded(),
@@ -271,9 +284,11 @@ impl Driver {
     }
 
     fn with_client(&mut self, idx: usize, now: Instant, f: impl FnOnce(&mut Client, &mut Ctx)) {
+        let target = self.target_of(idx);
         let mut ctx = Ctx {
             registry: self.poll.registry(),
             shared: &self.shared,
+            target,
             rng: &mut self.rng,
             out: &mut self.outs,
             now,
@@ -285,6 +300,16 @@ impl Driver {
             self.on_out(idx, out, now);
         }
         self.outs = outs;
+    }
+
+    /// Which --ws-url client `idx` connects to: device numbers round-robin over the URLs.
+    fn target_of(&self, idx: usize) -> usize {
+        ((self.cfg.first_device + idx as u64) % self.targets.len() as u64) as usize
+    }
+
+    fn target_tally(&mut self, idx: usize) -> &mut TargetTally {
+        let t = self.target_of(idx);
+        &mut self.per_target[t]
     }
 
     fn remark(&mut self, idx: usize) {
@@ -323,11 +348,18 @@ impl Driver {
                 Tally::count(&mut self.tally.failures, &format!("rotate: {kind}"));
             }
             Out::Notification(updates) => self.on_notification(idx, &updates, now),
-            Out::Pong => self.tally.ping_ok += 1,
-            Out::PingLost => self.tally.ping_failed += 1,
+            Out::Pong => {
+                self.tally.ping_ok += 1;
+                self.target_tally(idx).ping_ok += 1;
+            }
+            Out::PingLost => {
+                self.tally.ping_failed += 1;
+                self.target_tally(idx).ping_failed += 1;
+            }
             Out::Closed { clean } => self.on_closed(idx, clean, now),
             Out::Dropped(why) => {
                 self.tally.dropped += 1;
+                self.target_tally(idx).dropped += 1;
                 Tally::count(&mut self.tally.failures, &format!("dropped: {why}"));
                 self.finished.push(idx);
             }
@@ -340,6 +372,7 @@ impl Driver {
         match self.clients[idx].mode {
             Mode::Fresh => {
                 self.tally.conn_ok += 1;
+                self.target_tally(idx).ok += 1;
                 self.connect_hist.record_us(us);
             }
             Mode::Resume => {
@@ -366,6 +399,7 @@ impl Driver {
         match self.clients[idx].mode {
             Mode::Fresh => {
                 self.tally.conn_failed += 1;
+                self.target_tally(idx).failed += 1;
                 Tally::count(&mut self.tally.failures, kind);
             }
             Mode::Resume => {
@@ -399,7 +433,7 @@ impl Driver {
     }
 
     fn on_endpoint(&mut self, idx: usize, chan: usize, url: &str) {
-        let endpoint = match Endpoint::parse(url, self.endpoint_base.as_ref()) {
+        let endpoint = match Endpoint::parse(url, self.endpoint_base_of(idx)) {
             Ok(e) => e,
             Err(e) => return self.bad_endpoint(&e),
         };
@@ -412,6 +446,17 @@ impl Driver {
                 path: endpoint.path.into_boxed_str(),
             });
         }
+    }
+
+    /// The --endpoint-base client `idx`'s PUTs go to: the one after its --ws-url's, so that
+    /// with both lists naming the same nodes every push crosses to another node.
+    fn endpoint_base_of(&self, idx: usize) -> Option<&EndpointBase> {
+        let n = self.endpoint_bases.len();
+        if n == 0 {
+            return None;
+        }
+        let device = self.cfg.first_device as usize + idx;
+        self.endpoint_bases.get((device + 1) % n)
     }
 
     fn bad_endpoint(&mut self, why: &str) {
@@ -594,7 +639,8 @@ impl Driver {
         let now = Instant::now();
         self.setting_up += 1;
         self.clients[idx].mode = mode;
-        match net::connect(self.ws_addr, self.src.next_addr()) {
+        let addr = self.targets[self.target_of(idx)];
+        match net::connect(addr, self.src.next_addr()) {
             Ok(stream) => {
                 self.with_client(idx, now, |c, ctx| c.start(Token(idx), stream, mode, ctx))
             }
@@ -738,6 +784,9 @@ impl Driver {
             self.tally.lost += lost;
         }
         self.tally.unanswered += unanswered;
+        for (url, t) in self.cfg.ws_urls.iter().zip(&self.per_target) {
+            self.tally.by_target.entry(url.clone()).or_default().add(t);
+        }
         self.tally.connect_hist = self.connect_hist.pairs();
         self.tally.latency_hist = self.latency_hist.pairs();
         self.tally.tester_cpu_us = procstat::self_cpu_us();

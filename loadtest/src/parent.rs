@@ -33,11 +33,17 @@ type Line = (usize, Option<ChildMsg>);
 
 /// Child `i`'s share of the run.
 pub fn share(cfg: &Config, i: usize, procs: usize, addrs: Option<&SourceAddrs>) -> Config {
-    let n = cfg.connections as usize;
+    let part = |n: usize| n / procs + usize::from(i < n % procs);
     let mut c = cfg.clone();
-    c.connections = (n / procs + usize::from(i < n % procs)) as u64;
-    let devices = cfg.devices as usize;
-    c.devices = (devices / procs + usize::from(i < devices % procs)) as u64;
+    c.connections = part(cfg.connections as usize) as u64;
+    c.devices = part(cfg.devices as usize) as u64;
+    // Each process's clients are its devices (churn --devices) or its connections.
+    let slots = if cfg.devices > 0 {
+        cfg.devices
+    } else {
+        cfg.connections
+    } as usize;
+    c.first_device = cfg.first_device + (i * (slots / procs) + i.min(slots % procs)) as u64;
     c.put_rate = cfg.put_rate / procs as f64;
     c.rss_csv = None;
     c.rate = cfg.rate / procs as f64;
@@ -274,5 +280,9 @@ mod tests {
         assert!(shares
             .iter()
             .all(|c| c.procs == 1 && c.server_pid.is_none() && c.json.is_none()));
+        // Device numbers run on from one child to the next, so URL i mod N spreads them evenly.
+        let firsts: Vec<u64> = shares.iter().map(|c| c.first_device).collect();
+        assert_eq!(firsts, [0, 6334, 12668]);
+        assert!(shares.iter().all(|c| c.run_devices == 19001));
     }
 }

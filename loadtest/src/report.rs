@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cli::{Config, Scenario};
 use crate::control::ServerSamples;
 use crate::procstat::Sample;
-use crate::tally::{Hist, Percentiles, RoundTally, Tally};
+use crate::tally::{Hist, Percentiles, RoundTally, Tally, TargetTally};
 
 #[derive(Serialize)]
 pub struct Report {
@@ -44,6 +44,8 @@ pub struct Connections {
     pub ping_ok: u64,
     pub ping_failed: u64,
     pub connect_phase_secs: f64,
+    /// The same by --ws-url (devices round-robin over the URLs).
+    pub by_target: BTreeMap<String, TargetTally>,
 }
 
 #[derive(Serialize)]
@@ -253,6 +255,19 @@ impl Report {
                 c.ping_ok, c.ping_failed
             ));
         }
+        if c.by_target.len() > 1 {
+            for (url, t) in &c.by_target {
+                let ping = if t.ping_ok + t.ping_failed > 0 {
+                    format!(", ping {} answered / {} not", t.ping_ok, t.ping_failed)
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "  {url}: {} ok, {} failed, {} dropped{ping}",
+                    t.ok, t.failed, t.dropped
+                ));
+            }
+        }
         out.push(format!(
             "connect latency: {}",
             pct(&self.connect_latency_us)
@@ -439,6 +454,7 @@ fn connections(t: &Tally) -> Connections {
         ping_ok: t.ping_ok,
         ping_failed: t.ping_failed,
         connect_phase_secs: t.connect_secs,
+        by_target: t.by_target.clone(),
     }
 }
 

@@ -85,6 +85,28 @@ pub struct Percentiles {
     pub max: u64,
 }
 
+/// One --ws-url's share of the connections.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct TargetTally {
+    /// Devices that completed connect + upgrade + hello + register / that failed to.
+    pub ok: u64,
+    pub failed: u64,
+    /// Held connections the server closed or that broke.
+    pub dropped: u64,
+    pub ping_ok: u64,
+    pub ping_failed: u64,
+}
+
+impl TargetTally {
+    pub fn add(&mut self, o: &TargetTally) {
+        self.ok += o.ok;
+        self.failed += o.failed;
+        self.dropped += o.dropped;
+        self.ping_ok += o.ping_ok;
+        self.ping_failed += o.ping_failed;
+    }
+}
+
 /// Everything a process counted. Child processes send theirs to the parent, which merges them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Tally {
@@ -93,6 +115,8 @@ pub struct Tally {
     pub conn_failed: u64,
     /// Why connections failed, by kind.
     pub failures: BTreeMap<String, u64>,
+    /// The same, by --ws-url (fresh connections only).
+    pub by_target: BTreeMap<String, TargetTally>,
     /// Duration of the connect phase (merged: the longest).
     pub connect_secs: f64,
     /// Held connections the server closed or that broke while we did not close them.
@@ -221,6 +245,9 @@ impl Tally {
         self.conn_ok += o.conn_ok;
         self.conn_failed += o.conn_failed;
         add_map(&mut self.failures, &o.failures);
+        for (url, t) in &o.by_target {
+            self.by_target.entry(url.clone()).or_default().add(t);
+        }
         self.connect_secs = self.connect_secs.max(o.connect_secs);
         self.dropped += o.dropped;
         self.ping_ok += o.ping_ok;

@@ -9,8 +9,9 @@ use crate::driver::Driver;
 
 use super::{close_all, connect_list, hold, open_clients};
 
-/// Longest wait for the end-of-hold pings.
-const PING_WAIT: Duration = Duration::from_secs(6);
+/// Longest wait for the end-of-hold pings in a small run, in seconds (scaled with the run's
+/// size; a second more than a client's own ping timeout, so each has timed out by then).
+const PING_WAIT: f64 = 6.0;
 
 pub fn run(d: &mut Driver) {
     let all: Vec<usize> = (0..d.slots()).collect();
@@ -33,7 +34,7 @@ fn ping_all(d: &mut Driver) {
     for i in open_clients(d) {
         d.ping_client(i);
     }
-    let until = Instant::now() + PING_WAIT;
+    let until = Instant::now() + d.cfg.end_wait(PING_WAIT);
     d.run_until(until, Duration::from_millis(10), |d| {
         d.count_where(|p| p == Phase::Pinging) == 0
     });

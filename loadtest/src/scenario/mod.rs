@@ -15,8 +15,9 @@ use crate::control::Control;
 use crate::driver::Driver;
 use crate::tally::Tally;
 
-/// Longest wait for every close handshake to finish.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for every close handshake to finish in a small run, in seconds (scaled with
+/// the run's size).
+const CLOSE_WAIT: f64 = 5.0;
 
 /// Runs `cfg`'s scenario in this process.
 pub fn run(cfg: Config, control: Control) -> io::Result<(Tally, Control)> {
@@ -126,7 +127,7 @@ pub fn close_all(d: &mut Driver) {
     for i in d.clients_where(|p| !settled(p)) {
         d.close_client(i);
     }
-    let until = Instant::now() + CLOSE_WAIT;
+    let until = Instant::now() + d.cfg.end_wait(CLOSE_WAIT);
     d.run_until(until, Duration::from_millis(10), |d| {
         d.count_where(|p| !settled(p)) == 0
     });
