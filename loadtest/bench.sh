@@ -171,9 +171,14 @@ run() {
     if [ "$BACKEND" = memcached ]; then
         mc_before="$(cpu_ticks "$MC_PID") $(mc_counters)"
     fi
+    # Kernel slab memory once a second through the run (the connect scenario's figure per
+    # connection is its peak growth; its hold spans several of the server's 5 s metric samples).
+    slab_sampler "$WORK/$name.slab" &
+    local sampler=$!
     if ! "${cmd[@]}" "${PROGRESS[@]}" | tee "$WORK/$name.txt"; then
         echo "the tester failed in $name (see its output above)" >>"$WORK/notes"
     fi
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
     echo $(($(listen_overflows) - before)) >"$WORK/$name.overflows"
     if [ "$BACKEND" = disk ]; then
         stat -c %s "$WORK/data/simplepush.redb" >"$WORK/$name.diskbytes" 2>/dev/null || true
@@ -260,6 +265,12 @@ cmdline() { echo "\`$(cat "$WORK/$1.cmd" 2>/dev/null || echo "not run")\`"; }
 # memcached's CPU per unit ($2 units) and the server's memcached commands and syscalls per command.
 mc_cpu() { awk -v t="$(cut -d' ' -f1 "$WORK/$1.mc" 2>/dev/null)" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (t == "" || n + 0 == 0) print "?"; else printf "%.1f µs", t * 1e6 / hz / n }'; }
 mc_calls() { awk '{ if ($2 + 0 == 0) print "?"; else printf "%d commands, %d system calls: %.2f per command", $2, $3, $3 / $2 }' "$WORK/$1.mc" 2>/dev/null || echo "?"; }
+slab_rows() { # scenario, connections held at the peak
+    local g
+    g="$(slab_growth "$WORK/$1.slab")"
+    echo "| kernel slab growth at the peak per connection, both ends (sockets, inodes, dentries, files, epoll, kmalloc) | $(awk -v k="${g% *}" -v n="$2" 'BEGIN { if (k !~ /^[0-9]+$/ || n + 0 == 0) print "?"; else printf "%.0f B", k * 1024 / n }') |"
+    echo "| of it, proc_inode_cache per connection (grows only when something lists /proc/PID/fd) | $(awk -v k="${g#* }" -v n="$2" 'BEGIN { if (k !~ /^[0-9]+$/ || n + 0 == 0) print "?"; else printf "%.0f B", k * 1024 / n }') |"
+}
 mc_rows() { # scenario, units, unit name
     [ "$BACKEND" = memcached ] || return 0
     echo "| memcached's own CPU per $3 | $(mc_cpu "$1" "$2") |"
@@ -323,6 +334,7 @@ done
     echo "| **server RSS per connection** | **$(num "$(j connect .server.rss_per_connection_bytes)") bytes** |"
     echo "| **server CPU per hello+register** | **$(j connect '.server.cpu_us_per_hello_register | . * 10 | round / 10') µs** |"
     echo "| kernel listen-queue overflows during the run | $(cat "$WORK/connect.overflows" 2>/dev/null || echo "?") |"
+    slab_rows connect "$(j connect .connections.ok)"
     mc_rows connect "$(j connect .connections.ok)" "hello+register"
     disk_row connect "$(j connect .connections.ok)" "registered device (1 channel)"
     echo

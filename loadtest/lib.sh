@@ -31,3 +31,20 @@ listen = ""
 ${4:-}
 CONF
 }
+
+# Kernel slab memory in KiB, "sockets proc_inodes": the caches a TCP connection's objects live in
+# (socket, its inode and dentry, file, epoll entry, kmalloc'd pieces) and proc_inode_cache, which
+# grows only when something lists /proc/PID/fd of a process holding the sockets.
+slab_kib() {
+    awk 'NR > 2 && $1 ~ /^(TCP|tcp_bind_bucket|request_sock_TCP|sock_inode_cache|dentry|filp|eventpoll_epi|eventpoll_pwq|kmalloc-.*)$/ { s += $3 * $4 }
+         NR > 2 && $1 == "proc_inode_cache" { p += $3 * $4 }
+         END { printf "%d %d\n", s / 1024, p / 1024 }' /proc/slabinfo 2>/dev/null || echo "0 0"
+}
+
+# Appends slab_kib to $1 once a second until killed (start it in the background).
+slab_sampler() { while :; do slab_kib >>"$1"; sleep 1; done; }
+
+# From a slab_sampler file: "sockets proc_inodes" growth from the first line to the peak, in KiB.
+slab_growth() {
+    awk 'NR == 1 { s0 = $1; p0 = $2 } { if ($1 - s0 > s) s = $1 - s0; if ($2 - p0 > p) p = $2 - p0 } END { printf "%d %d\n", s, p }' "$1" 2>/dev/null || echo "? ?"
+}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The 200,000-connection run on one machine: a cluster of NODES simplepush processes sharing one
 # memcached, each holding its share of the devices (a process may hold at most ~19,000 sockets
-# here), with one `connect` tester process per node holding them. Once all are connected, a
-# sample of devices on node 0 gets updates sent through node 1, so every one is stored in
-# memcached and routed between nodes. Loopback only; everything started is stopped (trap).
+# here), held by one `connect` tester run over every node (--ws-url lists them all; its child
+# processes share the phases and it writes one report). Once all are connected, a sample of
+# devices spread over the nodes gets updates, each sent through the next node (--endpoint-base in
+# the same order), so every one is stored in memcached and routed between nodes. Loopback only;
+# everything started is stopped (trap).
 #
 # Usage: loadtest/scale.sh [FILE]   appends a markdown section to FILE (default BENCHMARKS.md).
 # Environment: SCALE_DEVICES (default 200000), SCALE_NODES (default 11), SCALE_SAMPLE (devices that
@@ -43,22 +45,21 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 sockstat_mem_pages() { awk '/^TCP:/ {for (i=1;i<NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat; }
-slab_kib() {
-    # Kernel objects of TCP sockets (sock, inode, dentry, file) as the slab allocator counts them.
-    awk 'NR>2 && ($1 ~ /^(TCP|tcp_bind_bucket|request_sock_TCP|sock_inode_cache|dentry|filp|eventpoll_epi|eventpoll_pwq|kmalloc-.*)$/) {s += $3 * $4} END {print int(s/1024)}' /proc/slabinfo
-}
+. loadtest/lib.sh
 
 echo "== building (release)"
 cargo build --release -p simplepush -p simplepush-loadtest
 
 MC_PORT="$(free_port)"
-memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m 512 -c 4096 -u root &
+# -M: no eviction, as the server requires (evicting would drop pushes already answered 2xx).
+memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m 512 -M -c 4096 -u root &
 PIDS+=($!)
 sleep 0.3
 
 SECRET="$(head -c24 /dev/urandom | basenc --base64url)"
 KEY="$(head -c32 /dev/urandom | basenc --base64url)"
-slab_before="$(slab_kib)"
+slab_sampler "$WORK/slab" &
+PIDS+=($!)
 sock_before="$(sockstat_mem_pages)"
 for i in $(seq 0 $((NODES - 1))); do
     port="$(free_port)"
@@ -67,7 +68,7 @@ for i in $(seq 0 $((NODES - 1))); do
 [server]
 listen = "127.0.0.1:$port"
 workers = 1
-max_connections = 25000
+max_connections = 19000
 
 [websocket]
 min_ping_interval_ms = 0
@@ -96,20 +97,24 @@ sleep 1
 rss_before=0
 for s in "${SERVERS[@]}"; do rss_before=$(( rss_before + $(rss_kib "${s%%:*}") )); done
 
-echo "== $NODES nodes, $PER devices each"
-start=$(date +%s)
-TESTERS=()
-for i in $(seq 0 $((NODES - 1))); do
-    port="${SERVERS[$i]##*:}"
-    # Two source addresses per tester: 127.0.<i+1>.1-2. Each holds its devices for HOLD + 100 s
-    # after its own connect phase, long enough for the sample that starts once all are connected.
-    "$TESTER_BIN" connect --no-progress --ws-url "ws://127.0.0.1:$port/" \
-        --connections "$PER" --channels 1 --duration $(( HOLD + 100 )) \
-        --source-addrs "127.0.$((i + 1)).1-127.0.$((i + 1)).2" --max-seconds 600 \
-        --json "$WORK/tester$i.json" >"$WORK/tester$i.log" 2>&1 &
-    PIDS+=($!)
-    TESTERS+=($!)
+WS_URLS=""; BASES=""
+for s in "${SERVERS[@]}"; do
+    WS_URLS="$WS_URLS${WS_URLS:+,}ws://127.0.0.1:${s##*:}/"
+    BASES="$BASES${BASES:+,}http://127.0.0.1:${s##*:}"
 done
+# Tester processes: at most 18,000 devices each (a process may hold ~19,000 sockets here).
+PROCS=$(( (DEVICES + 17999) / 18000 ))
+[ "$PROCS" -lt 2 ] && PROCS=2
+echo "== $NODES nodes, $PER devices each, one tester run of $PROCS processes"
+start=$(date +%s)
+# The holders keep their devices for HOLD + 100 s after the connect phase, long enough for the
+# sample that starts once all are connected; then every device is pinged and closed.
+"$TESTER_BIN" connect --no-progress --ws-url "$WS_URLS" --procs "$PROCS" \
+    --connections "$DEVICES" --channels 1 --duration $(( HOLD + 100 )) \
+    --max-handshakes $(( NODES * 500 )) --source-addrs "127.0.1.1-127.0.1.$(( PROCS * 2 ))" \
+    --max-seconds 900 --json "$WORK/holders.json" >"$WORK/holders.log" 2>&1 &
+PIDS+=($!)
+HOLDERS=$!
 
 # Wait until every device is connected (or 240 s), then sample memory.
 peak_clients=0
@@ -127,26 +132,30 @@ done
 connected_after=$(( $(date +%s) - start ))
 rss_after=0
 for s in "${SERVERS[@]}"; do rss_after=$(( rss_after + $(rss_kib "${s%%:*}") )); done
-slab_after="$(slab_kib)"
 sock_after="$(sockstat_mem_pages)"
 sockstat="$(grep '^TCP:' /proc/net/sockstat)"
 
-echo "== sample: $SAMPLE more devices on node 0, $RATE updates/s for $HOLD s sent through node 1"
-"$TESTER_BIN" notify --no-progress --ws-url "ws://127.0.0.1:${SERVERS[0]##*:}/" \
-    --endpoint-base "http://127.0.0.1:${SERVERS[1]##*:}" --connections "$SAMPLE" --channels 1 \
+echo "== sample: $SAMPLE more devices over the nodes, $RATE updates/s for $HOLD s, each through the next node"
+"$TESTER_BIN" notify --no-progress --ws-url "$WS_URLS" \
+    --endpoint-base "$BASES" --connections "$SAMPLE" --channels 1 \
     --rate "$RATE" --duration "$HOLD" --source-addrs "127.0.200.1" --max-seconds 300 \
     --json "$WORK/sample.json" >"$WORK/sample.log" 2>&1 || true
 cat "$WORK/sample.log"
 
 echo "== waiting for the holders to finish"
-for t in "${TESTERS[@]}"; do wait "$t" || true; done
-ok=0; failed=0
-for i in $(seq 0 $((NODES - 1))); do
-    j="$WORK/tester$i.json"
-    [ -s "$j" ] || { echo "tester $i wrote no result; see $WORK/tester$i.log"; continue; }
-    ok=$(( ok + $(jq -r '.connections.ok' "$j") ))
-    failed=$(( failed + $(jq -r '.connections.failed' "$j") ))
-done
+wait "$HOLDERS" || true
+cat "$WORK/holders.log"
+j="$WORK/holders.json"
+ok=0; failed=0; ping_ok=0; ping_failed=0; per_node="?"
+if [ -s "$j" ]; then
+    ok="$(jq -r '.connections.ok' "$j")"
+    failed="$(jq -r '.connections.failed' "$j")"
+    ping_ok="$(jq -r '.connections.ping_ok' "$j")"
+    ping_failed="$(jq -r '.connections.ping_failed' "$j")"
+    per_node="$(jq -r '[.connections.by_target[] | .ok] | "\(min)-\(max)"' "$j")"
+else
+    echo "the holders wrote no result; see $WORK/holders.log"
+fi
 sample="$WORK/sample.json"
 sent="$(jq -r '.notifications.sent // 0' "$sample" 2>/dev/null || echo 0)"
 received="$(jq -r '.notifications.received // 0' "$sample" 2>/dev/null || echo 0)"
@@ -157,17 +166,20 @@ lat="$(jq -r '.latency_us | "\(.p50/1000) / \(.p99/1000) / \(.p99_9/1000) / \(.m
 page_kib=$(( $(getconf PAGESIZE) / 1024 ))
 user_mib=$(( (rss_after - rss_before) / 1024 ))
 sock_mib=$(( (sock_after - sock_before) * page_kib / 1024 ))
-slab_mib=$(( (slab_after - slab_before) / 1024 ))
+read -r slab_kib_grown proc_kib_grown < <(slab_growth "$WORK/slab")
+per_conn() { awk -v k="$1" -v n="$ok" 'BEGIN { if (k !~ /^[0-9]+$/ || n + 0 == 0) print "?"; else printf "%.0f", k * 1024 / n }'; }
 {
     echo
-    echo "## 200,000 connections: a $NODES-node cluster on one machine — $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
+    echo "## $DEVICES connections: a $NODES-node cluster on one machine — $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
     echo
     echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/^Mem:/ {print $2}') GiB."
     echo "\`SCALE_DEVICES=$DEVICES SCALE_NODES=$NODES SCALE_RATE=$RATE SCALE_HOLD=$HOLD loadtest/scale.sh\` (\`make scale\`):"
     echo "$NODES simplepush processes (1 event loop each, memcached backend, cluster routing) sharing one memcached;"
-    echo "one \`simplepush-loadtest connect\` per node holding $PER devices × 1 channel; once all were connected,"
-    echo "\`simplepush-loadtest notify\` added $SAMPLE devices on node 0 and sent $RATE updates/s for $HOLD s to them"
-    echo "through node 1, so every update was stored in memcached and forwarded between nodes."
+    echo "one \`simplepush-loadtest connect\` run of $PROCS processes over all $NODES nodes (--ws-url lists them; device i"
+    echo "on node i mod $NODES, $PER per node) holding $DEVICES devices × 1 channel, then pinging and closing them in shared"
+    echo "phases; once all were connected, \`simplepush-loadtest notify\` added $SAMPLE devices over the nodes and sent"
+    echo "$RATE updates/s for $HOLD s to them, each through the next node (--endpoint-base in the same order), so every"
+    echo "update was stored in memcached and forwarded between nodes."
     echo
     echo "| figure | value |"
     echo "|---|---|"
@@ -176,7 +188,9 @@ slab_mib=$(( (slab_after - slab_before) / 1024 ))
     echo "| sample latency update → notification p50 / p99 / p99.9 / max | $lat |"
     echo "| servers' RSS, all $NODES processes, growth | $user_mib MiB ($(( user_mib * 1048576 / (ok > 0 ? ok : 1) )) bytes per connection) |"
     echo "| kernel TCP buffer memory (/proc/net/sockstat mem), growth | $sock_mib MiB |"
-    echo "| kernel socket objects (slab: TCP, inodes, dentries, files, epoll), growth, both ends | $slab_mib MiB |"
+    echo "| kernel socket objects (slab: TCP, inodes, dentries, files, epoll, kmalloc), peak growth, both ends | $(( slab_kib_grown / 1024 )) MiB ($(per_conn "$slab_kib_grown") bytes per connection) |"
+    echo "| of it, proc_inode_cache (grows only when something lists /proc/PID/fd) | $(( proc_kib_grown / 1024 )) MiB ($(per_conn "$proc_kib_grown") bytes per connection) |"
+    echo "| devices per node (least-most) / end-of-hold ping answered, not | $per_node / $ping_ok, $ping_failed |"
     echo "| /proc/net/sockstat at the peak | \`$sockstat\` |"
     echo
     echo "The kernel figures count both ends of every connection (server and tester share the machine)."

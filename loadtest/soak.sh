@@ -107,7 +107,7 @@ cargo build --release -p simplepush -p simplepush-loadtest
 STORAGE=""
 if [ "$BACKEND" = memcached ]; then
     MC_PORT="$(free_port_from $((PORT + 1)))" || { echo "soak.sh: no free port for memcached" >&2; exit 1; }
-    memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m 256 -c 4096 -u "$(id -un)" >"$KEEP/memcached.log" 2>&1 &
+    memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m 256 -M -c 4096 -u "$(id -un)" >"$KEEP/memcached.log" 2>&1 &
     MC_PID=$!
     for _ in $(seq 50); do
         (exec 3<>"/dev/tcp/127.0.0.1/$MC_PORT") 2>/dev/null && break
