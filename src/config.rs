@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Open connections (WebSocket and HTTP) above which new ones are refused.
     pub max_connections: usize,
+    /// The share of `max_connections`, in percent, that device WebSockets cannot take: kept for
+    /// app-server requests and cluster forwards.
+    pub reserved_percent: u8,
     /// Connections the kernel queues on each listener before they are accepted.
     pub listen_backlog: u32,
     /// Time to finish a WebSocket handshake or an HTTP request once it has started.
@@ -61,6 +64,14 @@ pub struct ServerConfig {
     pub drain_ms: u64,
 }
 
+impl ServerConfig {
+    /// The most device WebSockets at once: `max_connections` less the reserved share.
+    pub fn device_share(&self) -> usize {
+        let reserved = self.max_connections * usize::from(self.reserved_percent) / 100;
+        self.max_connections - reserved
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
@@ -69,6 +80,7 @@ impl Default for ServerConfig {
             public_url: String::new(),
             workers: 0,
             max_connections: 100_000,
+            reserved_percent: 5,
             listen_backlog: 4096,
             request_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
@@ -400,6 +412,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1");
+        }
+        if self.server.reserved_percent > 50 {
+            return bad("server.reserved_percent", "must be 0 to 50");
         }
         if self.server.listen_backlog == 0 || self.server.listen_backlog > 65535 {
             return bad("server.listen_backlog", "must be 1 to 65535");

@@ -8,8 +8,13 @@
 
 use std::fs;
 
-/// Descriptors kept for listeners, storage connections, files and the admin listener.
-const RESERVE: u64 = 1024;
+use crate::config::ServerConfig;
+
+/// Descriptors kept out of `max_connections` for listeners, storage connections, files and the
+/// admin listener: a twentieth of the open-files limit, 64 to 1024.
+pub fn fd_reserve(nofile: u64) -> u64 {
+    (nofile / 20).clamp(64, 1024)
+}
 
 /// What one reading of the host found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -59,7 +64,8 @@ impl Host {
     /// One warning per limit that caps `max_connections` (or the backlog) below its setting,
     /// each naming the setting that raises it.
     pub fn warnings(&self, max_connections: u64, backlog: u64) -> Vec<String> {
-        let wanted = max_connections + RESERVE;
+        let reserve = fd_reserve(self.nofile.0.unwrap_or(u64::MAX));
+        let wanted = max_connections + reserve;
         let mut out = Vec::new();
         if let (Some(soft), hard) = self.nofile {
             if soft < wanted {
@@ -68,7 +74,7 @@ impl Host {
                      connections of server.max_connections = {max_connections}; raise it to {wanted} \
                      or more (systemd LimitNOFILE=, docker run --ulimit nofile=, ulimit -n)",
                     hard.map_or("unlimited".to_string(), |h| h.to_string()),
-                    soft.saturating_sub(RESERVE)
+                    soft.saturating_sub(reserve)
                 ));
             }
         }
@@ -115,9 +121,66 @@ impl Host {
     }
 }
 
-/// Logs each limit that caps this configuration.
-pub fn check(max_connections: usize, backlog: u32) {
-    for w in Host::read().warnings(max_connections as u64, u64::from(backlog)) {
+/// Raises the soft open-files limit to the hard one (the soft default of 1024 is there for
+/// programs using select(2), which this one does not).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            log::warn!(
+                "cannot raise the open-files limit to {}: {}",
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Fits `server` to the open-files limit `nofile`: `max_connections` leaves `fd_reserve`
+/// descriptors free. Returns what was changed.
+pub fn fit_to(server: &mut ServerConfig, nofile: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let reserve = fd_reserve(nofile);
+    let most = nofile.saturating_sub(reserve).max(1) as usize;
+    if server.max_connections > most {
+        out.push(format!(
+            "server.max_connections lowered from {} to {most}: the open-files limit \
+             (RLIMIT_NOFILE) is {nofile} and {reserve} descriptors are kept for listeners, \
+             storage and files; raise the limit to {} or more (systemd LimitNOFILE=, \
+             docker run --ulimit nofile=, ulimit -n)",
+            server.max_connections,
+            server.max_connections as u64 + reserve
+        ));
+        server.max_connections = most;
+    }
+    out
+}
+
+/// At start: raises the open-files limit, fits `server` to it (with a warning per change), and
+/// logs each host limit that still caps this configuration.
+pub fn fit(server: &mut ServerConfig) {
+    raise_nofile();
+    let host = Host::read();
+    if let Some(nofile) = host.nofile.0 {
+        for w in fit_to(server, nofile) {
+            log::warn!("host limit: {w}");
+        }
+    }
+    // The open-files limit has been dealt with: max_connections fits it now.
+    let rest = Host {
+        nofile: (None, None),
+        ..host
+    };
+    let wanted = server.max_connections as u64;
+    for w in rest.warnings(wanted, u64::from(server.listen_backlog)) {
         log::warn!("host limit: {w}");
     }
 }
@@ -167,9 +230,30 @@ mod tests {
                 "{needle}: {w:#?}"
             );
         }
-        assert!(w[0].contains("at most about 18976 connections"), "{}", w[0]);
+        assert!(w[0].contains("at most about 19000 connections"), "{}", w[0]);
         // fs.file-max (2.47M) holds 1.05M.
         assert!(!w.iter().any(|l| l.contains("fs.file-max")));
+    }
+
+    #[test]
+    fn max_connections_leaves_the_reserve_free() {
+        let mut s = ServerConfig::default();
+        assert_eq!((s.max_connections, s.device_share()), (100_000, 95_000));
+        let said = fit_to(&mut s, 20_000);
+        assert_eq!((s.max_connections, s.device_share()), (19_000, 18_050));
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("lowered from 100000 to 19000"),
+            "{}",
+            said[0]
+        );
+        let said = fit_to(&mut s, 300);
+        assert_eq!((s.max_connections, s.device_share()), (236, 225));
+        assert_eq!(said.len(), 1, "{said:?}");
+        // A roomy host changes nothing.
+        let mut s = ServerConfig::default();
+        assert!(fit_to(&mut s, 1_048_576).is_empty());
+        assert_eq!(s.max_connections, 100_000);
     }
 
     #[test]

@@ -84,14 +84,14 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cfg = match Config::load(path.as_deref(), std::env::vars()) {
+    let mut cfg = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("simplepush: {e}");
             return ExitCode::from(2);
         }
     };
-    simplepush::host_limits::check(cfg.server.max_connections, cfg.server.listen_backlog);
+    simplepush::host_limits::fit(&mut cfg.server);
     let keys = match token_keys(&cfg) {
         Ok(k) => k,
         Err(e) => {

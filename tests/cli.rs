@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -199,7 +200,10 @@ fn host_limits_that_cap_the_configuration_are_warned_at_start() {
     // 300 descriptors against the default max_connections of 100,000.
     let s = Server::start_with_fd_limit(300);
     assert!(
-        s.wait_log("host limit: the open-files limit (RLIMIT_NOFILE) is 300"),
+        s.wait_log(
+            "host limit: server.max_connections lowered from 100000 to 236: the open-files \
+             limit (RLIMIT_NOFILE) is 300"
+        ),
         "{}",
         s.log()
     );
@@ -234,4 +238,47 @@ fn host_limits_that_cap_the_configuration_are_warned_at_start() {
         "{}",
         quiet.log()
     );
+}
+
+#[test]
+fn devices_that_fill_their_share_leave_room_for_operators_and_app_servers() {
+    // 300 descriptors: max_connections becomes 236, of which 5% (11) devices cannot take.
+    let s = Server::start_with_fd_limit(300);
+    let mut devices: Vec<common::Client> = (0..225).map(|_| s.client()).collect();
+    let mut eps = Vec::new();
+    for (i, c) in devices.iter_mut().enumerate().take(3) {
+        c.hello_new();
+        eps.push(c.register(&chid(i as u32)));
+    }
+    // One device more is refused with a status, not left hanging.
+    let upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let refused = common::raw_http(s.addr, upgrade);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("retry-after").as_deref(), Some("30"));
+    assert!(
+        s.wait_log("device WebSockets fill their share"),
+        "{}",
+        s.log()
+    );
+    // App servers and operators are still served.
+    assert_eq!(common::put(&eps[0], "version=7").status, 200);
+    assert_eq!(devices[0].recv()["updates"][0]["version"], 7);
+    let m = s.metrics();
+    let ws = m[r#"simplepush_connections{state="awaiting_hello"}"#]
+        + m[r#"simplepush_connections{state="ready"}"#];
+    assert_eq!(ws, 225.0, "{m:?}");
+    assert!(m["simplepush_refused_connections_total"] >= 1.0, "{m:?}");
+    // Idle HTTP connections fill what is left of max_connections: the admin listener still answers.
+    let fillers: Vec<TcpStream> = (0..11)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let m = s.metrics();
+    // 236 open before the admin request came: 225 devices, 11 idle fillers.
+    assert!(
+        m[r#"simplepush_connections{state="http"}"#] >= 11.0,
+        "{m:?}"
+    );
+    drop(fillers);
 }

@@ -185,6 +185,13 @@ impl Server {
                 return self.respond(key, endpoint::not_found().closing(), false);
             }
             return match upgrade {
+                Ok(_) if self.device_share_full() => {
+                    self.log_refusal("device WebSockets fill their share of max_connections");
+                    let r = Response::json(503, "\"Too many devices connected; try again later\"")
+                        .header("Retry-After: 30")
+                        .closing();
+                    self.respond(key, r, false)
+                }
                 Ok(up) => self.start_upgrade(key, &head, up),
                 Err(r) => self.respond(key, r.clone(), false),
             };

@@ -67,6 +67,8 @@ const BUDGET: usize = 64;
 
 /// How often a drain closes its next share of sockets.
 const DRAIN_TICK_MS: u64 = 20;
+/// Admin connections allowed past `max_connections` (within the descriptors kept at start).
+const ADMIN_EXTRA: usize = 16;
 
 /// A shutdown's sockets, closed a share at a time.
 struct Drain {
@@ -737,8 +739,16 @@ impl Server {
         }
     }
 
+    /// Device WebSockets hold their share of `max_connections`: the rest is kept for app servers.
+    fn device_share_full(&self) -> bool {
+        self.peers.websockets.load(Ordering::Relaxed) >= self.cfg.server.device_share()
+    }
+
     fn admit(&mut self, stream: TcpStream, roles: Roles) {
-        if self.peers.open.load(Ordering::Relaxed) >= self.cfg.server.max_connections {
+        // The admin listener may go a little past max_connections (the descriptors reserved at
+        // start cover it), so that operators still see a server whose connections are full.
+        let most = self.cfg.server.max_connections + if roles.admin { ADMIN_EXTRA } else { 0 };
+        if self.peers.open.load(Ordering::Relaxed) >= most {
             self.log_refusal("max_connections reached");
             return;
         }
