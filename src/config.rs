@@ -97,6 +97,10 @@ impl Default for ServerConfig {
 pub struct WebSocketConfig {
     /// Largest accepted client message in bytes (at least 1 MiB).
     pub max_message_size: usize,
+    /// Largest message before hello completes (the hello itself).
+    pub max_hello_size: usize,
+    /// Partial input (unfinished frames) all sockets together may hold, in bytes.
+    pub partial_input_budget: usize,
     /// Sockets that have not completed hello this long after the upgrade are closed.
     pub hello_timeout_ms: u64,
     /// Pings closer together than this close the socket with 401; 0 = no limit.
@@ -111,6 +115,8 @@ impl Default for WebSocketConfig {
     fn default() -> WebSocketConfig {
         WebSocketConfig {
             max_message_size: 1 << 20,
+            max_hello_size: 256 * 1024,
+            partial_input_budget: 32 << 20,
             hello_timeout_ms: 30_000,
             min_ping_interval_ms: 20_000,
             max_channels: 200,
@@ -418,6 +424,18 @@ impl Config {
         }
         if self.server.listen_backlog == 0 || self.server.listen_backlog > 65535 {
             return bad("server.listen_backlog", "must be 1 to 65535");
+        }
+        if !(4096..=self.websocket.max_message_size).contains(&self.websocket.max_hello_size) {
+            return bad(
+                "websocket.max_hello_size",
+                "must be 4096 to websocket.max_message_size",
+            );
+        }
+        if self.websocket.partial_input_budget < 1 << 20 {
+            return bad(
+                "websocket.partial_input_budget",
+                "must be at least 1048576 (1 MiB)",
+            );
         }
         if self.websocket.max_message_size < 1 << 20 {
             return bad(

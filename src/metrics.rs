@@ -307,6 +307,14 @@ pub fn render(g: &Gauges) -> String {
     ] {
         let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
     }
+    let name = "simplepush_websocket_partial_input_bytes";
+    family(
+        &mut out,
+        name,
+        "Unfinished WebSocket frames and messages held by all sockets (websocket.partial_input_budget).",
+        "gauge",
+    );
+    let _ = writeln!(out, "{name} {}", crate::ws::partial_bytes());
     let labelled = [
         (
             "simplepush_commands_total",

@@ -7,6 +7,7 @@
 //! take is kept, up to a cap.
 
 use std::io::{self, Cursor, ErrorKind, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mio::net::TcpStream;
 
@@ -24,6 +25,30 @@ const MAX_CONTROL: usize = 125;
 const READ_BUDGET: usize = 4;
 /// Frames that complete no message (pings, pongs, fragments) per call before it yields.
 const FRAME_BUDGET: usize = 64;
+
+/// A socket holding at most this much partial input is never the one closed when the process is
+/// over its budget, so that devices still connect and talk while attackers hold the budget
+/// (their sockets then cost at most this each, until the request or hello timeout).
+const FAIR_SHARE: usize = 4096;
+
+/// Bytes of partial input (unfinished frames, fragmented messages) every socket of the process
+/// holds together; each [`Link`] adds and takes back its own share.
+static PARTIAL_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Partial input held by every WebSocket of the process, in bytes.
+pub fn partial_bytes() -> usize {
+    PARTIAL_BYTES.load(Ordering::Relaxed)
+}
+
+/// What one read may let a socket hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// The longest message (a frame, or a fragmented message put together).
+    pub max_size: usize,
+    /// Partial input of the whole process above which a socket holding more than its fair share
+    /// is closed when a read adds to it.
+    pub budget: usize,
+}
 
 /// A complete message, or the peer's close.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +72,9 @@ pub enum WsError {
     BadUtf8,
     /// Unsent output above the cap: a peer that does not read.
     OutputFull,
+    /// The process holds its budget of partial input and this socket more than its fair share
+    /// (close code 1008).
+    OverBudget,
     /// The connection ended or failed.
     Io(io::Error),
 }
@@ -58,6 +86,7 @@ impl std::fmt::Display for WsError {
             WsError::Protocol(why) => write!(f, "protocol error: {why}"),
             WsError::BadUtf8 => f.write_str("text message is not UTF-8"),
             WsError::OutputFull => f.write_str("peer does not read its output"),
+            WsError::OverBudget => f.write_str("partial input over the process's budget"),
             WsError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -70,6 +99,7 @@ impl WsError {
             WsError::TooBig => Some(CloseCode::Size),
             WsError::Protocol(_) => Some(CloseCode::Protocol),
             WsError::BadUtf8 => Some(CloseCode::Invalid),
+            WsError::OverBudget => Some(CloseCode::Policy),
             WsError::OutputFull | WsError::Io(_) => None,
         }
     }
@@ -104,6 +134,14 @@ pub struct Link {
     close_received: bool,
     /// Frames are gathered in `output` until [`Link::uncork`]: one write for several replies.
     corked: bool,
+    /// This socket's part of [`PARTIAL_BYTES`].
+    held: u32,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        PARTIAL_BYTES.fetch_sub(self.held as usize, Ordering::Relaxed);
+    }
 }
 
 impl Link {
@@ -115,7 +153,7 @@ impl Link {
                 pos: 0,
             })
         });
-        Link {
+        let mut link = Link {
             stream,
             input,
             fragments: None,
@@ -123,7 +161,24 @@ impl Link {
             close_sent: false,
             close_received: false,
             corked: false,
+            held: 0,
+        };
+        link.account();
+        link
+    }
+
+    /// Brings this socket's part of [`PARTIAL_BYTES`] up to date; returns what it holds.
+    fn account(&mut self) -> usize {
+        let now = self.input.as_ref().map_or(0, |i| i.buf.capacity())
+            + self.fragments.as_ref().map_or(0, |f| f.data.capacity());
+        let now = u32::try_from(now).unwrap_or(u32::MAX);
+        if now > self.held {
+            PARTIAL_BYTES.fetch_add((now - self.held) as usize, Ordering::Relaxed);
+        } else {
+            PARTIAL_BYTES.fetch_sub((self.held - now) as usize, Ordering::Relaxed);
         }
+        self.held = now;
+        now as usize
     }
 
     /// Gathers the frames sent from now on, to write them together at [`Link::uncork`].
@@ -175,12 +230,26 @@ impl Link {
     pub fn next(
         &mut self,
         scratch: &mut Vec<u8>,
-        max_size: usize,
+        limits: ReadLimits,
+    ) -> Result<Option<Incoming>, WsError> {
+        let got = self.read_message(scratch, limits);
+        self.account();
+        got
+    }
+
+    fn read_message(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        limits: ReadLimits,
     ) -> Result<Option<Incoming>, WsError> {
         let (mut reads, mut frames) = (0, 0);
         loop {
-            if let Some(msg) = self.parse(max_size, &mut frames)? {
+            if let Some(msg) = self.parse(limits.max_size, &mut frames)? {
                 return Ok(Some(msg));
+            }
+            // Checked once what was read is parsed, so a frame too long is refused as such.
+            if self.account() > FAIR_SHARE && partial_bytes() > limits.budget {
+                return Err(WsError::OverBudget);
             }
             if reads == READ_BUDGET {
                 return Ok(Some(Incoming::Busy));
@@ -430,6 +499,13 @@ fn complete(text: bool, data: Vec<u8>) -> Result<Incoming, WsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(max_size: usize) -> ReadLimits {
+        ReadLimits {
+            max_size,
+            budget: usize::MAX,
+        }
+    }
     use std::io::Write;
     use std::time::Duration;
 
@@ -469,7 +545,7 @@ mod tests {
         let mut scratch = Vec::new();
         // The peer's bytes may take a moment to arrive on loopback.
         for _ in 0..100 {
-            match link.next(&mut scratch, 1 << 20) {
+            match link.next(&mut scratch, limits(1 << 20)) {
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
                 other => return other,
             }
@@ -487,7 +563,7 @@ mod tests {
         peer.write_all(&bytes[..3]).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         let mut scratch = Vec::new();
-        assert!(link.next(&mut scratch, 1 << 20).unwrap().is_none());
+        assert!(link.next(&mut scratch, limits(1 << 20)).unwrap().is_none());
         peer.write_all(&bytes[3..]).unwrap();
         assert_eq!(
             next(&mut link).unwrap(),
@@ -545,7 +621,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let mut scratch = Vec::new();
         assert!(matches!(
-            link.next(&mut scratch, 1000),
+            link.next(&mut scratch, limits(1000)),
             Err(WsError::TooBig)
         ));
         let (mut link, mut peer) = pair();
@@ -554,7 +630,7 @@ mod tests {
         peer.write_all(&bytes).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert!(matches!(
-            link.next(&mut scratch, 1000),
+            link.next(&mut scratch, limits(1000)),
             Err(WsError::TooBig)
         ));
     }
@@ -611,7 +687,7 @@ mod tests {
         let mut scratch = Vec::new();
         let mut busy = 0;
         loop {
-            match link.next(&mut scratch, 1 << 20).unwrap() {
+            match link.next(&mut scratch, limits(1 << 20)).unwrap() {
                 Some(Incoming::Busy) => busy += 1,
                 Some(Incoming::Data(d)) => {
                     assert_eq!(d, b"after");

@@ -125,3 +125,73 @@ fn a_client_that_never_reads_is_dropped_not_buffered() {
     );
     drop(c);
 }
+
+/// The header of a masked text frame of `len` bytes.
+fn frame_header(len: u64) -> Vec<u8> {
+    let mut h = vec![0x81, 0x80 | 127];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[1, 2, 3, 4]);
+    h
+}
+
+/// Sends the header of a 1,048,000-byte frame and all but its last 1,000 bytes, then goes quiet
+/// (the socket is kept open by the caller); write errors mean the server closed it.
+fn pin_a_megabyte(mut s: TcpStream) -> TcpStream {
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s
+        .write_all(&frame_header(1_048_000))
+        .and_then(|()| s.write_all(&vec![b'x'; 1_047_000]));
+    s
+}
+
+#[test]
+fn unfinished_frames_cannot_pin_the_servers_memory() {
+    let s = Server::start();
+    let ep_of = |c: &mut Client, i: u32| {
+        c.hello_new();
+        c.register(&chid(i))
+    };
+    let before = s.rss();
+    // 1,000 sockets after hello and 1,000 before it, each sending most of a 1 MiB frame.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let mut c = s.client();
+        c.hello_new();
+        let stream = c.ws.get_ref().try_clone().unwrap();
+        held.push((c, pin_a_megabyte(stream)));
+    }
+    let mut before_hello = Vec::new();
+    for _ in 0..1000 {
+        let c = s.client();
+        let stream = c.ws.get_ref().try_clone().unwrap();
+        before_hello.push((c, pin_a_megabyte(stream)));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = s.rss().saturating_sub(before);
+    assert!(
+        grown <= 64 << 20,
+        "2,000 unfinished frames cost {} MiB",
+        grown >> 20
+    );
+    // A frame too long for a hello is refused at its header, with 1009.
+    let (mut c, _) = before_hello.pop().unwrap();
+    assert_eq!(c.expect_close(), Some(1009));
+    // Well-behaved devices register and receive meanwhile.
+    for i in 0..100 {
+        let mut c = s.client();
+        let ep = ep_of(&mut c, i);
+        assert_eq!(put(&ep, &format!("version={}", i + 1)).status, 200);
+        assert_eq!(c.recv()["updates"][0]["version"], i + 1);
+    }
+    // The budget (32 MiB), plus at most 4 KiB for each socket holding less than that.
+    let m = s.metrics();
+    let partial = m["simplepush_websocket_partial_input_bytes"];
+    assert!(partial <= ((32u64 << 20) + 2000 * 4096) as f64, "{partial}");
+    eprintln!(
+        "2,000 unfinished frames: server RSS {} -> {} MiB, partial input held {:.1} MiB",
+        before >> 20,
+        (before + grown) >> 20,
+        partial / 1048576.0
+    );
+    drop(held);
+}

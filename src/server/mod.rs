@@ -45,7 +45,7 @@ use crate::store::{
 use crate::token::Tokens;
 use crate::transport::{Stream, Tls};
 use crate::webpush;
-use crate::ws::{Incoming, Link};
+use crate::ws::{Incoming, Link, ReadLimits};
 
 mod broadcasts;
 mod cluster;

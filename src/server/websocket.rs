@@ -119,8 +119,16 @@ impl Server {
                 self.again.push(key);
                 break;
             }
-            let max = self.cfg.websocket.max_message_size;
-            match w.link.next(&mut self.scratch, max) {
+            let ws = &self.cfg.websocket;
+            // Before hello a client is anonymous: a hello is a few KiB, never a megabyte.
+            let limits = ReadLimits {
+                max_size: match w.bound {
+                    None => ws.max_hello_size,
+                    Some(_) => ws.max_message_size,
+                },
+                budget: ws.partial_input_budget,
+            };
+            match w.link.next(&mut self.scratch, limits) {
                 Ok(Some(Incoming::Data(payload))) => self.on_payload(key, &payload),
                 Ok(Some(Incoming::Close)) => self.on_peer_close(key),
                 Ok(Some(Incoming::Busy)) => {
