@@ -1,8 +1,9 @@
 //! Configuration: a TOML file, then `SIMPLEPUSH_<SECTION>_<KEY>` environment overrides, then validation.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -331,6 +332,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 const ENV_PREFIX: &str = "SIMPLEPUSH_";
+/// The environment variable naming the config file (the `--config` flag wins over it).
+pub const CONFIG_ENV: &str = "SIMPLEPUSH_CONFIG";
 /// memcached reads larger expiry times as absolute Unix times.
 const MAX_TTL: u64 = 30 * 24 * 3600;
 
@@ -339,22 +342,39 @@ fn bad<T>(key: &str, why: &str) -> Result<T, ConfigError> {
     Err(ConfigError(format!("config: {key}: {why}")))
 }
 
+/// The config file to read: the `--config` flag's, else `SIMPLEPUSH_CONFIG`'s (empty = none).
+pub fn file_path(flag: Option<PathBuf>, env: Option<OsString>) -> Option<PathBuf> {
+    flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+/// A loaded configuration, and what the environment held that it ignored.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Why each unknown `SIMPLEPUSH_…` variable was ignored, one line each (for warnings).
+    pub ignored: Vec<String>,
+}
+
 impl Config {
     /// Loads the file (if any), applies environment overrides and validates.
     pub fn load(
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Loaded, ConfigError> {
         let mut table = match path {
             Some(p) => read_table(p)?,
             None => toml::Table::new(),
         };
-        apply_env(&mut table, env)?;
+        let ignored = apply_env(&mut table, env)?;
         // Through text, so that a type error shows the offending line and key.
         let text = toml::to_string(&table).map_err(|e| ConfigError(format!("config: {e}")))?;
         let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError(format!("config: {e}")))?;
         cfg.validate()?;
-        Ok(cfg)
+        Ok(Loaded {
+            config: cfg,
+            ignored,
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -590,16 +610,22 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
 }
 
 /// Maps `SIMPLEPUSH_SERVER_LISTEN=…` onto `[server] listen`, typed like the default value.
+/// Variables that name no setting are returned, described, rather than refused: Kubernetes sets
+/// `SIMPLEPUSH_SERVICE_HOST`, `SIMPLEPUSH_PORT_8080_TCP` and more for a Service named `simplepush`.
 fn apply_env(
     table: &mut toml::Table,
     env: impl Iterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<String>, ConfigError> {
     let defaults = toml::Table::try_from(Config::default())
         .map_err(|e| ConfigError(format!("config defaults: {e}")))?;
+    let mut ignored = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if name == CONFIG_ENV {
+            continue;
+        }
         let rest = rest.to_ascii_lowercase();
         let found = defaults.iter().find_map(|(section, keys)| {
             let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
@@ -607,9 +633,8 @@ fn apply_env(
             Some((section.clone(), key.to_string(), default.clone()))
         });
         let Some((section, key, default)) = found else {
-            return Err(ConfigError(format!(
-                "environment variable {name}: no such setting"
-            )));
+            ignored.push(unknown_env(&name, &rest, &defaults));
+            continue;
         };
         let value = env_value(&default, &raw).ok_or_else(|| {
             ConfigError(format!("environment variable {name}: bad value {raw:?}"))
@@ -622,7 +647,23 @@ fn apply_env(
         };
         sec.insert(key, value);
     }
-    Ok(())
+    Ok(ignored)
+}
+
+/// Why an unknown variable is ignored; a misspelt key of a real section is pointed out, since
+/// its value (perhaps a secret: the value is never logged) does not take effect.
+fn unknown_env(name: &str, rest: &str, defaults: &toml::Table) -> String {
+    let section = defaults.keys().find(|section| {
+        rest.strip_prefix(section.as_str())
+            .is_some_and(|r| r.starts_with('_'))
+    });
+    match section {
+        Some(section) => format!(
+            "environment variable {name} ignored: [{section}] has no key {:?}",
+            &rest[section.len() + 1..]
+        ),
+        None => format!("environment variable {name} ignored: not a simplepush setting"),
+    }
 }
 
 fn env_value(default: &toml::Value, raw: &str) -> Option<toml::Value> {
@@ -664,7 +705,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::load(None, env(&[])).unwrap();
+        let c = Config::load(None, env(&[])).unwrap().config;
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.websocket.hello_timeout_ms, 30_000);
     }
@@ -672,7 +713,7 @@ mod tests {
     #[test]
     fn the_sample_file_loads() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.sample.toml");
-        let c = Config::load(Some(&p), env(&[])).unwrap();
+        let c = Config::load(Some(&p), env(&[])).unwrap().config;
         let mut d = Config::default();
         // The one difference: `make run` (the sample) keeps its data on disk; a server given no
         // file keeps it in memory rather than creating ./data wherever it was started.
@@ -708,10 +749,81 @@ mod tests {
                 ("OTHER", "x"),
             ]),
         )
-        .unwrap();
+        .unwrap()
+        .config;
         assert_eq!(c.server.listen, "127.0.0.1:9001");
         assert_eq!(c.websocket.max_channels, 7);
         assert_eq!(c.endpoint.token_keys, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_variables_are_ignored_and_reported() {
+        // What Kubernetes injects for a Service named `simplepush`, beside a real override.
+        let loaded = Config::load(
+            None,
+            env(&[
+                ("SIMPLEPUSH_SERVICE_HOST", "10.0.0.1"),
+                ("SIMPLEPUSH_SERVICE_PORT", "8080"),
+                ("SIMPLEPUSH_PORT", "tcp://10.0.0.1:8080"),
+                ("SIMPLEPUSH_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+                ("SIMPLEPUSH_PORT_8080_TCP_ADDR", "10.0.0.1"),
+                ("SIMPLEPUSH_SERVER_NOPE", "1"),
+                ("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS", "9"),
+                ("SIMPLEPUSH_CONFIG", "/somewhere.toml"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.websocket.max_channels, 9);
+        let ignored = &loaded.ignored;
+        assert_eq!(ignored.len(), 6, "{ignored:?}");
+        for name in [
+            "SIMPLEPUSH_SERVICE_HOST ",
+            "SIMPLEPUSH_SERVICE_PORT ",
+            "SIMPLEPUSH_PORT ",
+            "SIMPLEPUSH_PORT_8080_TCP ",
+            "SIMPLEPUSH_PORT_8080_TCP_ADDR ",
+        ] {
+            let line = ignored.iter().find(|l| l.contains(name));
+            assert!(
+                line.is_some_and(|l| l.contains("ignored: not a simplepush setting")),
+                "{name}: {ignored:?}"
+            );
+        }
+        // A misspelt key of a real section says which section lacks it.
+        assert!(
+            ignored.contains(
+                &"environment variable SIMPLEPUSH_SERVER_NOPE ignored: [server] has no key \"nope\""
+                    .to_string()
+            ),
+            "{ignored:?}"
+        );
+        // The variable that names the file is not a setting, and not unknown either.
+        assert!(!ignored.iter().any(|l| l.contains("SIMPLEPUSH_CONFIG")));
+    }
+
+    #[test]
+    fn a_known_variable_with_a_bad_value_is_still_an_error() {
+        let e = Config::load(
+            None,
+            env(&[
+                ("SIMPLEPUSH_SERVICE_HOST", "10.0.0.1"),
+                ("SIMPLEPUSH_SERVER_MAX_CONNECTIONS", "many"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("SIMPLEPUSH_SERVER_MAX_CONNECTIONS"), "{e}");
+        assert!(e.contains("\"many\""), "{e}");
+    }
+
+    #[test]
+    fn the_flag_names_the_file_before_the_variable() {
+        let flag = Some(PathBuf::from("/from/flag.toml"));
+        let var = Some(OsString::from("/from/env.toml"));
+        assert_eq!(file_path(flag.clone(), var.clone()), flag);
+        assert_eq!(file_path(None, var), Some(PathBuf::from("/from/env.toml")));
+        assert_eq!(file_path(None, Some(OsString::new())), None);
+        assert_eq!(file_path(None, None), None);
     }
 
     #[test]
@@ -749,10 +861,6 @@ mod tests {
         let p = write("[server]\nmax_connections = \"many\"\n");
         let e = Config::load(Some(&p), env(&[])).unwrap_err().0;
         assert!(e.contains("max_connections"), "{e}");
-        let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_NOPE", "1")]))
-            .unwrap_err()
-            .0;
-        assert!(e.contains("SIMPLEPUSH_SERVER_NOPE"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS", "x")]))
             .unwrap_err()
             .0;

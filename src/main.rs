@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use log::{info, warn};
 
-use simplepush::config::Config;
+use simplepush::config::{self, Config};
 use simplepush::server;
 use simplepush::token::Tokens;
 
@@ -17,12 +17,14 @@ USAGE:
     simplepush [--config FILE]
 
 OPTIONS:
-    -c, --config FILE   TOML configuration (see config.sample.toml; every key is optional)
+    -c, --config FILE   TOML configuration (see config.sample.toml; every key is optional);
+                        without it, SIMPLEPUSH_CONFIG=FILE names the file (the flag wins)
     -h, --help          print this help
     -V, --version       print the version
 
 Every key can also be set by an environment variable SIMPLEPUSH_<SECTION>_<KEY>,
-e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated.
+e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated. Other SIMPLEPUSH_*
+variables (Kubernetes sets SIMPLEPUSH_SERVICE_HOST and the like) are logged and ignored.
 Logging: RUST_LOG=info (default), debug or trace.
 Listeners: devices and app servers on server.listen (TLS with [tls]), metrics on
 admin.listen (127.0.0.1:8081 by default), cluster forwards on cluster.router_listen.
@@ -84,8 +86,17 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let path = config::file_path(path, std::env::var_os(config::CONFIG_ENV));
     let cfg = match Config::load(path.as_deref(), std::env::vars()) {
-        Ok(c) => c,
+        Ok(loaded) => {
+            if let Some(p) = &path {
+                info!("configuration from {}", p.display());
+            }
+            for line in &loaded.ignored {
+                warn!("{line}");
+            }
+            loaded.config
+        }
         Err(e) => {
             eprintln!("simplepush: {e}");
             return ExitCode::from(2);

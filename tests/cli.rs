@@ -32,6 +32,7 @@ fn help_and_version() {
     let (code, out, _) = run(&["--help"], &[]);
     assert_eq!(code, 0);
     assert!(out.contains("--config") && out.contains("SIMPLEPUSH_"));
+    assert!(out.contains("SIMPLEPUSH_CONFIG=FILE"), "{out}");
     let (code, out, _) = run(&["--version"], &[]);
     assert_eq!(code, 0);
     assert!(out.starts_with("simplepush "));
@@ -87,6 +88,70 @@ fn environment_overrides_the_file() {
         s.terminate(Duration::from_secs(5)).and_then(|st| st.code()),
         Some(0)
     );
+}
+
+#[test]
+fn kubernetes_service_variables_are_warned_about_and_ignored() {
+    let f = temp_file("k8s.toml", "[server]\nlisten = \"127.0.0.1:0\"\n");
+    // What Kubernetes injects into every pod of the namespace for a Service named `simplepush`.
+    let s = Server::spawn(
+        &["--config", &f],
+        &[
+            ("SIMPLEPUSH_SERVICE_HOST", "10.0.0.1"),
+            ("SIMPLEPUSH_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+        ],
+    );
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert_eq!(common::put(&ep, "version=7").status, 200);
+    assert_eq!(c.recv()["updates"][0]["version"], 7);
+    let log = s.log();
+    for name in ["SIMPLEPUSH_SERVICE_HOST", "SIMPLEPUSH_PORT_8080_TCP"] {
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("environment variable {name} ignored")))
+            .collect();
+        assert_eq!(warned.len(), 1, "one warning for {name}: {log}");
+        assert!(warned[0].contains("WARN"), "{log}");
+    }
+}
+
+#[test]
+fn simplepush_config_names_the_file_unless_the_flag_does() {
+    let from_env = temp_file(
+        "from-env.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://env-file.example\"\n",
+    );
+    let s = Server::spawn(&[], &[("SIMPLEPUSH_CONFIG", &from_env)]);
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert!(ep.starts_with("https://env-file.example/update/"), "{ep}");
+    assert!(s.log().contains(&format!("configuration from {from_env}")));
+    assert!(
+        !s.log().contains("SIMPLEPUSH_CONFIG ignored"),
+        "{}",
+        s.log()
+    );
+    drop(s);
+    let from_flag = temp_file(
+        "from-flag.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://flag-file.example\"\n",
+    );
+    let s = Server::spawn(
+        &["--config", &from_flag],
+        &[("SIMPLEPUSH_CONFIG", &from_env)],
+    );
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert!(ep.starts_with("https://flag-file.example/update/"), "{ep}");
+    drop(s);
+    // A file named by the variable that is not there stops the server like a missing --config.
+    let (code, _, err) = run(&[], &[("SIMPLEPUSH_CONFIG", "/no/such/env-file.toml")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/env-file.toml"), "{err}");
 }
 
 #[test]
