@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod env;
+mod source;
+
+use source::Source;
+
 /// Everything the server can be told.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -321,11 +326,77 @@ impl Default for ClusterConfig {
 
 /// A configuration problem, naming the file, key or variable at fault.
 #[derive(Debug)]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// The config file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        error: std::io::Error,
+    },
+    /// A fault at a place in the config file: not TOML, an unknown key, a value of the wrong
+    /// type, or a value the checks refuse.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when the fault has a place.
+        line: Option<usize>,
+        /// 1-based column in characters, when the fault has a place.
+        column: Option<usize>,
+        /// The dotted key path (`websocket.max_channels`), when the place is in a key.
+        key: Option<String>,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A `SIMPLEPUSH_…` variable for a known key, with a value the key cannot take.
+    Env {
+        /// The variable.
+        name: String,
+        /// The dotted key path it sets.
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A value the checks refuse that neither the file nor a variable set (a default at odds with
+    /// another setting).
+    Invalid {
+        /// The dotted key path (or section).
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "config file {}: {error}", path.display())
+            }
+            ConfigError::File {
+                path,
+                line,
+                column,
+                key,
+                message,
+            } => {
+                write!(f, "config file {}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ", line {line}")?;
+                }
+                if let Some(column) = column {
+                    write!(f, ", column {column}")?;
+                }
+                if let Some(key) = key {
+                    write!(f, ", key {key}")?;
+                }
+                write!(f, ": {message}")
+            }
+            ConfigError::Env { name, key, message } => {
+                write!(f, "environment variable {name} (key {key}): {message}")
+            }
+            ConfigError::Invalid { key, message } => write!(f, "config: {key}: {message}"),
+        }
     }
 }
 
@@ -337,9 +408,12 @@ pub const CONFIG_ENV: &str = "SIMPLEPUSH_CONFIG";
 /// memcached reads larger expiry times as absolute Unix times.
 const MAX_TTL: u64 = 30 * 24 * 3600;
 
-/// A validation error naming the key.
+/// A validation error naming the key (placed in the file or a variable by `Config::load`).
 fn bad<T>(key: &str, why: &str) -> Result<T, ConfigError> {
-    Err(ConfigError(format!("config: {key}: {why}")))
+    Err(ConfigError::Invalid {
+        key: key.to_string(),
+        message: why.to_string(),
+    })
 }
 
 /// The config file to read: the `--config` flag's, else `SIMPLEPUSH_CONFIG`'s (empty = none).
@@ -357,23 +431,24 @@ pub struct Loaded {
 }
 
 impl Config {
-    /// Loads the file (if any), applies environment overrides and validates.
+    /// Loads the file (if any), applies environment overrides and validates. Faults are reported
+    /// where they were written: the file's line and column, or the variable.
     pub fn load(
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Loaded, ConfigError> {
-        let mut table = match path {
-            Some(p) => read_table(p)?,
-            None => toml::Table::new(),
+        let source = path.map(Source::read).transpose()?;
+        let file = match &source {
+            Some(s) => s.config()?,
+            None => Config::default(),
         };
-        let ignored = apply_env(&mut table, env)?;
-        // Through text, so that a type error shows the offending line and key.
-        let text = toml::to_string(&table).map_err(|e| ConfigError(format!("config: {e}")))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError(format!("config: {e}")))?;
-        cfg.validate()?;
+        let (config, over) = env::apply(file, env)?;
+        config
+            .validate()
+            .map_err(|e| locate(e, source.as_ref(), &over))?;
         Ok(Loaded {
-            config: cfg,
-            ignored,
+            config,
+            ignored: over.ignored,
         })
     }
 
@@ -602,83 +677,22 @@ impl Config {
     }
 }
 
-fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
-}
-
-/// Maps `SIMPLEPUSH_SERVER_LISTEN=…` onto `[server] listen`, typed like the default value.
-/// Variables that name no setting are returned, described, rather than refused: Kubernetes sets
-/// `SIMPLEPUSH_SERVICE_HOST`, `SIMPLEPUSH_PORT_8080_TCP` and more for a Service named `simplepush`.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl Iterator<Item = (String, String)>,
-) -> Result<Vec<String>, ConfigError> {
-    let defaults = toml::Table::try_from(Config::default())
-        .map_err(|e| ConfigError(format!("config defaults: {e}")))?;
-    let mut ignored = Vec::new();
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
+/// Where a refused value was set: by a variable, else in the file, else nowhere (a default).
+fn locate(e: ConfigError, source: Option<&Source>, over: &env::Overrides) -> ConfigError {
+    let ConfigError::Invalid { key, message } = e else {
+        return e;
+    };
+    if let Some(name) = over.setter(&key) {
+        return ConfigError::Env {
+            name: name.to_string(),
+            key,
+            message,
         };
-        if name == CONFIG_ENV {
-            continue;
-        }
-        let rest = rest.to_ascii_lowercase();
-        let found = defaults.iter().find_map(|(section, keys)| {
-            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
-            let default = keys.as_table()?.get(key)?;
-            Some((section.clone(), key.to_string(), default.clone()))
-        });
-        let Some((section, key, default)) = found else {
-            ignored.push(unknown_env(&name, &rest, &defaults));
-            continue;
-        };
-        let value = env_value(&default, &raw).ok_or_else(|| {
-            ConfigError(format!("environment variable {name}: bad value {raw:?}"))
-        })?;
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(sec) = entry.as_table_mut() else {
-            return Err(ConfigError(format!("config: {section} must be a table")));
-        };
-        sec.insert(key, value);
     }
-    Ok(ignored)
-}
-
-/// Why an unknown variable is ignored; a misspelt key of a real section is pointed out, since
-/// its value (perhaps a secret: the value is never logged) does not take effect.
-fn unknown_env(name: &str, rest: &str, defaults: &toml::Table) -> String {
-    let section = defaults.keys().find(|section| {
-        rest.strip_prefix(section.as_str())
-            .is_some_and(|r| r.starts_with('_'))
-    });
-    match section {
-        Some(section) => format!(
-            "environment variable {name} ignored: [{section}] has no key {:?}",
-            &rest[section.len() + 1..]
-        ),
-        None => format!("environment variable {name} ignored: not a simplepush setting"),
+    match source {
+        Some(s) if s.sets(&key) => s.refused(key, message),
+        _ => ConfigError::Invalid { key, message },
     }
-}
-
-fn env_value(default: &toml::Value, raw: &str) -> Option<toml::Value> {
-    Some(match default {
-        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
-        toml::Value::Array(_) => toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
-        ),
-        _ => toml::Value::String(raw.to_string()),
-    })
 }
 
 #[cfg(test)]
@@ -735,6 +749,133 @@ mod tests {
                 assert!(present, "config.sample.toml lacks {section}.{key}");
             }
         }
+    }
+
+    /// A copy of config.sample.toml whose last line reading `from` reads `to`; and that line's
+    /// number, counted in the copy.
+    fn sample_with(from: &str, to: &str) -> (PathBuf, usize) {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.sample.toml");
+        let text = std::fs::read_to_string(p).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().rposition(|l| *l == from).expect(from);
+        lines[at] = to;
+        let copy = write(&(lines.join("\n") + "\n"));
+        let written = std::fs::read_to_string(&copy).unwrap();
+        assert_eq!(written.lines().nth(at), Some(to));
+        (copy, at + 1)
+    }
+
+    fn file_error(e: ConfigError) -> (PathBuf, usize, usize, String, String) {
+        match e {
+            ConfigError::File {
+                path,
+                line: Some(line),
+                column: Some(column),
+                key: Some(key),
+                message,
+            } => (path, line, column, key, message),
+            other => panic!("not placed in the file: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_deep_in_a_long_file_is_reported_at_its_own_line() {
+        let (p, line) = sample_with("secret = \"\"", "secrte = \"\"");
+        // Near the end of the file: the old report, from a re-serialized copy, said line 13.
+        assert!(line > 150, "{line}");
+        let e = Config::load(Some(&p), env(&[])).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "config file {}, line {line}, column 1, key cluster.secrte: unknown key `secrte`",
+                p.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("expected one of") && text.contains("`secret`"),
+            "{text}"
+        );
+        assert_eq!(file_error(e).1, line);
+    }
+
+    #[test]
+    fn a_wrong_type_near_the_end_names_line_column_key_and_the_type_expected() {
+        // `timeout_ms = 1000` is in [wake] and [cluster]: the last one is the cluster's.
+        let (p, line) = sample_with("timeout_ms = 1000", "timeout_ms = \"1s\"");
+        assert!(line > 150, "{line}");
+        let (path, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!(path, p);
+        assert_eq!((at, column), (line, 14), "the value's first character");
+        assert_eq!(key, "cluster.timeout_ms");
+        assert_eq!(
+            message,
+            "invalid type: string \"1s\", expected a non-negative integer"
+        );
+    }
+
+    #[test]
+    fn a_value_the_checks_refuse_is_reported_where_it_was_set() {
+        let (p, line) = sample_with("max_messages = 100", "max_messages = 0");
+        let (_, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, column), (line, 16));
+        assert_eq!(key, "webpush.max_messages");
+        assert_eq!(message, "must be 1 to 1000");
+        // Set by a variable, the variable is named instead of the file's line.
+        let e = Config::load(Some(&p), env(&[("SIMPLEPUSH_WEBPUSH_MAX_MESSAGES", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "environment variable SIMPLEPUSH_WEBPUSH_MAX_MESSAGES (key webpush.max_messages): \
+             must be 1 to 1000"
+        );
+        // And a variable with a good value overrides the file's bad one.
+        let c = Config::load(Some(&p), env(&[("SIMPLEPUSH_WEBPUSH_MAX_MESSAGES", "50")]))
+            .unwrap()
+            .config;
+        assert_eq!(c.webpush.max_messages, 50);
+        // A section-wide check points at the section.
+        let p = write("# tls\n\n[tls]\ncert_file = \"/etc/cert.pem\"\n");
+        let (_, at, _, key, message) = file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, key.as_str()), (3, "tls"));
+        assert_eq!(message, "cert_file and key_file go together");
+    }
+
+    #[test]
+    fn syntax_errors_unknown_sections_and_nested_keys_have_their_place() {
+        let p = write("[server]\nworkers = 1\nlisten = 127.0.0.1\n");
+        let (_, at, _, key, _) = file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, key.as_str()), (3, "server.listen"));
+        let p = write("# broadcasts\n\n[broadcasts.versions]\n\"a/b\" = 1\n");
+        let (_, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, column), (4, 9));
+        assert_eq!(key, "broadcasts.versions.a/b");
+        assert_eq!(message, "invalid type: integer `1`, expected a string");
+        let p = write("[server]\nworkers = 1\n\n[serverz]\nlisten = \"x\"\n");
+        let (_, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, column, key.as_str()), (4, 2, "serverz"));
+        assert!(message.starts_with("unknown key `serverz`"), "{message}");
+        let p = write("[server]\nworkers = 1\n[server]\n");
+        let (_, at, _, key, message) = file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!(
+            (at, key.as_str(), message.as_str()),
+            (3, "server", "duplicate key")
+        );
+    }
+
+    #[test]
+    fn a_variable_out_of_its_keys_range_is_named() {
+        let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_LISTEN_BACKLOG", "-1")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable SIMPLEPUSH_SERVER_LISTEN_BACKLOG (key server.listen_backlog): \
+             \"-1\": invalid value: integer `-1`, expected an integer from 0 to 4294967295"
+        );
     }
 
     #[test]
@@ -856,33 +997,33 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let p = write("[server]\nlisten = \"127.0.0.1:9000\"\nbogus = 1\n");
-        let e = Config::load(Some(&p), env(&[])).unwrap_err().0;
+        let e = Config::load(Some(&p), env(&[])).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
         let p = write("[server]\nmax_connections = \"many\"\n");
-        let e = Config::load(Some(&p), env(&[])).unwrap_err().0;
+        let e = Config::load(Some(&p), env(&[])).unwrap_err().to_string();
         assert!(e.contains("max_connections"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS", "x")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_LISTEN", "nowhere")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("server.listen"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_STORAGE_BACKEND", "redis")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("storage.backend"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_STORAGE_SERVERS", "nohost")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("storage.servers"), "{e}");
         let e = Config::load(
             None,
             env(&[("SIMPLEPUSH_CLUSTER_ROUTER_LISTEN", "127.0.0.1:0")]),
         )
         .unwrap_err()
-        .0;
+        .to_string();
         assert!(e.contains("cluster.secret"), "{e}");
         let e = Config::load(
             None,
@@ -892,15 +1033,15 @@ mod tests {
             ]),
         )
         .unwrap_err()
-        .0;
+        .to_string();
         assert!(e.contains("memcached"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_REQUEST_TIMEOUT_MS", "0")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("server.request_timeout_ms"), "{e}");
         let e = Config::load(Some(Path::new("/nonexistent/x.toml")), env(&[]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
     }
 }

@@ -52,21 +52,80 @@ fn usage_and_config_errors_exit_2_naming_the_problem() {
     );
     let (code, _, err) = run(&["--config", &f], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("lisen"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}, line 3, column 1, key server.lisen: unknown key"
+        )),
+        "{err}"
+    );
     let f = temp_file("type.toml", "[websocket]\nmax_channels = \"lots\"\n");
     let (code, _, err) = run(&["--config", &f], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("max_channels"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}, line 2, column 16, key websocket.max_channels: invalid type: string \"lots\", \
+             expected a non-negative integer"
+        )),
+        "{err}"
+    );
     let f = temp_file("small.toml", "[websocket]\nmax_message_size = 1000\n");
     let (code, _, err) = run(&["--config", &f], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("websocket.max_message_size"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}, line 2, column 20, key websocket.max_message_size: must be at least"
+        )),
+        "{err}"
+    );
     let (code, _, err) = run(&[], &[("SIMPLEPUSH_SERVER_LISTEN", "nowhere")]);
     assert_eq!(code, 2);
     assert!(err.contains("server.listen"), "{err}");
     let (code, _, err) = run(&[], &[("SIMPLEPUSH_ENDPOINT_TOKEN_KEYS", "tooshort")]);
     assert_eq!(code, 2);
     assert!(err.contains("token_keys"), "{err}");
+}
+
+/// A copy of config.sample.toml with its last line reading `from` changed to `to`, and that
+/// line's number in the copy.
+fn sample_with(name: &str, from: &str, to: &str) -> (String, usize) {
+    let sample =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.sample.toml"))
+            .unwrap();
+    let mut lines: Vec<&str> = sample.lines().collect();
+    let at = lines.iter().rposition(|l| *l == from).expect(from);
+    lines[at] = to;
+    (temp_file(name, &(lines.join("\n") + "\n")), at + 1)
+}
+
+#[test]
+fn config_errors_deep_in_a_long_file_name_its_line_column_and_key() {
+    let (f, line) = sample_with("misspelt.toml", "router_url = \"\"", "router_ur1 = \"\"");
+    assert!(line > 150, "near the end of the file: {line}");
+    let (code, out, err) = run(&["--config", &f], &[]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "simplepush: config file {f}, line {line}, column 1, key cluster.router_ur1: \
+             unknown key `router_ur1`, expected one of `router_listen`, `router_url`"
+        )),
+        "{err}"
+    );
+    let (f, line) = sample_with(
+        "wrongtype.toml",
+        "max_messages = 100",
+        "max_messages = true",
+    );
+    assert!(line > 150, "{line}");
+    let (code, _, err) = run(&["--config", &f], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!(
+            "config file {f}, line {line}, column 16, key webpush.max_messages: \
+             invalid type: boolean `true`, expected a non-negative integer"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
