@@ -65,6 +65,9 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, WebSockets are closed evenly over this time, so that devices reconnect to
     /// other nodes gradually; 0 = all at once.
     pub drain_ms: u64,
+    /// Serve `/__lbheartbeat__`, `/__heartbeat__` and `/__version__` on the public listeners too
+    /// (always on the admin listener).
+    pub public_health: bool,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             close_timeout_ms: 2_000,
             shutdown_timeout_ms: 3_000,
             drain_ms: 5_000,
+            public_health: false,
         }
     }
 }

@@ -28,6 +28,8 @@ variables (Kubernetes sets SIMPLEPUSH_SERVICE_HOST and the like) are logged and 
 Logging: RUST_LOG=info (default), debug or trace.
 Listeners: devices and app servers on server.listen (TLS with [tls]), metrics on
 admin.listen (127.0.0.1:8081 by default), cluster forwards on cluster.router_listen.
+Health on admin.listen (and, with server.public_health = true, on server.listen):
+GET /__lbheartbeat__ (liveness), /__heartbeat__ (readiness: storage, draining), /__version__.
 SIGTERM/SIGINT: stop accepting, close device sockets over server.drain_ms, exit.
 Exit codes: 0 after a clean SIGTERM/SIGINT shutdown, 1 on a runtime failure,
 2 on a usage or configuration error.
@@ -143,7 +145,7 @@ fn main() -> ExitCode {
         .map(|a| a.to_string())
         .collect();
     if let Some(admin) = first.admin_addr() {
-        info!("admin listener on {admin} (GET /metrics, /health, /status)");
+        info!("admin listener on {admin} (GET /metrics, /health, /status, /__lbheartbeat__, /__heartbeat__, /__version__)");
     }
     info!(
         "simplepush {} listening on {} (endpoints at {}/update/..., {} event loops)",
