@@ -14,7 +14,8 @@
 #                                   http://0.0.0.0:8080/..., which no app server can reach.
 #   SIMPLEPUSH_ENDPOINT_TOKEN_KEYS  unset, every container start makes a new random key and all
 #                                   endpoints handed out before die.
-# The admin listener (GET /metrics, /health, /status) stays on the container's loopback
+# The admin listener (GET /metrics, /health, /status, /__lbheartbeat__, /__heartbeat__,
+# /__version__) stays on the container's loopback
 # (127.0.0.1:8081) unless SIMPLEPUSH_ADMIN_LISTEN=0.0.0.0:8081 is set; do not publish it publicly.
 #
 # File descriptors: one per connection. Without --ulimit nofile=N:N the container gets the
@@ -29,14 +30,18 @@
 # ---- build --------------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# Only what the build reads: the workspace manifests and lock file, and the three members' sources.
-COPY Cargo.toml Cargo.lock ./
+# Only what the build reads: the workspace manifests and lock file, build.rs (the commit and date
+# that GET /__version__ reports), and the three members' sources.
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY sm ./sm
 COPY loadtest ./loadtest
 # Cache mounts keep the crates.io downloads and compiled dependencies between builds (they need
 # BuildKit, the default builder since Docker 23; the legacy builder rejects RUN --mount).
 # The release profile keeps line tables (debug = 1); the image gets a stripped copy.
+# .git is not in the build context, so /__version__ says "commit":"unknown" unless it is passed:
+#   docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" -t simplepush .
+ARG GIT_COMMIT=
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin simplepush \
@@ -66,10 +71,14 @@ EXPOSE 8080
 # drain_ms + shutdown_timeout_ms (5 s + 3 s by default). `docker stop` waits only 10 s before
 # SIGKILL: use `docker stop -t 30` (or --stop-timeout 30 at `docker run`) if you raise them.
 STOPSIGNAL SIGTERM
-# GET /health: 200, or 503 while the store is unusable (memcached unreachable, the disk full). The slim image has no curl;
-# bash's /dev/tcp speaks the one request instead. It assumes the listener above, port 8080
-# (change it here if SIMPLEPUSH_SERVER_LISTEN moves it).
+# Liveness: GET /__lbheartbeat__ on the admin listener (admin.listen, 127.0.0.1:8081 in the
+# container: the check runs inside it), 200 while the event loops turn. It does not look at
+# storage: a memcached blip must not mark every container unhealthy at once, and restarting them
+# would drop every device. Readiness (storage reachable, not draining) is GET /__heartbeat__, for
+# whatever routes traffic. The slim image has no curl; bash's /dev/tcp speaks the one request
+# instead. Change the port here if SIMPLEPUSH_ADMIN_LISTEN moves it (admin.listen = "" turns the
+# listener off, and this check with it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -c 12 <&3 | grep -q ' 200'"]
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8081 && printf 'GET /__lbheartbeat__ HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -c 12 <&3 | grep -q ' 200'"]
 ENTRYPOINT ["/usr/local/bin/simplepush"]
 CMD ["--config", "/etc/simplepush/config.toml"]

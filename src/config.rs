@@ -1,10 +1,16 @@
 //! Configuration: a TOML file, then `SIMPLEPUSH_<SECTION>_<KEY>` environment overrides, then validation.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+mod env;
+mod source;
+
+use source::Source;
 
 /// Everything the server can be told.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -62,6 +68,9 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, WebSockets are closed evenly over this time, so that devices reconnect to
     /// other nodes gradually; 0 = all at once.
     pub drain_ms: u64,
+    /// Serve `/__lbheartbeat__`, `/__heartbeat__` and `/__version__` on the public listeners too
+    /// (always on the admin listener).
+    pub public_health: bool,
 }
 
 impl ServerConfig {
@@ -87,6 +96,7 @@ impl Default for ServerConfig {
             close_timeout_ms: 2_000,
             shutdown_timeout_ms: 3_000,
             drain_ms: 5_000,
+            public_health: false,
         }
     }
 }
@@ -338,41 +348,130 @@ impl Default for ClusterConfig {
 
 /// A configuration problem, naming the file, key or variable at fault.
 #[derive(Debug)]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// The config file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        error: std::io::Error,
+    },
+    /// A fault at a place in the config file: not TOML, an unknown key, a value of the wrong
+    /// type, or a value the checks refuse.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when the fault has a place.
+        line: Option<usize>,
+        /// 1-based column in characters, when the fault has a place.
+        column: Option<usize>,
+        /// The dotted key path (`websocket.max_channels`), when the place is in a key.
+        key: Option<String>,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A `SIMPLEPUSH_…` variable for a known key, with a value the key cannot take.
+    Env {
+        /// The variable.
+        name: String,
+        /// The dotted key path it sets.
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A value the checks refuse that neither the file nor a variable set (a default at odds with
+    /// another setting).
+    Invalid {
+        /// The dotted key path (or section).
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "config file {}: {error}", path.display())
+            }
+            ConfigError::File {
+                path,
+                line,
+                column,
+                key,
+                message,
+            } => {
+                write!(f, "config file {}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ", line {line}")?;
+                }
+                if let Some(column) = column {
+                    write!(f, ", column {column}")?;
+                }
+                if let Some(key) = key {
+                    write!(f, ", key {key}")?;
+                }
+                write!(f, ": {message}")
+            }
+            ConfigError::Env { name, key, message } => {
+                write!(f, "environment variable {name} (key {key}): {message}")
+            }
+            ConfigError::Invalid { key, message } => write!(f, "config: {key}: {message}"),
+        }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 const ENV_PREFIX: &str = "SIMPLEPUSH_";
+/// The environment variable naming the config file (the `--config` flag wins over it).
+pub const CONFIG_ENV: &str = "SIMPLEPUSH_CONFIG";
 /// memcached reads larger expiry times as absolute Unix times.
 const MAX_TTL: u64 = 30 * 24 * 3600;
 
-/// A validation error naming the key.
+/// A validation error naming the key (placed in the file or a variable by `Config::load`).
 fn bad<T>(key: &str, why: &str) -> Result<T, ConfigError> {
-    Err(ConfigError(format!("config: {key}: {why}")))
+    Err(ConfigError::Invalid {
+        key: key.to_string(),
+        message: why.to_string(),
+    })
+}
+
+/// The config file to read: the `--config` flag's, else `SIMPLEPUSH_CONFIG`'s (empty = none).
+pub fn file_path(flag: Option<PathBuf>, env: Option<OsString>) -> Option<PathBuf> {
+    flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+/// A loaded configuration, and what the environment held that it ignored.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Why each unknown `SIMPLEPUSH_…` variable was ignored, one line each (for warnings).
+    pub ignored: Vec<String>,
 }
 
 impl Config {
-    /// Loads the file (if any), applies environment overrides and validates.
+    /// Loads the file (if any), applies environment overrides and validates. Faults are reported
+    /// where they were written: the file's line and column, or the variable.
     pub fn load(
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
-        let mut table = match path {
-            Some(p) => read_table(p)?,
-            None => toml::Table::new(),
+    ) -> Result<Loaded, ConfigError> {
+        let source = path.map(Source::read).transpose()?;
+        let file = match &source {
+            Some(s) => s.config()?,
+            None => Config::default(),
         };
-        apply_env(&mut table, env)?;
-        // Through text, so that a type error shows the offending line and key.
-        let text = toml::to_string(&table).map_err(|e| ConfigError(format!("config: {e}")))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError(format!("config: {e}")))?;
-        cfg.validate()?;
-        Ok(cfg)
+        let (config, over) = env::apply(file, env)?;
+        config
+            .validate()
+            .map_err(|e| locate(e, source.as_ref(), &over))?;
+        Ok(Loaded {
+            config,
+            ignored: over.ignored,
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -425,6 +524,12 @@ impl Config {
         if self.server.listen_backlog == 0 || self.server.listen_backlog > 65535 {
             return bad("server.listen_backlog", "must be 1 to 65535");
         }
+        if self.websocket.max_message_size < 1 << 20 {
+            return bad(
+                "websocket.max_message_size",
+                "must be at least 1048576 (1 MiB)",
+            );
+        }
         if !(4096..=self.websocket.max_message_size).contains(&self.websocket.max_hello_size) {
             return bad(
                 "websocket.max_hello_size",
@@ -434,12 +539,6 @@ impl Config {
         if self.websocket.partial_input_budget < 1 << 20 {
             return bad(
                 "websocket.partial_input_budget",
-                "must be at least 1048576 (1 MiB)",
-            );
-        }
-        if self.websocket.max_message_size < 1 << 20 {
-            return bad(
-                "websocket.max_message_size",
                 "must be at least 1048576 (1 MiB)",
             );
         }
@@ -615,62 +714,22 @@ impl Config {
     }
 }
 
-fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
-}
-
-/// Maps `SIMPLEPUSH_SERVER_LISTEN=…` onto `[server] listen`, typed like the default value.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl Iterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Config::default())
-        .map_err(|e| ConfigError(format!("config defaults: {e}")))?;
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
+/// Where a refused value was set: by a variable, else in the file, else nowhere (a default).
+fn locate(e: ConfigError, source: Option<&Source>, over: &env::Overrides) -> ConfigError {
+    let ConfigError::Invalid { key, message } = e else {
+        return e;
+    };
+    if let Some(name) = over.setter(&key) {
+        return ConfigError::Env {
+            name: name.to_string(),
+            key,
+            message,
         };
-        let rest = rest.to_ascii_lowercase();
-        let found = defaults.iter().find_map(|(section, keys)| {
-            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
-            let default = keys.as_table()?.get(key)?;
-            Some((section.clone(), key.to_string(), default.clone()))
-        });
-        let Some((section, key, default)) = found else {
-            return Err(ConfigError(format!(
-                "environment variable {name}: no such setting"
-            )));
-        };
-        let value = env_value(&default, &raw).ok_or_else(|| {
-            ConfigError(format!("environment variable {name}: bad value {raw:?}"))
-        })?;
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(sec) = entry.as_table_mut() else {
-            return Err(ConfigError(format!("config: {section} must be a table")));
-        };
-        sec.insert(key, value);
     }
-    Ok(())
-}
-
-fn env_value(default: &toml::Value, raw: &str) -> Option<toml::Value> {
-    Some(match default {
-        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
-        toml::Value::Array(_) => toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
-        ),
-        _ => toml::Value::String(raw.to_string()),
-    })
+    match source {
+        Some(s) if s.sets(&key) => s.refused(key, message),
+        _ => ConfigError::Invalid { key, message },
+    }
 }
 
 #[cfg(test)]
@@ -697,7 +756,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::load(None, env(&[])).unwrap();
+        let c = Config::load(None, env(&[])).unwrap().config;
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.websocket.hello_timeout_ms, 30_000);
     }
@@ -705,7 +764,7 @@ mod tests {
     #[test]
     fn the_sample_file_loads() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.sample.toml");
-        let c = Config::load(Some(&p), env(&[])).unwrap();
+        let c = Config::load(Some(&p), env(&[])).unwrap().config;
         let mut d = Config::default();
         // The one difference: `make run` (the sample) keeps its data on disk; a server given no
         // file keeps it in memory rather than creating ./data wherever it was started.
@@ -729,6 +788,133 @@ mod tests {
         }
     }
 
+    /// A copy of config.sample.toml whose last line reading `from` reads `to`; and that line's
+    /// number, counted in the copy.
+    fn sample_with(from: &str, to: &str) -> (PathBuf, usize) {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.sample.toml");
+        let text = std::fs::read_to_string(p).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().rposition(|l| *l == from).expect(from);
+        lines[at] = to;
+        let copy = write(&(lines.join("\n") + "\n"));
+        let written = std::fs::read_to_string(&copy).unwrap();
+        assert_eq!(written.lines().nth(at), Some(to));
+        (copy, at + 1)
+    }
+
+    fn file_error(e: ConfigError) -> (PathBuf, usize, usize, String, String) {
+        match e {
+            ConfigError::File {
+                path,
+                line: Some(line),
+                column: Some(column),
+                key: Some(key),
+                message,
+            } => (path, line, column, key, message),
+            other => panic!("not placed in the file: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_deep_in_a_long_file_is_reported_at_its_own_line() {
+        let (p, line) = sample_with("secret = \"\"", "secrte = \"\"");
+        // Near the end of the file: the old report, from a re-serialized copy, said line 13.
+        assert!(line > 150, "{line}");
+        let e = Config::load(Some(&p), env(&[])).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "config file {}, line {line}, column 1, key cluster.secrte: unknown key `secrte`",
+                p.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("expected one of") && text.contains("`secret`"),
+            "{text}"
+        );
+        assert_eq!(file_error(e).1, line);
+    }
+
+    #[test]
+    fn a_wrong_type_near_the_end_names_line_column_key_and_the_type_expected() {
+        // `timeout_ms = 1000` is in [wake] and [cluster]: the last one is the cluster's.
+        let (p, line) = sample_with("timeout_ms = 1000", "timeout_ms = \"1s\"");
+        assert!(line > 150, "{line}");
+        let (path, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!(path, p);
+        assert_eq!((at, column), (line, 14), "the value's first character");
+        assert_eq!(key, "cluster.timeout_ms");
+        assert_eq!(
+            message,
+            "invalid type: string \"1s\", expected a non-negative integer"
+        );
+    }
+
+    #[test]
+    fn a_value_the_checks_refuse_is_reported_where_it_was_set() {
+        let (p, line) = sample_with("max_messages = 100", "max_messages = 0");
+        let (_, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, column), (line, 16));
+        assert_eq!(key, "webpush.max_messages");
+        assert_eq!(message, "must be 1 to 1000");
+        // Set by a variable, the variable is named instead of the file's line.
+        let e = Config::load(Some(&p), env(&[("SIMPLEPUSH_WEBPUSH_MAX_MESSAGES", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "environment variable SIMPLEPUSH_WEBPUSH_MAX_MESSAGES (key webpush.max_messages): \
+             must be 1 to 1000"
+        );
+        // And a variable with a good value overrides the file's bad one.
+        let c = Config::load(Some(&p), env(&[("SIMPLEPUSH_WEBPUSH_MAX_MESSAGES", "50")]))
+            .unwrap()
+            .config;
+        assert_eq!(c.webpush.max_messages, 50);
+        // A section-wide check points at the section.
+        let p = write("# tls\n\n[tls]\ncert_file = \"/etc/cert.pem\"\n");
+        let (_, at, _, key, message) = file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, key.as_str()), (3, "tls"));
+        assert_eq!(message, "cert_file and key_file go together");
+    }
+
+    #[test]
+    fn syntax_errors_unknown_sections_and_nested_keys_have_their_place() {
+        let p = write("[server]\nworkers = 1\nlisten = 127.0.0.1\n");
+        let (_, at, _, key, _) = file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, key.as_str()), (3, "server.listen"));
+        let p = write("# broadcasts\n\n[broadcasts.versions]\n\"a/b\" = 1\n");
+        let (_, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, column), (4, 9));
+        assert_eq!(key, "broadcasts.versions.a/b");
+        assert_eq!(message, "invalid type: integer `1`, expected a string");
+        let p = write("[server]\nworkers = 1\n\n[serverz]\nlisten = \"x\"\n");
+        let (_, at, column, key, message) =
+            file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!((at, column, key.as_str()), (4, 2, "serverz"));
+        assert!(message.starts_with("unknown key `serverz`"), "{message}");
+        let p = write("[server]\nworkers = 1\n[server]\n");
+        let (_, at, _, key, message) = file_error(Config::load(Some(&p), env(&[])).unwrap_err());
+        assert_eq!(
+            (at, key.as_str(), message.as_str()),
+            (3, "server", "duplicate key")
+        );
+    }
+
+    #[test]
+    fn a_variable_out_of_its_keys_range_is_named() {
+        let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_LISTEN_BACKLOG", "-1")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable SIMPLEPUSH_SERVER_LISTEN_BACKLOG (key server.listen_backlog): \
+             \"-1\": invalid value: integer `-1`, expected an integer from 0 to 4294967295"
+        );
+    }
+
     #[test]
     fn env_overrides_file() {
         let p = write("[server]\nlisten = \"127.0.0.1:9000\"\n");
@@ -741,10 +927,81 @@ mod tests {
                 ("OTHER", "x"),
             ]),
         )
-        .unwrap();
+        .unwrap()
+        .config;
         assert_eq!(c.server.listen, "127.0.0.1:9001");
         assert_eq!(c.websocket.max_channels, 7);
         assert_eq!(c.endpoint.token_keys, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_variables_are_ignored_and_reported() {
+        // What Kubernetes injects for a Service named `simplepush`, beside a real override.
+        let loaded = Config::load(
+            None,
+            env(&[
+                ("SIMPLEPUSH_SERVICE_HOST", "10.0.0.1"),
+                ("SIMPLEPUSH_SERVICE_PORT", "8080"),
+                ("SIMPLEPUSH_PORT", "tcp://10.0.0.1:8080"),
+                ("SIMPLEPUSH_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+                ("SIMPLEPUSH_PORT_8080_TCP_ADDR", "10.0.0.1"),
+                ("SIMPLEPUSH_SERVER_NOPE", "1"),
+                ("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS", "9"),
+                ("SIMPLEPUSH_CONFIG", "/somewhere.toml"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.websocket.max_channels, 9);
+        let ignored = &loaded.ignored;
+        assert_eq!(ignored.len(), 6, "{ignored:?}");
+        for name in [
+            "SIMPLEPUSH_SERVICE_HOST ",
+            "SIMPLEPUSH_SERVICE_PORT ",
+            "SIMPLEPUSH_PORT ",
+            "SIMPLEPUSH_PORT_8080_TCP ",
+            "SIMPLEPUSH_PORT_8080_TCP_ADDR ",
+        ] {
+            let line = ignored.iter().find(|l| l.contains(name));
+            assert!(
+                line.is_some_and(|l| l.contains("ignored: not a simplepush setting")),
+                "{name}: {ignored:?}"
+            );
+        }
+        // A misspelt key of a real section says which section lacks it.
+        assert!(
+            ignored.contains(
+                &"environment variable SIMPLEPUSH_SERVER_NOPE ignored: [server] has no key \"nope\""
+                    .to_string()
+            ),
+            "{ignored:?}"
+        );
+        // The variable that names the file is not a setting, and not unknown either.
+        assert!(!ignored.iter().any(|l| l.contains("SIMPLEPUSH_CONFIG")));
+    }
+
+    #[test]
+    fn a_known_variable_with_a_bad_value_is_still_an_error() {
+        let e = Config::load(
+            None,
+            env(&[
+                ("SIMPLEPUSH_SERVICE_HOST", "10.0.0.1"),
+                ("SIMPLEPUSH_SERVER_MAX_CONNECTIONS", "many"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("SIMPLEPUSH_SERVER_MAX_CONNECTIONS"), "{e}");
+        assert!(e.contains("\"many\""), "{e}");
+    }
+
+    #[test]
+    fn the_flag_names_the_file_before_the_variable() {
+        let flag = Some(PathBuf::from("/from/flag.toml"));
+        let var = Some(OsString::from("/from/env.toml"));
+        assert_eq!(file_path(flag.clone(), var.clone()), flag);
+        assert_eq!(file_path(None, var), Some(PathBuf::from("/from/env.toml")));
+        assert_eq!(file_path(None, Some(OsString::new())), None);
+        assert_eq!(file_path(None, None), None);
     }
 
     #[test]
@@ -777,37 +1034,33 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let p = write("[server]\nlisten = \"127.0.0.1:9000\"\nbogus = 1\n");
-        let e = Config::load(Some(&p), env(&[])).unwrap_err().0;
+        let e = Config::load(Some(&p), env(&[])).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
         let p = write("[server]\nmax_connections = \"many\"\n");
-        let e = Config::load(Some(&p), env(&[])).unwrap_err().0;
+        let e = Config::load(Some(&p), env(&[])).unwrap_err().to_string();
         assert!(e.contains("max_connections"), "{e}");
-        let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_NOPE", "1")]))
-            .unwrap_err()
-            .0;
-        assert!(e.contains("SIMPLEPUSH_SERVER_NOPE"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS", "x")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("SIMPLEPUSH_WEBSOCKET_MAX_CHANNELS"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_LISTEN", "nowhere")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("server.listen"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_STORAGE_BACKEND", "redis")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("storage.backend"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_STORAGE_SERVERS", "nohost")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("storage.servers"), "{e}");
         let e = Config::load(
             None,
             env(&[("SIMPLEPUSH_CLUSTER_ROUTER_LISTEN", "127.0.0.1:0")]),
         )
         .unwrap_err()
-        .0;
+        .to_string();
         assert!(e.contains("cluster.secret"), "{e}");
         let e = Config::load(
             None,
@@ -817,15 +1070,15 @@ mod tests {
             ]),
         )
         .unwrap_err()
-        .0;
+        .to_string();
         assert!(e.contains("memcached"), "{e}");
         let e = Config::load(None, env(&[("SIMPLEPUSH_SERVER_REQUEST_TIMEOUT_MS", "0")]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("server.request_timeout_ms"), "{e}");
         let e = Config::load(Some(Path::new("/nonexistent/x.toml")), env(&[]))
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use log::{info, warn};
 
-use simplepush::config::Config;
+use simplepush::config::{self, Config};
 use simplepush::server;
 use simplepush::token::Tokens;
 
@@ -17,15 +17,19 @@ USAGE:
     simplepush [--config FILE]
 
 OPTIONS:
-    -c, --config FILE   TOML configuration (see config.sample.toml; every key is optional)
+    -c, --config FILE   TOML configuration (see config.sample.toml; every key is optional);
+                        without it, SIMPLEPUSH_CONFIG=FILE names the file (the flag wins)
     -h, --help          print this help
     -V, --version       print the version
 
 Every key can also be set by an environment variable SIMPLEPUSH_<SECTION>_<KEY>,
-e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated.
+e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated. Other SIMPLEPUSH_*
+variables (Kubernetes sets SIMPLEPUSH_SERVICE_HOST and the like) are logged and ignored.
 Logging: RUST_LOG=info (default), debug or trace.
 Listeners: devices and app servers on server.listen (TLS with [tls]), metrics on
 admin.listen (127.0.0.1:8081 by default), cluster forwards on cluster.router_listen.
+Health on admin.listen (and, with server.public_health = true, on server.listen):
+GET /__lbheartbeat__ (liveness), /__heartbeat__ (readiness: storage, draining), /__version__.
 SIGTERM/SIGINT: stop accepting, close device sockets over server.drain_ms, exit.
 Exit codes: 0 after a clean SIGTERM/SIGINT shutdown, 1 on a runtime failure,
 2 on a usage or configuration error.
@@ -84,8 +88,17 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let path = config::file_path(path, std::env::var_os(config::CONFIG_ENV));
     let mut cfg = match Config::load(path.as_deref(), std::env::vars()) {
-        Ok(c) => c,
+        Ok(loaded) => {
+            if let Some(p) = &path {
+                info!("configuration from {}", p.display());
+            }
+            for line in &loaded.ignored {
+                warn!("{line}");
+            }
+            loaded.config
+        }
         Err(e) => {
             eprintln!("simplepush: {e}");
             return ExitCode::from(2);
@@ -132,7 +145,7 @@ fn main() -> ExitCode {
         .map(|a| a.to_string())
         .collect();
     if let Some(admin) = first.admin_addr() {
-        info!("admin listener on {admin} (GET /metrics, /health, /status)");
+        info!("admin listener on {admin} (GET /metrics, /health, /status, /__lbheartbeat__, /__heartbeat__, /__version__)");
     }
     info!(
         "simplepush {} listening on {} (endpoints at {}/update/..., {} event loops)",

@@ -33,6 +33,7 @@ fn help_and_version() {
     let (code, out, _) = run(&["--help"], &[]);
     assert_eq!(code, 0);
     assert!(out.contains("--config") && out.contains("SIMPLEPUSH_"));
+    assert!(out.contains("SIMPLEPUSH_CONFIG=FILE"), "{out}");
     let (code, out, _) = run(&["--version"], &[]);
     assert_eq!(code, 0);
     assert!(out.starts_with("simplepush "));
@@ -52,21 +53,80 @@ fn usage_and_config_errors_exit_2_naming_the_problem() {
     );
     let (code, _, err) = run(&["--config", &f], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("lisen"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}, line 3, column 1, key server.lisen: unknown key"
+        )),
+        "{err}"
+    );
     let f = temp_file("type.toml", "[websocket]\nmax_channels = \"lots\"\n");
     let (code, _, err) = run(&["--config", &f], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("max_channels"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}, line 2, column 16, key websocket.max_channels: invalid type: string \"lots\", \
+             expected a non-negative integer"
+        )),
+        "{err}"
+    );
     let f = temp_file("small.toml", "[websocket]\nmax_message_size = 1000\n");
     let (code, _, err) = run(&["--config", &f], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("websocket.max_message_size"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}, line 2, column 20, key websocket.max_message_size: must be at least"
+        )),
+        "{err}"
+    );
     let (code, _, err) = run(&[], &[("SIMPLEPUSH_SERVER_LISTEN", "nowhere")]);
     assert_eq!(code, 2);
     assert!(err.contains("server.listen"), "{err}");
     let (code, _, err) = run(&[], &[("SIMPLEPUSH_ENDPOINT_TOKEN_KEYS", "tooshort")]);
     assert_eq!(code, 2);
     assert!(err.contains("token_keys"), "{err}");
+}
+
+/// A copy of config.sample.toml with its last line reading `from` changed to `to`, and that
+/// line's number in the copy.
+fn sample_with(name: &str, from: &str, to: &str) -> (String, usize) {
+    let sample =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.sample.toml"))
+            .unwrap();
+    let mut lines: Vec<&str> = sample.lines().collect();
+    let at = lines.iter().rposition(|l| *l == from).expect(from);
+    lines[at] = to;
+    (temp_file(name, &(lines.join("\n") + "\n")), at + 1)
+}
+
+#[test]
+fn config_errors_deep_in_a_long_file_name_its_line_column_and_key() {
+    let (f, line) = sample_with("misspelt.toml", "router_url = \"\"", "router_ur1 = \"\"");
+    assert!(line > 150, "near the end of the file: {line}");
+    let (code, out, err) = run(&["--config", &f], &[]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "simplepush: config file {f}, line {line}, column 1, key cluster.router_ur1: \
+             unknown key `router_ur1`, expected one of `router_listen`, `router_url`"
+        )),
+        "{err}"
+    );
+    let (f, line) = sample_with(
+        "wrongtype.toml",
+        "max_messages = 100",
+        "max_messages = true",
+    );
+    assert!(line > 150, "{line}");
+    let (code, _, err) = run(&["--config", &f], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!(
+            "config file {f}, line {line}, column 16, key webpush.max_messages: \
+             invalid type: boolean `true`, expected a non-negative integer"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -88,6 +148,70 @@ fn environment_overrides_the_file() {
         s.terminate(Duration::from_secs(5)).and_then(|st| st.code()),
         Some(0)
     );
+}
+
+#[test]
+fn kubernetes_service_variables_are_warned_about_and_ignored() {
+    let f = temp_file("k8s.toml", "[server]\nlisten = \"127.0.0.1:0\"\n");
+    // What Kubernetes injects into every pod of the namespace for a Service named `simplepush`.
+    let s = Server::spawn(
+        &["--config", &f],
+        &[
+            ("SIMPLEPUSH_SERVICE_HOST", "10.0.0.1"),
+            ("SIMPLEPUSH_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+        ],
+    );
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert_eq!(common::put(&ep, "version=7").status, 200);
+    assert_eq!(c.recv()["updates"][0]["version"], 7);
+    let log = s.log();
+    for name in ["SIMPLEPUSH_SERVICE_HOST", "SIMPLEPUSH_PORT_8080_TCP"] {
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("environment variable {name} ignored")))
+            .collect();
+        assert_eq!(warned.len(), 1, "one warning for {name}: {log}");
+        assert!(warned[0].contains("WARN"), "{log}");
+    }
+}
+
+#[test]
+fn simplepush_config_names_the_file_unless_the_flag_does() {
+    let from_env = temp_file(
+        "from-env.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://env-file.example\"\n",
+    );
+    let s = Server::spawn(&[], &[("SIMPLEPUSH_CONFIG", &from_env)]);
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert!(ep.starts_with("https://env-file.example/update/"), "{ep}");
+    assert!(s.log().contains(&format!("configuration from {from_env}")));
+    assert!(
+        !s.log().contains("SIMPLEPUSH_CONFIG ignored"),
+        "{}",
+        s.log()
+    );
+    drop(s);
+    let from_flag = temp_file(
+        "from-flag.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://flag-file.example\"\n",
+    );
+    let s = Server::spawn(
+        &["--config", &from_flag],
+        &[("SIMPLEPUSH_CONFIG", &from_env)],
+    );
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert!(ep.starts_with("https://flag-file.example/update/"), "{ep}");
+    drop(s);
+    // A file named by the variable that is not there stops the server like a missing --config.
+    let (code, _, err) = run(&[], &[("SIMPLEPUSH_CONFIG", "/no/such/env-file.toml")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/env-file.toml"), "{err}");
 }
 
 #[test]

@@ -216,6 +216,11 @@ impl Server {
             };
             return self.respond(key, resp, head.keep_alive);
         }
+        if self.cfg.server.public_health && head.method == http::Method::Get {
+            if let Some(resp) = self.health_route(&head.path) {
+                return self.respond(key, resp, head.keep_alive);
+            }
+        }
         let resp = match endpoint::route(&head) {
             Route::Update(token) if roles.endpoint => match self.update(key, &head, token, &body) {
                 Some(r) => r,
@@ -265,7 +270,7 @@ impl Server {
         }
     }
 
-    /// The admin listener: metrics, health and status for operators.
+    /// The admin listener: metrics, health (old and split) and status for operators.
     fn admin_request(&self, head: &Head) -> Response {
         if head.method != http::Method::Get {
             return Response::json(405, "\"Method Not Allowed\"").header("Allow: GET");
@@ -282,7 +287,7 @@ impl Server {
             }
             "/health" => self.health(),
             "/status" => self.status(),
-            _ => endpoint::not_found(),
+            other => self.health_route(other).unwrap_or_else(endpoint::not_found),
         }
     }
 

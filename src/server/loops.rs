@@ -51,6 +51,13 @@ pub struct Peers {
     pub(super) tls: Option<Tls>,
     /// The wake driver, when one is configured.
     pub(super) waker: Option<crate::wake::Waker>,
+    /// A SIGTERM/SIGINT shutdown has begun: readiness answers 503.
+    pub(super) draining: AtomicBool,
+    /// When each loop last went round, in ms since `epoch` (`health::LOOP_STOPPED` once it ended
+    /// cleanly), for liveness.
+    pub(super) turns: Vec<AtomicU64>,
+    /// The origin of `turns`.
+    pub(super) epoch: Instant,
 }
 
 impl Peers {
@@ -117,6 +124,10 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         tls,
         waker: crate::wake::Waker::start(&cfg.wake),
         mail,
+        draining: AtomicBool::new(false),
+        // Every loop counts as having turned at start; a loop that never runs goes stale.
+        turns: (0..loops).map(|_| AtomicU64::new(0)).collect(),
+        epoch: Instant::now(),
     });
     let tokens = Arc::new(tokens);
     let mut servers: Vec<Server> = Vec::with_capacity(loops);

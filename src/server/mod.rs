@@ -9,7 +9,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::fs::File;
 use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,6 +49,7 @@ use crate::ws::{Incoming, Link, ReadLimits};
 
 mod broadcasts;
 mod cluster;
+mod health;
 mod http_conn;
 mod loops;
 mod updates;
@@ -529,6 +530,7 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
+            self.peers.beat(self.id);
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == ErrorKind::Interrupted {
@@ -560,6 +562,7 @@ impl Server {
             if let Some(at) = self.shutdown_at {
                 let idle = self.conns.is_empty() && self.store.outstanding() == 0;
                 if idle || self.now_ms() >= at {
+                    self.peers.stopped(self.id);
                     self.inbox_drop();
                     info!(
                         "event loop {}: shutdown complete, {} connections dropped",
@@ -614,7 +617,8 @@ impl Server {
         self.shut_down();
     }
 
-    /// Stops accepting and closes every connection, gracefully, within the shutdown timeout.
+    /// Stops accepting (but for the admin listener) and closes every connection, gracefully,
+    /// within the shutdown timeout.
     fn shut_down(&mut self) {
         if self.shutdown_at.is_some() {
             return;
@@ -622,10 +626,8 @@ impl Server {
         let now = self.now_ms();
         let drain_ms = self.cfg.server.drain_ms;
         self.shutdown_at = Some(now + drain_ms + self.cfg.server.shutdown_timeout_ms);
-        for l in &mut self.listeners {
-            let _ = self.poll.registry().deregister(&mut l.socket);
-        }
-        self.listeners.clear();
+        self.peers.draining.store(true, Ordering::Relaxed);
+        self.close_listeners();
         let mut sockets = Vec::new();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -658,6 +660,26 @@ impl Server {
             sockets,
         });
         self.drain_step();
+    }
+
+    /// Closes the device, endpoint and router listeners. The admin listener stays until the loop
+    /// ends, so that readiness can say "draining" and metrics cover the drain.
+    fn close_listeners(&mut self) {
+        for l in self.listeners.iter_mut().filter(|l| !l.roles.admin) {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        self.listeners.retain(|l| l.roles.admin);
+        // A listener's token is its index, which just changed.
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let token = Token(LISTENER_BASE + i);
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .reregister(&mut l.socket, token, Interest::READABLE)
+            {
+                warn!("admin listener during shutdown: {e}");
+            }
+        }
     }
 
     /// Closes the share of the drain's sockets that is due by now.
