@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub reserved_percent: u8,
     /// Connections the kernel queues on each listener before they are accepted.
     pub listen_backlog: u32,
+    /// Time to send a whole request head (or WebSocket handshake) once it has started.
+    pub header_timeout_ms: u64,
     /// Time to finish a WebSocket handshake or an HTTP request once it has started.
     pub request_timeout_ms: u64,
     /// Idle time allowed between two requests on a kept-alive HTTP connection.
@@ -74,6 +76,11 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The time a request head has, within the whole request's time.
+    pub fn header_timeout_ms(&self) -> u64 {
+        self.header_timeout_ms.min(self.request_timeout_ms)
+    }
+
     /// The most device WebSockets at once: `max_connections` less the reserved share.
     pub fn device_share(&self) -> usize {
         let reserved = self.max_connections * usize::from(self.reserved_percent) / 100;
@@ -91,6 +98,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             reserved_percent: 5,
             listen_backlog: 4096,
+            header_timeout_ms: 5_000,
             request_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
             close_timeout_ms: 2_000,
@@ -145,6 +153,8 @@ pub struct EndpointConfig {
     pub max_body_size: usize,
     /// Longest request head (request line and headers), in bytes.
     pub max_header_size: usize,
+    /// Unfinished request heads all HTTP connections together may hold, in bytes.
+    pub partial_head_budget: usize,
     /// Keys for endpoint tokens: base64url of 32 bytes. The first makes tokens, all are accepted.
     pub token_keys: Vec<String>,
 }
@@ -155,6 +165,7 @@ impl Default for EndpointConfig {
             max_data_len: 4096,
             max_body_size: 64 * 1024,
             max_header_size: 8 * 1024,
+            partial_head_budget: 16 << 20,
             token_keys: Vec::new(),
         }
     }
@@ -476,6 +487,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let timeouts = [
+            ("server.header_timeout_ms", self.server.header_timeout_ms),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
             (
                 "server.keep_alive_timeout_ms",
@@ -552,6 +564,9 @@ impl Config {
                 "websocket.max_output_buffer",
                 &format!("must hold webpush.max_messages full messages: at least {backlog}"),
             );
+        }
+        if self.endpoint.partial_head_budget < 64 * 1024 {
+            return bad("endpoint.partial_head_budget", "must be at least 65536");
         }
         if self.endpoint.max_body_size < 1024 {
             return bad("endpoint.max_body_size", "must be at least 1024");

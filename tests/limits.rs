@@ -195,3 +195,136 @@ fn unfinished_frames_cannot_pin_the_servers_memory() {
     );
     drop(held);
 }
+
+/// A slowloris client: up to `n` sockets to `addr`, each sending one more byte of a request head
+/// that never ends every `every`, each reopened when the server closes it, until `until`.
+fn slowloris(addr: std::net::SocketAddr, n: usize, every: Duration, until: Instant) -> usize {
+    let head = b"PUT /update/abc HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    // From a source address of its own, as an attacker's host is.
+    let open = || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        let from: std::net::SocketAddr = "127.0.0.2:0".parse().ok()?;
+        sock.bind(&from.into()).ok()?;
+        sock.connect(&addr.into()).ok()?;
+        let s: TcpStream = sock.into();
+        s.set_nonblocking(true).ok()?;
+        Some((s, 0usize))
+    };
+    let mut socks: Vec<Option<(TcpStream, usize)>> = (0..n).map(|_| open()).collect();
+    let mut reopened = 0;
+    while Instant::now() < until {
+        for slot in socks.iter_mut() {
+            let alive = match slot.as_mut() {
+                Some((s, sent)) => {
+                    // Anything but "nothing yet" (EOF, an answer, a reset) means the server is
+                    // done with this socket.
+                    let mut probe = [0u8; 512];
+                    let closed = !matches!(s.read(&mut probe),
+                        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                    let byte = head.get(*sent).copied().unwrap_or(b'a');
+                    *sent += 1;
+                    !closed && s.write(&[byte]).is_ok()
+                }
+                None => false,
+            };
+            if !alive {
+                *slot = open();
+                reopened += 1;
+            }
+        }
+        std::thread::sleep(every);
+    }
+    reopened
+}
+
+#[test]
+fn slowloris_requests_cost_little_and_do_not_keep_app_servers_out() {
+    // Memory: 1,000 requests whose head stops half-way.
+    let s = Server::start();
+    let before = s.rss();
+    let mut half: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut t = TcpStream::connect(s.addr).unwrap();
+            t.write_all(b"PUT /update/abc HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+                .unwrap();
+            t
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = s.rss().saturating_sub(before);
+    assert!(
+        grown <= 1 << 20,
+        "1,000 half-read requests cost {} KiB",
+        grown >> 10
+    );
+    half.clear();
+    drop(s);
+
+    // Availability: 400 slowloris sockets against 300 connections; real PUTs still get in.
+    let s = Server::start_with("max_connections = 300", "");
+    let mut device = s.client();
+    device.hello_new();
+    let ep = device.register(&chid(1));
+    let addr = s.addr;
+    let until = Instant::now() + Duration::from_secs(9);
+    let attack =
+        std::thread::spawn(move || slowloris(addr, 400, Duration::from_millis(200), until));
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ok = 0;
+    for v in 1..=100 {
+        match try_put(&ep, &format!("version={v}")) {
+            Some(r) if r.status == 200 => {
+                ok += 1;
+                assert_eq!(device.recv()["updates"][0]["version"], v);
+            }
+            other => eprintln!("PUT {v}: {:?}", other.map(|r| (r.status, r.body))),
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let reopened = attack.join().unwrap();
+    eprintln!(
+        "slowloris: 1,000 half-read requests cost {} KiB of RSS; {ok} of 100 PUTs answered 200 \
+         under 400 slow sockets against max_connections = 300 ({reopened} reopened)",
+        grown >> 10
+    );
+    assert!(ok >= 99, "{ok} of 100 PUTs succeeded");
+    assert!(reopened > 100, "the attack was not pressing: {reopened}");
+}
+
+#[test]
+fn unfinished_heads_past_the_budget_get_503() {
+    // Long timeouts: the heads stay for the whole test.
+    let s = Server::start_with(
+        "header_timeout_ms = 60000\nrequest_timeout_ms = 60000",
+        "[endpoint]\npartial_head_budget = 65536\n",
+    );
+    let head = format!(
+        "PUT /update/abc HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+        "a".repeat(4000)
+    );
+    // Each holds about 4 KiB of a head: the budget holds 16 of them.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let mut t = TcpStream::connect(s.addr).unwrap();
+        t.set_read_timeout(Some(Duration::from_millis(150)))
+            .unwrap();
+        t.write_all(head.as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(n) = t.read(&mut buf) {
+            let reply = parse_reply(&String::from_utf8_lossy(&buf[..n]));
+            if n > 0 {
+                assert_eq!(reply.status, 503, "{}", reply.body);
+                assert_eq!(reply.header("retry-after").as_deref(), Some("5"));
+                refused += 1;
+            }
+        }
+        held.push(t);
+    }
+    assert!((20..=26).contains(&refused), "{refused} refused");
+    // A whole request still gets in at once.
+    let mut c = s.client();
+    c.hello_new();
+    let ep = c.register(&chid(1));
+    assert_eq!(put(&ep, "version=1").status, 200);
+}

@@ -2,6 +2,68 @@
 
 use super::*;
 
+/// Bytes of unfinished request heads held by every HTTP connection of the process.
+static HEAD_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// A connection holding at most this much of a head is never refused for the budget: a real
+/// request's head arrives whole and is rarely longer.
+const HEAD_FAIR_SHARE: usize = 2048;
+/// A connection that has not sent a whole head this long after it started may be closed to let
+/// a new one in (the oldest such is): real clients send their head at once.
+const SLOW_AFTER_MS: u64 = 100;
+
+/// Unfinished request heads held by every HTTP connection, in bytes.
+pub fn partial_head_bytes() -> usize {
+    HEAD_BYTES.load(Ordering::Relaxed)
+}
+
+/// One connection's part of the process's unfinished heads, given back when it is dropped.
+#[derive(Default)]
+pub(super) struct HeadBytes(u32);
+
+impl HeadBytes {
+    /// Makes this connection's part `n` bytes; returns it.
+    fn set(&mut self, n: usize) -> usize {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n > self.0 {
+            HEAD_BYTES.fetch_add((n - self.0) as usize, Ordering::Relaxed);
+        } else {
+            HEAD_BYTES.fetch_sub((self.0 - n) as usize, Ordering::Relaxed);
+        }
+        self.0 = n;
+        n as usize
+    }
+}
+
+impl Drop for HeadBytes {
+    fn drop(&mut self) {
+        HEAD_BYTES.fetch_sub(self.0 as usize, Ordering::Relaxed);
+    }
+}
+
+/// A peer address folded to 32 bits: which connections come from one source.
+pub(super) fn source_of(peer: SocketAddr) -> u32 {
+    match peer.ip() {
+        std::net::IpAddr::V4(v4) => u32::from(v4),
+        std::net::IpAddr::V6(v6) => {
+            let b = v6.octets();
+            // The /64 is the unit an attacker gets; fold it.
+            let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            (hi ^ (hi >> 32)) as u32
+        }
+    }
+}
+
+/// Whether `h` is a connection that has made a stranger's start (nothing answered yet, no whole
+/// head) for longer than a real client takes.
+fn is_slow(h: &HttpConn, now_ms: u64) -> bool {
+    h.waiting.is_none()
+        && h.out.is_empty()
+        && !h.closing
+        && !h.head_done
+        && (!h.served || !h.buf.is_empty())
+        && now_ms.saturating_sub(h.started_ms) >= SLOW_AFTER_MS
+}
+
 /// Writes as much of `out[*written..]` as the socket takes. `Ok(true)` when all is written.
 pub(super) fn write_out(stream: &mut Stream, out: &[u8], written: &mut usize) -> io::Result<bool> {
     *written += write_some(stream, &out[*written..])?;
@@ -69,6 +131,7 @@ impl Server {
             }
             match http::parse_head(&h.buf, max_head) {
                 Parsed::Complete(head) => {
+                    h.head_bytes.set(0);
                     let need = head.head_len.saturating_add(head.content_length);
                     if head.content_length > self.cfg.endpoint.max_body_size {
                         let r = Response::json(413, "\"Request body too large\"").closing();
@@ -76,6 +139,13 @@ impl Server {
                         continue;
                     }
                     if head.upgrade.is_none() && h.buf.len() < need {
+                        if !h.head_done {
+                            // The body gets the rest of the request timeout.
+                            h.head_done = true;
+                            let at = h.started_ms + self.cfg.server.request_timeout_ms;
+                            self.set_deadline(key, at);
+                            continue;
+                        }
                         if head.expect_continue && !h.continued && h.out.is_empty() {
                             // curl waits a second for this before sending a body over 1 KiB.
                             h.continued = true;
@@ -103,6 +173,16 @@ impl Server {
                     }
                 }
                 Parsed::Partial => {
+                    let budget = self.cfg.endpoint.partial_head_budget;
+                    if h.head_bytes.set(h.buf.capacity()) > HEAD_FAIR_SHARE
+                        && partial_head_bytes() > budget
+                    {
+                        let r = Response::json(503, "\"Server busy; try again later\"")
+                            .header("Retry-After: 5")
+                            .closing();
+                        self.respond(key, r, false);
+                        continue;
+                    }
                     if !self.read_more(key) {
                         return;
                     }
@@ -114,6 +194,7 @@ impl Server {
 
     /// Reads what the socket has. `false` when there is nothing more to do now.
     pub(super) fn read_more(&mut self, key: usize) -> bool {
+        let now = self.now_ms();
         let Some(Conn {
             state: State::Http(h),
             ..
@@ -122,14 +203,13 @@ impl Server {
             return false;
         };
         let was_idle = h.buf.is_empty();
-        let len = h.buf.len();
-        h.buf.resize(len + READ_CHUNK, 0);
-        let res = h.stream.read(&mut h.buf[len..]);
-        let got = match &res {
-            Ok(n) => *n,
-            Err(_) => 0,
-        };
-        h.buf.truncate(len + got);
+        // Into the loop's buffer first: a request read a byte at a time then holds its bytes,
+        // not a read buffer each.
+        self.scratch.resize(READ_CHUNK, 0);
+        let res = h.stream.read(&mut self.scratch);
+        if let Ok(n) = res {
+            h.buf.extend_from_slice(&self.scratch[..n]);
+        }
         match res {
             Ok(0) => {
                 self.drop_conn(key);
@@ -137,8 +217,9 @@ impl Server {
             }
             Ok(_) => {
                 if was_idle {
-                    // A new request started: it gets the request timeout, not the idle one.
-                    let at = self.now_ms() + self.cfg.server.request_timeout_ms;
+                    // A new request started: its head gets the header timeout, not the idle one.
+                    h.started_ms = now;
+                    let at = now + self.cfg.server.header_timeout_ms();
                     self.set_deadline(key, at);
                 }
                 true
@@ -150,6 +231,40 @@ impl Server {
                 false
             }
         }
+    }
+
+    /// Every connection is taken: closes the oldest HTTP connection of this loop that has been
+    /// slow to send its request (a slowloris socket), so that a new one from `source` can come in.
+    /// `false`: none found, or `source` itself holds half the slow ones (an attacker whose own
+    /// connections would otherwise push out each other, and real clients' chances with them).
+    pub(super) fn evict_slow_http(&mut self, source: u32) -> bool {
+        let now = self.now_ms();
+        // A pass over this loop's connections (tens of microseconds at 20,000), made only while
+        // every connection is taken.
+        let (mut slow, mut theirs) = (0usize, 0usize);
+        let mut oldest: Option<(u64, usize)> = None;
+        for (key, c) in self.conns.iter() {
+            let State::Http(h) = &c.state else {
+                continue;
+            };
+            if !is_slow(h, now) {
+                continue;
+            }
+            slow += 1;
+            theirs += usize::from(h.source == source);
+            if oldest.is_none_or(|(t, _)| h.started_ms < t) {
+                oldest = Some((h.started_ms, key));
+            }
+        }
+        if theirs * 2 >= slow {
+            return false;
+        }
+        let Some((_, key)) = oldest else {
+            return false;
+        };
+        self.drop_conn(key);
+        self.log_refusal("closing a slow HTTP request to let a new connection in");
+        true
     }
 
     /// Queues a response and removes the request bytes it answers.
@@ -164,6 +279,8 @@ impl Server {
         let keep = keep_alive && !resp.close && self.shutdown_at.is_none();
         h.waiting = None;
         h.continued = false;
+        h.head_done = false;
+        h.served = true;
         h.out = resp.to_bytes(keep);
         h.written = 0;
         h.close_after |= !keep;

@@ -109,6 +109,16 @@ struct HttpConn {
     continued: bool,
     /// The last response is out and our side shut; TLS records still wait for the socket.
     closing: bool,
+    /// The request being read has its whole head (its body has the request timeout).
+    head_done: bool,
+    /// A response went out on this connection (a kept-alive client, not a slow stranger).
+    served: bool,
+    /// When the connection, or the request being read, started (ms on the loop's clock).
+    started_ms: u64,
+    /// The peer's address, folded to 32 bits (`http_conn::source_of`).
+    source: u32,
+    /// This connection's part of the process's unfinished request heads.
+    head_bytes: http_conn::HeadBytes,
 }
 
 /// A WebSocket with its protocol session.
@@ -714,7 +724,7 @@ impl Server {
             };
             let roles = listener.roles;
             match listener.socket.accept() {
-                Ok((stream, _)) => self.admit(stream, roles),
+                Ok((stream, peer)) => self.admit(stream, roles, http_conn::source_of(peer)),
                 Err(e) if would_block(&e) => return,
                 Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
                     // EMFILE/ENFILE: free the spare descriptor to take one connection off the backlog
@@ -766,11 +776,13 @@ impl Server {
         self.peers.websockets.load(Ordering::Relaxed) >= self.cfg.server.device_share()
     }
 
-    fn admit(&mut self, stream: TcpStream, roles: Roles) {
+    fn admit(&mut self, stream: TcpStream, roles: Roles, source: u32) {
         // The admin listener may go a little past max_connections (the descriptors reserved at
         // start cover it), so that operators still see a server whose connections are full.
         let most = self.cfg.server.max_connections + if roles.admin { ADMIN_EXTRA } else { 0 };
-        if self.peers.open.load(Ordering::Relaxed) >= most {
+        if self.peers.open.load(Ordering::Relaxed) >= most
+            && (roles.admin || !self.evict_slow_http(source))
+        {
             self.log_refusal("max_connections reached");
             return;
         }
@@ -784,6 +796,7 @@ impl Server {
             Ok(s) => s,
             Err(e) => return warn!("tls: {e}"),
         };
+        let now = self.now_ms();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -810,10 +823,14 @@ impl Server {
                 waiting: None,
                 continued: false,
                 closing: false,
+                head_done: false,
+                served: false,
+                started_ms: now,
+                source,
+                head_bytes: http_conn::HeadBytes::default(),
             }),
         });
-        let at = self.now_ms() + self.cfg.server.request_timeout_ms;
-        self.set_deadline(key, at);
+        self.set_deadline(key, now + self.cfg.server.header_timeout_ms());
     }
 
     fn set_deadline(&mut self, key: usize, at: u64) {
