@@ -2,6 +2,39 @@
 
 use super::*;
 
+/// Input a closing connection reads and discards at most: enough for the rest of a pipeline or
+/// of a refused body in flight, and no more, or a peer could hold the connection open by sending.
+const LINGER_BYTES: u32 = 64 * 1024;
+
+/// What reading a closing connection's input came to.
+enum Discarded {
+    /// All read for now; the peer is still open.
+    WouldBlock,
+    /// The peer closed its side: nothing more will come.
+    End,
+    /// More than `LINGER_BYTES` came, or the socket failed: stop waiting.
+    GiveUp,
+}
+
+/// Reads the raw socket (TLS records need no decrypting to be thrown away) until it would block.
+fn discard_input(sock: &mut TcpStream, drained: &mut u32) -> Discarded {
+    let mut sink = [0u8; READ_CHUNK];
+    loop {
+        match sock.read(&mut sink) {
+            Ok(0) => return Discarded::End,
+            Ok(n) => {
+                *drained = drained.saturating_add(n as u32);
+                if *drained > LINGER_BYTES {
+                    return Discarded::GiveUp;
+                }
+            }
+            Err(e) if would_block(&e) => return Discarded::WouldBlock,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Discarded::GiveUp,
+        }
+    }
+}
+
 /// Writes as much of `out[*written..]` as the socket takes. `Ok(true)` when all is written.
 pub(super) fn write_out(stream: &mut Stream, out: &[u8], written: &mut usize) -> io::Result<bool> {
     *written += write_some(stream, &out[*written..])?;
@@ -34,11 +67,7 @@ impl Server {
                 return;
             };
             if h.closing {
-                // Only the last TLS records were left (sent by `conn_event`): done once they are.
-                if !h.stream.pending() {
-                    self.drop_conn(key);
-                }
-                return;
+                return self.linger(key);
             }
             match write_out(&mut h.stream, &h.out, &mut h.written) {
                 Ok(true) => {}
@@ -52,14 +81,11 @@ impl Server {
                 h.out = Vec::new();
                 h.written = 0;
                 if h.close_after {
-                    h.stream.shutdown_write();
-                    if h.stream.pending() {
-                        h.closing = true;
-                        let at = self.now_ms() + self.cfg.server.close_timeout_ms;
-                        self.set_deadline(key, at);
-                        return;
-                    }
-                    return self.drop_conn(key);
+                    h.closing = true;
+                    h.stream.close_notify();
+                    let at = self.now_ms() + self.cfg.server.close_timeout_ms;
+                    self.set_deadline(key, at);
+                    return self.linger(key);
                 }
                 if !h.continued {
                     let at = self.now_ms() + self.cfg.server.keep_alive_timeout_ms;
@@ -109,6 +135,32 @@ impl Server {
                 }
                 Parsed::Bad(r) => self.respond(key, r, false),
             }
+        }
+    }
+
+    /// A closing connection whose answers are all written. Closing a socket with unread input
+    /// makes the kernel send a reset, which can destroy answers the peer has not read yet (the
+    /// ones before a bad request in a pipeline), so: our side is shut once the last TLS records
+    /// are out (`conn_event` sends them), and what the peer still sends is read and thrown away
+    /// until it closes too, [`LINGER_BYTES`] have come, or the close timeout (`expire`) fires.
+    fn linger(&mut self, key: usize) {
+        let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let pending = h.stream.pending();
+        if !pending {
+            // Again on each event until the end: a second shutdown of the same side does nothing.
+            h.stream.shutdown_write();
+        }
+        match discard_input(h.stream.socket(), &mut h.drained) {
+            Discarded::WouldBlock => {}
+            // The peer may still read what rustls holds: wait for it to be sent.
+            Discarded::End if pending => {}
+            Discarded::End | Discarded::GiveUp => self.drop_conn(key),
         }
     }
 

@@ -104,8 +104,11 @@ struct HttpConn {
     waiting: Option<bool>,
     /// `100 Continue` was sent for the request being read.
     continued: bool,
-    /// The last response is out and our side shut; TLS records still wait for the socket.
+    /// The last response is out: our side shuts once TLS records are sent, and the peer's input
+    /// is read and discarded until it closes too (`http_conn::linger`).
     closing: bool,
+    /// Bytes discarded while closing.
+    drained: u32,
 }
 
 /// A WebSocket with its protocol session.
@@ -778,6 +781,7 @@ impl Server {
                 waiting: None,
                 continued: false,
                 closing: false,
+                drained: 0,
             }),
         });
         let at = self.now_ms() + self.cfg.server.request_timeout_ms;
