@@ -94,31 +94,22 @@ impl Server {
                 continue;
             }
             match http::parse_head(&h.buf, max_head) {
-                Parsed::Complete(head) => {
-                    let need = head.head_len.saturating_add(head.content_length);
-                    if head.content_length > self.cfg.endpoint.max_body_size {
-                        let r = Response::json(413, "\"Request body too large\"").closing();
-                        self.respond(key, r, false);
-                        continue;
-                    }
-                    if head.upgrade.is_none() && h.buf.len() < need {
-                        if head.expect_continue && !h.continued && h.out.is_empty() {
-                            // curl waits a second for this before sending a body over 1 KiB.
-                            h.continued = true;
-                            h.out = http::CONTINUE.to_vec();
-                            h.written = 0;
+                Parsed::Complete(mut head) => {
+                    match self.body_ready(key, &head) {
+                        Ok(true) => {}
+                        Ok(false) if self.await_body(key, &head) => continue,
+                        Ok(false) => return,
+                        Err(r) => {
+                            self.respond(key, r, false);
                             continue;
                         }
-                        if !self.read_more(key) {
-                            return;
-                        }
-                        continue;
                     }
                     handled += 1;
                     if handled > BUDGET {
                         self.again.push(key);
                         return;
                     }
+                    self.unchunk(key, &mut head);
                     self.request(key, *head);
                     let still_http = matches!(
                         self.conns.get(key).map(|c| &c.state),

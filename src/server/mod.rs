@@ -49,6 +49,7 @@ use crate::ws::{Incoming, Link};
 
 mod broadcasts;
 mod cluster;
+mod http_body;
 mod http_conn;
 mod loops;
 mod updates;
@@ -109,6 +110,8 @@ struct HttpConn {
     closing: bool,
     /// Bytes discarded while closing.
     drained: u32,
+    /// The chunked body being read (`http_body`).
+    chunked: Option<Box<crate::chunked::Chunked>>,
 }
 
 /// A WebSocket with its protocol session.
@@ -782,6 +785,7 @@ impl Server {
                 continued: false,
                 closing: false,
                 drained: 0,
+                chunked: None,
             }),
         });
         let at = self.now_ms() + self.cfg.server.request_timeout_ms;
