@@ -12,6 +12,7 @@ use sm::{
     AppKey, ChannelId, Effect, Id, IdForm, Limits, Message, Session, StoreOp, StoreReply, Uaid,
 };
 
+use crate::chunked::Chunked;
 use crate::endpoint::{self, Route};
 use crate::http::{self, Parsed};
 use crate::token::Tokens;
@@ -27,6 +28,8 @@ pub const ORIGIN: &str = "http://127.0.0.1:8080";
 pub const NOW_SECS: u64 = 1_800_000_000;
 /// `endpoint.max_header_size`.
 pub const MAX_HEAD: usize = 8192;
+/// `endpoint.max_body_size`.
+pub const MAX_BODY: usize = 65536;
 /// `endpoint.max_data_len`.
 pub const MAX_DATA: usize = 4096;
 /// `webpush.max_ttl_secs`.
@@ -243,16 +246,37 @@ pub fn http_request(data: &[u8]) {
             Parsed::Complete(head) => head,
         };
         assert!(head.head_len > 0 && head.head_len <= buf.len().min(MAX_HEAD));
-        request(&head, buf, &tokens);
-        let need = head.head_len.saturating_add(head.content_length);
-        if head.upgrade.is_some() || need > buf.len() {
+        let rest = &buf[head.head_len..];
+        // The body as far as it arrived (the server waits for the rest; the rules must not mind),
+        // and the bytes it takes once complete.
+        let Some((body, used)) = body(&head, rest) else {
             return;
+        };
+        request(&head, &body, &tokens);
+        match used {
+            Some(n) if head.upgrade.is_none() => buf = &rest[n..],
+            _ => return,
         }
-        buf = &buf[need..];
     }
 }
 
-fn request(head: &http::Head, buf: &[u8], tokens: &Tokens) {
+/// A request's body, decoded if chunked, and its length on the wire once complete; `None` for a
+/// chunked body the server refuses.
+fn body(head: &http::Head, rest: &[u8]) -> Option<(Vec<u8>, Option<usize>)> {
+    if !head.chunked || head.upgrade.is_some() {
+        let end = head.content_length.min(rest.len());
+        let complete = head.content_length <= rest.len();
+        return Some((rest[..end].to_vec(), complete.then_some(end)));
+    }
+    let mut decoder = Chunked::new(MAX_BODY, MAX_HEAD);
+    let (used, done) = decoder.feed(rest).ok()?;
+    assert!(used <= rest.len() && (done || used == rest.len()));
+    let body = decoder.into_body();
+    assert!(body.len() <= MAX_BODY);
+    Some((body, done.then_some(used)))
+}
+
+fn request(head: &http::Head, body: &[u8], tokens: &Tokens) {
     if let Some(upgrade) = &head.upgrade {
         match upgrade {
             Ok(up) => {
@@ -263,12 +287,6 @@ fn request(head: &http::Head, buf: &[u8], tokens: &Tokens) {
             }
         }
     }
-    // The body as far as it arrived (the server waits for the rest; the rules must not mind).
-    let end = head
-        .head_len
-        .saturating_add(head.content_length)
-        .min(buf.len());
-    let body = &buf[head.head_len..end];
     let answer = match endpoint::route(head) {
         Route::Update(token) => {
             match endpoint::parse_update(head, token, body, NOW_SECS, MAX_DATA, tokens) {

@@ -35,8 +35,10 @@ pub struct Head {
     pub query: String,
     /// `Content-Type`, if sent.
     pub content_type: Option<String>,
-    /// `Content-Length` (0 if absent).
+    /// `Content-Length` (0 if absent), or the decoded length once a chunked body is complete.
     pub content_length: usize,
+    /// `Transfer-Encoding: chunked`: the body is framed in chunks (`crate::chunked`).
+    pub chunked: bool,
     /// `Authorization`, if sent.
     pub authorization: Option<String>,
     /// The WebPush headers (RFC 8030/8291), if sent.
@@ -138,6 +140,7 @@ pub fn reason(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
@@ -202,10 +205,13 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Parsed {
             return Parsed::Bad(resp);
         }
     }
-    if h.chunked {
-        return bad(411, "Chunked bodies are not supported; send Content-Length");
-    }
+    let chunked = match h.body_framing() {
+        Ok(chunked) => chunked,
+        Err(resp) => return resp,
+    };
     let keep_alive = match (version, &h.connection) {
+        // RFC 9112 section 6.1: framing an HTTP/1.0 peer sent this way cannot be trusted further.
+        (0, _) if chunked => false,
         (_, Some(c)) if has_token(c, "close") => false,
         (0, Some(c)) => has_token(c, "keep-alive"),
         (0, None) => false,
@@ -218,6 +224,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Parsed {
         query: query.to_string(),
         content_type: h.content_type,
         content_length: h.content_length.unwrap_or(0),
+        chunked,
         authorization: h.authorization,
         push: h.push,
         expect_continue: h.expect_continue,
@@ -288,7 +295,8 @@ struct Fields {
     push: PushFields,
     expect_continue: bool,
     connection: Option<String>,
-    chunked: bool,
+    /// Every `Transfer-Encoding` line, joined as one list.
+    transfer_encoding: Option<String>,
     upgrade_websocket: bool,
     ws_key: Option<String>,
     ws_version: Option<String>,
@@ -321,7 +329,11 @@ impl Fields {
         } else if is("connection") {
             self.connection = Some(value.to_string());
         } else if is("transfer-encoding") {
-            self.chunked |= !value.eq_ignore_ascii_case("identity");
+            let all = match self.transfer_encoding.take() {
+                Some(before) => format!("{before}, {value}"),
+                None => value.to_string(),
+            };
+            self.transfer_encoding = Some(all);
         } else if is("upgrade") {
             self.upgrade_websocket = has_token(value, "websocket");
         } else if is("sec-websocket-key") {
@@ -332,6 +344,22 @@ impl Fields {
             self.push_protocol |= has_token(value, "push-notification");
         }
         Ok(())
+    }
+
+    /// Whether the body is chunked. Content-Length with Transfer-Encoding is how requests are
+    /// smuggled past a proxy that reads the other one (RFC 9112 section 6.3): refused. Codings
+    /// other than chunked alone (gzip, chunked twice, the old identity) are not implemented.
+    fn body_framing(&self) -> Result<bool, Parsed> {
+        let Some(te) = &self.transfer_encoding else {
+            return Ok(false);
+        };
+        if self.content_length.is_some() {
+            return Err(bad(400, "Content-Length and Transfer-Encoding together"));
+        }
+        if !te.trim().eq_ignore_ascii_case("chunked") {
+            return Err(bad(501, "Only Transfer-Encoding: chunked is implemented"));
+        }
+        Ok(true)
     }
 
     fn upgrade(&self, method: Method) -> Result<Upgrade, Response> {
@@ -418,18 +446,54 @@ mod tests {
     }
 
     #[test]
-    fn malformed_and_chunked_are_refused() {
+    fn chunked_is_read_and_other_codings_are_not_implemented() {
+        let h = complete("PUT /x HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n5\r\n");
+        assert!(h.chunked && h.keep_alive);
+        assert_eq!(h.content_length, 0);
+        assert!(!complete("PUT /x HTTP/1.1\r\n\r\n").chunked);
+        // HTTP/1.0 framing with Transfer-Encoding: answered, then closed.
+        let old = complete(
+            "PUT /x HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(old.chunked && !old.keep_alive);
+        for other in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, gzip",
+            "chunked, chunked",
+            "identity",
+            "",
+            "chunked;q=1",
+        ] {
+            let raw = format!("PUT /x HTTP/1.1\r\nTransfer-Encoding: {other}\r\n\r\n");
+            let r = refused(&raw);
+            assert_eq!((r.status, r.close), (501, true), "{other:?}");
+        }
+        let twice =
+            "PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(refused(twice).status, 501);
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused() {
+        for raw in [
+            "PUT /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+            "PUT /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            let r = refused(raw);
+            assert_eq!((r.status, r.close), (400, true), "{raw}");
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
         assert_eq!(refused("GARBAGE\r\n\r\n").status, 400);
         assert_eq!(
             refused("PUT /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n").status,
             400
         );
-        assert_eq!(
-            refused("PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").status,
-            411
-        );
         for bad in [
-            "PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
             "PUT /x HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
             "PUT /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         ] {

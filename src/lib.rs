@@ -1,6 +1,7 @@
 //! simplepush as a library: the server's parts, so that the binary, the fuzz targets and
 //! benchmarks share them. `src/main.rs` is the command-line entry point.
 
+pub mod chunked;
 pub mod config;
 pub mod endpoint;
 pub mod fuzzing;

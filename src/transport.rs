@@ -90,12 +90,18 @@ impl Stream {
         matches!(self, Stream::Tls(t) if t.conn.wants_write())
     }
 
-    /// Ends our sending side: a TLS close_notify first, then the TCP FIN.
-    pub fn shutdown_write(&mut self) {
+    /// Queues a TLS close_notify after what is already written and sends what the socket takes.
+    /// Plain streams have no such record.
+    pub fn close_notify(&mut self) {
         if let Stream::Tls(t) = self {
             t.conn.send_close_notify();
             let _ = t.flush_records();
         }
+    }
+
+    /// Ends our sending side with the TCP FIN. Call it once [`Stream::pending`] is false: records
+    /// still held by rustls could not be sent after it.
+    pub fn shutdown_write(&mut self) {
         let _ = self.socket().shutdown(Shutdown::Write);
     }
 }

@@ -12,7 +12,7 @@ use sm::webpush::{AppKey, KEY_LEN};
 
 /// RFC 8292 section 2: `exp` must not be more than 24 hours after the request.
 pub const MAX_EXPIRY_SECS: u64 = 24 * 3600;
-/// Clock difference tolerated between app servers and us, on `exp` only.
+/// Clock difference tolerated between app servers and us, either way, on `exp` only.
 const SKEW_SECS: u64 = 60;
 
 /// Why a VAPID header was refused.
@@ -24,11 +24,11 @@ pub enum VapidError {
     Malformed(&'static str),
     /// The signature does not verify with the key given.
     BadSignature,
-    /// `exp` is in the past.
+    /// `exp` is more than the tolerated skew in the past.
     Expired,
-    /// `exp` is more than 24 hours away.
+    /// `exp` is more than 24 hours (plus the skew) away.
     TooLong,
-    /// `aud` is not this server's origin.
+    /// `aud` is not this server's origin, or not an origin at all (a path, query or userinfo).
     WrongAudience,
 }
 
@@ -143,19 +143,36 @@ pub fn verify(
     Ok(AppKey(key_raw))
 }
 
+/// Whether `aud` is an origin, `scheme://host[:port]`: RFC 8292 section 2 asks for the origin of
+/// the push resource, so a path (even `/`), query, fragment or userinfo makes it another claim.
+fn is_origin(aud: &str) -> bool {
+    let Some((scheme, authority)) = aud.split_once("://") else {
+        return false;
+    };
+    let web = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http");
+    web && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@'])
+        && !authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+}
+
 fn check_claims(claims: &Value, origin_want: &str, now: u64) -> Result<(), VapidError> {
     let exp = claims
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or(VapidError::Malformed("JWT needs a numeric exp"))?;
-    if exp <= now {
+    // The skew goes both ways: by our clock, an app server whose clock is behind ours makes tokens
+    // that expire early, one whose clock is ahead makes tokens that reach a little too far.
+    if exp.saturating_add(SKEW_SECS) < now {
         return Err(VapidError::Expired);
     }
-    if exp > now + MAX_EXPIRY_SECS + SKEW_SECS {
+    if exp > now.saturating_add(MAX_EXPIRY_SECS + SKEW_SECS) {
         return Err(VapidError::TooLong);
     }
     let aud = claims.get("aud").and_then(Value::as_str).unwrap_or("");
-    if origin(aud) != origin(origin_want) {
+    // Case and a default port are spellings of the same origin; anything past the authority is not.
+    if !is_origin(aud) || origin(aud) != origin(origin_want) {
         return Err(VapidError::WrongAudience);
     }
     if claims.get("sub").is_some_and(|s| !s.is_string()) {
@@ -204,12 +221,72 @@ pub mod tests {
         assert_ne!(verify(Some(&other), None, ORIGIN, NOW).unwrap(), key);
     }
 
+    fn v(c: Value) -> Result<AppKey, VapidError> {
+        verify(Some(&sign(&[7; 32], &c)), None, ORIGIN, NOW)
+    }
+
+    #[test]
+    fn exp_in_the_past_is_allowed_the_skew_and_no_more() {
+        assert!(v(claims(NOW)).is_ok());
+        assert!(v(claims(NOW - 10)).is_ok());
+        assert!(v(claims(NOW - SKEW_SECS)).is_ok());
+        assert_eq!(v(claims(NOW - SKEW_SECS - 1)), Err(VapidError::Expired));
+        assert_eq!(v(claims(NOW - 3600)), Err(VapidError::Expired));
+        assert_eq!(v(claims(0)), Err(VapidError::Expired));
+    }
+
+    #[test]
+    fn exp_is_at_most_24_hours_away_plus_the_skew() {
+        assert!(v(claims(NOW + MAX_EXPIRY_SECS)).is_ok());
+        assert!(v(claims(NOW + MAX_EXPIRY_SECS + SKEW_SECS)).is_ok());
+        assert_eq!(
+            v(claims(NOW + MAX_EXPIRY_SECS + SKEW_SECS + 1)),
+            Err(VapidError::TooLong)
+        );
+        assert_eq!(v(claims(u64::MAX)), Err(VapidError::TooLong));
+    }
+
+    #[test]
+    fn aud_must_be_an_origin_without_path_query_or_userinfo() {
+        let aud = |a: &str| {
+            let mut c = claims(NOW + 60);
+            c["aud"] = a.into();
+            v(c)
+        };
+        for same in [
+            ORIGIN,
+            "https://PUSH.example.com",
+            "HTTPS://push.example.com:443",
+        ] {
+            assert!(aud(same).is_ok(), "{same}");
+        }
+        for bad in [
+            "https://push.example.com/",
+            "https://push.example.com/foo",
+            "https://push.example.com:443/foo",
+            "https://push.example.com?x=1",
+            "https://push.example.com#frag",
+            "https://user@push.example.com",
+            "https://push.example.com:8443",
+            "http://push.example.com",
+            "push.example.com",
+            "https://",
+            " https://push.example.com",
+            "https://push.example.com ",
+            "wss://push.example.com",
+            "",
+        ] {
+            assert_eq!(aud(bad), Err(VapidError::WrongAudience), "{bad:?}");
+        }
+        // The server's own origin is taken from public_url, which may carry a path.
+        let c = serde_json::json!({"aud": "http://127.0.0.1:8080", "exp": NOW + 60});
+        let auth = sign(&[7; 32], &c);
+        assert!(verify(Some(&auth), None, "http://127.0.0.1:8080/push", NOW).is_ok());
+    }
+
     #[test]
     fn expiry_and_audience_are_enforced() {
-        let v = |c: Value| verify(Some(&sign(&[7; 32], &c)), None, ORIGIN, NOW);
-        assert_eq!(v(claims(NOW)), Err(VapidError::Expired));
-        assert_eq!(v(claims(NOW - 10)), Err(VapidError::Expired));
-        assert!(v(claims(NOW + MAX_EXPIRY_SECS)).is_ok());
+        assert_eq!(v(claims(NOW - 3600)), Err(VapidError::Expired));
         assert_eq!(
             v(claims(NOW + MAX_EXPIRY_SECS + 3600)),
             Err(VapidError::TooLong)
@@ -217,7 +294,7 @@ pub mod tests {
         let mut c = claims(NOW + 60);
         c["aud"] = "https://evil.example.com".into();
         assert_eq!(v(c.clone()), Err(VapidError::WrongAudience));
-        c["aud"] = "https://PUSH.example.com:443/".into();
+        c["aud"] = "https://PUSH.example.com:443".into();
         assert!(v(c.clone()).is_ok());
         c.as_object_mut().unwrap().remove("aud");
         assert_eq!(v(c), Err(VapidError::WrongAudience));

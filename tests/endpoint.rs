@@ -304,8 +304,9 @@ fn bad_http_requests_get_clear_answers() {
         "a".repeat(10_000)
     );
     assert_eq!(raw_http(a, huge.as_bytes()).status, 431);
-    let chunked = b"PUT /update/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-    assert_eq!(raw_http(a, chunked).status, 411);
+    // Chunked bodies are read (tests/http.rs); other transfer codings are not implemented.
+    let gzip = b"PUT /update/x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n";
+    assert_eq!(raw_http(a, gzip).status, 501);
     let too_big = b"PUT /update/x HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n";
     assert_eq!(raw_http(a, too_big).status, 413);
     let bad_len = b"PUT /update/x HTTP/1.1\r\nContent-Length: lots\r\n\r\n";

@@ -308,7 +308,15 @@ fn write_seed_corpus() {
     let mut pipelined = request(&format!("PUT /update/{simple}?version=5&data=hi"), &[], b"");
     pipelined.extend(request("GET /status", &["Connection: keep-alive"], b""));
     pipelined.extend(request("GET /health/", &["Connection: close"], b""));
-    let seeds: [(&str, Vec<u8>); 10] = [
+    let mut chunked_update = request(
+        &format!("PUT /update/{simple}"),
+        &[form, "Transfer-Encoding: chunked"],
+        b"",
+    );
+    chunked_update
+        .extend_from_slice(b"8;ext=\"a\"\r\nversion=\r\n2\r\n12\r\n0\r\nX-Trailer: t\r\n\r\n");
+    chunked_update.extend(request("GET /status", &[], b""));
+    let seeds: [(&str, Vec<u8>); 11] = [
         (
             "update",
             request(
@@ -318,6 +326,7 @@ fn write_seed_corpus() {
             ),
         ),
         ("update-pipelined", pipelined),
+        ("update-chunked-pipelined", chunked_update),
         (
             "update-old-key",
             request(

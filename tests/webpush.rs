@@ -292,7 +292,7 @@ fn vapid_is_required_on_v2_and_checked_on_v1() {
     post(&v2, AES, b"x").assert_error(401, 109);
     let other = AppServer::new(8);
     post(&v2, &[AES[0], AES[1], &other.auth(&o)], b"x").assert_error(403, 109);
-    let expired = app.vapid(json!({"aud": o, "exp": now_secs() - 10, "sub": "mailto:a@b"}));
+    let expired = app.vapid(json!({"aud": o, "exp": now_secs() - 120, "sub": "mailto:a@b"}));
     post(&v2, &[AES[0], AES[1], &expired], b"x").assert_error(401, 109);
     let too_long = app.vapid(json!({"aud": o, "exp": now_secs() + 25 * 3600, "sub": "mailto:a@b"}));
     post(&v2, &[AES[0], AES[1], &too_long], b"x").assert_error(401, 109);
@@ -313,6 +313,32 @@ fn vapid_is_required_on_v2_and_checked_on_v1() {
     );
     c.recv();
     post(&v1, &[AES[0], AES[1], &expired], b"c").assert_error(401, 109);
+}
+
+#[test]
+fn vapid_aud_is_an_origin_and_exp_has_a_minute_of_skew() {
+    let s = Server::start();
+    let o = origin(s.addr);
+    let (mut c, _) = wp_client(&s, "");
+    let app = AppServer::new(7);
+    let v2 = register(&mut c, &chid(1), Some(&app.public_key()));
+    let claims = |aud: &str, exp: u64| json!({"aud": aud, "exp": exp, "sub": "mailto:a@b"});
+    let push = |claims: Value, body: &[u8]| post(&v2, &[AES[0], AES[1], &app.vapid(claims)], body);
+    // RFC 8292: the origin of the push resource, so no path (the endpoint's own path included).
+    let path = split_url(&v2).1;
+    for aud in [format!("{o}/foo"), format!("{o}/"), format!("{o}{path}")] {
+        push(claims(&aud, now_secs() + 600), b"x").assert_error(401, 109);
+    }
+    // The documented 60 s of clock skew, on both sides of the window.
+    push(claims(&o, now_secs() - 120), b"x").assert_error(401, 109);
+    push(claims(&o, now_secs() + 24 * 3600 + 180), b"x").assert_error(401, 109);
+    c.expect_silence(Duration::from_millis(200));
+    let late = push(claims(&o, now_secs() - 30), b"late");
+    assert_eq!(late.status, 201, "{}", late.body);
+    assert_eq!(c.recv()["data"], URL_SAFE_NO_PAD.encode("late"));
+    let far = push(claims(&o, now_secs() + 24 * 3600 + 30), b"far");
+    assert_eq!(far.status, 201, "{}", far.body);
+    assert_eq!(c.recv()["data"], URL_SAFE_NO_PAD.encode("far"));
 }
 
 #[test]

@@ -53,6 +53,39 @@ pub(super) fn source_of(peer: SocketAddr) -> u32 {
     }
 }
 
+/// Input a closing connection reads and discards at most: enough for the rest of a pipeline or
+/// of a refused body in flight, and no more, or a peer could hold the connection open by sending.
+const LINGER_BYTES: u32 = 64 * 1024;
+
+/// What reading a closing connection's input came to.
+enum Discarded {
+    /// All read for now; the peer is still open.
+    WouldBlock,
+    /// The peer closed its side: nothing more will come.
+    End,
+    /// More than `LINGER_BYTES` came, or the socket failed: stop waiting.
+    GiveUp,
+}
+
+/// Reads the raw socket (TLS records need no decrypting to be thrown away) until it would block.
+fn discard_input(sock: &mut TcpStream, drained: &mut u32) -> Discarded {
+    let mut sink = [0u8; READ_CHUNK];
+    loop {
+        match sock.read(&mut sink) {
+            Ok(0) => return Discarded::End,
+            Ok(n) => {
+                *drained = drained.saturating_add(n as u32);
+                if *drained > LINGER_BYTES {
+                    return Discarded::GiveUp;
+                }
+            }
+            Err(e) if would_block(&e) => return Discarded::WouldBlock,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Discarded::GiveUp,
+        }
+    }
+}
+
 /// Whether `h` is a connection that has made a stranger's start (nothing answered yet, no whole
 /// head) for longer than a real client takes.
 fn is_slow(h: &HttpConn, now_ms: u64) -> bool {
@@ -96,11 +129,7 @@ impl Server {
                 return;
             };
             if h.closing {
-                // Only the last TLS records were left (sent by `conn_event`): done once they are.
-                if !h.stream.pending() {
-                    self.drop_conn(key);
-                }
-                return;
+                return self.linger(key);
             }
             match write_out(&mut h.stream, &h.out, &mut h.written) {
                 Ok(true) => {}
@@ -114,14 +143,11 @@ impl Server {
                 h.out = Vec::new();
                 h.written = 0;
                 if h.close_after {
-                    h.stream.shutdown_write();
-                    if h.stream.pending() {
-                        h.closing = true;
-                        let at = self.now_ms() + self.cfg.server.close_timeout_ms;
-                        self.set_deadline(key, at);
-                        return;
-                    }
-                    return self.drop_conn(key);
+                    h.closing = true;
+                    h.stream.close_notify();
+                    let at = self.now_ms() + self.cfg.server.close_timeout_ms;
+                    self.set_deadline(key, at);
+                    return self.linger(key);
                 }
                 if !h.continued {
                     let at = self.now_ms() + self.cfg.server.keep_alive_timeout_ms;
@@ -130,39 +156,29 @@ impl Server {
                 continue;
             }
             match http::parse_head(&h.buf, max_head) {
-                Parsed::Complete(head) => {
+                Parsed::Complete(mut head) => {
                     h.head_bytes.set(0);
-                    let need = head.head_len.saturating_add(head.content_length);
-                    if head.content_length > self.cfg.endpoint.max_body_size {
-                        let r = Response::json(413, "\"Request body too large\"").closing();
-                        self.respond(key, r, false);
-                        continue;
+                    if !h.head_done {
+                        // The body gets the rest of the request timeout.
+                        h.head_done = true;
+                        let at = h.started_ms + self.cfg.server.request_timeout_ms;
+                        self.set_deadline(key, at);
                     }
-                    if head.upgrade.is_none() && h.buf.len() < need {
-                        if !h.head_done {
-                            // The body gets the rest of the request timeout.
-                            h.head_done = true;
-                            let at = h.started_ms + self.cfg.server.request_timeout_ms;
-                            self.set_deadline(key, at);
+                    match self.body_ready(key, &head) {
+                        Ok(true) => {}
+                        Ok(false) if self.await_body(key, &head) => continue,
+                        Ok(false) => return,
+                        Err(r) => {
+                            self.respond(key, r, false);
                             continue;
                         }
-                        if head.expect_continue && !h.continued && h.out.is_empty() {
-                            // curl waits a second for this before sending a body over 1 KiB.
-                            h.continued = true;
-                            h.out = http::CONTINUE.to_vec();
-                            h.written = 0;
-                            continue;
-                        }
-                        if !self.read_more(key) {
-                            return;
-                        }
-                        continue;
                     }
                     handled += 1;
                     if handled > BUDGET {
                         self.again.push(key);
                         return;
                     }
+                    self.unchunk(key, &mut head);
                     self.request(key, *head);
                     let still_http = matches!(
                         self.conns.get(key).map(|c| &c.state),
@@ -189,6 +205,32 @@ impl Server {
                 }
                 Parsed::Bad(r) => self.respond(key, r, false),
             }
+        }
+    }
+
+    /// A closing connection whose answers are all written. Closing a socket with unread input
+    /// makes the kernel send a reset, which can destroy answers the peer has not read yet (the
+    /// ones before a bad request in a pipeline), so: our side is shut once the last TLS records
+    /// are out (`conn_event` sends them), and what the peer still sends is read and thrown away
+    /// until it closes too, [`LINGER_BYTES`] have come, or the close timeout (`expire`) fires.
+    fn linger(&mut self, key: usize) {
+        let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let pending = h.stream.pending();
+        if !pending {
+            // Again on each event until the end: a second shutdown of the same side does nothing.
+            h.stream.shutdown_write();
+        }
+        match discard_input(h.stream.socket(), &mut h.drained) {
+            Discarded::WouldBlock => {}
+            // The peer may still read what rustls holds: wait for it to be sent.
+            Discarded::End if pending => {}
+            Discarded::End | Discarded::GiveUp => self.drop_conn(key),
         }
     }
 

@@ -50,6 +50,7 @@ use crate::ws::{Incoming, Link, ReadLimits};
 mod broadcasts;
 mod cluster;
 mod health;
+mod http_body;
 mod http_conn;
 mod loops;
 mod updates;
@@ -107,7 +108,8 @@ struct HttpConn {
     waiting: Option<bool>,
     /// `100 Continue` was sent for the request being read.
     continued: bool,
-    /// The last response is out and our side shut; TLS records still wait for the socket.
+    /// The last response is out: our side shuts once TLS records are sent, and the peer's input
+    /// is read and discarded until it closes too (`http_conn::linger`).
     closing: bool,
     /// The request being read has its whole head (its body has the request timeout).
     head_done: bool,
@@ -119,6 +121,10 @@ struct HttpConn {
     source: u32,
     /// This connection's part of the process's unfinished request heads.
     head_bytes: http_conn::HeadBytes,
+    /// Bytes discarded while closing.
+    drained: u32,
+    /// The chunked body being read (`http_body`).
+    chunked: Option<Box<crate::chunked::Chunked>>,
 }
 
 /// A WebSocket with its protocol session.
@@ -828,6 +834,8 @@ impl Server {
                 started_ms: now,
                 source,
                 head_bytes: http_conn::HeadBytes::default(),
+                drained: 0,
+                chunked: None,
             }),
         });
         self.set_deadline(key, now + self.cfg.server.header_timeout_ms());
