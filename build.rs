@@ -14,9 +14,11 @@ fn main() {
         .filter(|c| !c.trim().is_empty())
         .or_else(|| git(&["rev-parse", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=SIMPLEPUSH_GIT_COMMIT={}", commit.trim());
+    // Not SIMPLEPUSH_*: cargo also sets these when it runs tests, whose servers inherit them and
+    // would warn about variables that are no setting.
+    println!("cargo:rustc-env=SP_BUILD_COMMIT={}", commit.trim());
     println!(
-        "cargo:rustc-env=SIMPLEPUSH_BUILD_DATE={}",
+        "cargo:rustc-env=SP_BUILD_DATE={}",
         rfc3339(build_secs())
     );
     println!("cargo:rerun-if-env-changed=GIT_COMMIT");

@@ -59,8 +59,8 @@ pub(super) fn version() -> Response {
     let body = format!(
         r#"{{"version":{},"commit":{},"build_date":{}}}"#,
         text(env!("CARGO_PKG_VERSION")),
-        text(env!("SIMPLEPUSH_GIT_COMMIT")),
-        text(env!("SIMPLEPUSH_BUILD_DATE")),
+        text(env!("SP_BUILD_COMMIT")),
+        text(env!("SP_BUILD_DATE")),
     );
     Response::json(200, body)
 }
