@@ -17,10 +17,7 @@ fn main() {
     // Not SIMPLEPUSH_*: cargo also sets these when it runs tests, whose servers inherit them and
     // would warn about variables that are no setting.
     println!("cargo:rustc-env=SP_BUILD_COMMIT={}", commit.trim());
-    println!(
-        "cargo:rustc-env=SP_BUILD_DATE={}",
-        rfc3339(build_secs())
-    );
+    println!("cargo:rustc-env=SP_BUILD_DATE={}", rfc3339(build_secs()));
     println!("cargo:rerun-if-env-changed=GIT_COMMIT");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     println!("cargo:rerun-if-changed=build.rs");
