@@ -17,7 +17,8 @@ USAGE:
 SCENARIOS:
     connect   open --connections sockets, hello (new uaid) + register --channels each,
               hold them --duration seconds, check each still answers a ping, close them
-    notify    like connect, then PUT version=N to random held channels at --rate per second for
+    notify    like connect, then PUT version=N to random held channels (at most one PUT in flight
+              per channel) at --rate per second for
               --duration seconds over keep-alive HTTP/1.1; latency = PUT sent -> notification
               received; every notification is acked; lost = answered 200/202 but never
               delivered by the end of --grace

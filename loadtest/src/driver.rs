@@ -532,8 +532,8 @@ impl Driver {
                     Tally::count(&mut self.tally.statuses, &status.to_string());
                     if let Some((c, chan)) = self.tracker.answered(version, status) {
                         let accepted = status == 200 || status == 202;
+                        self.settle(c, chan);
                         self.book(c, chan, |ch| {
-                            ch.inflight = false;
                             if accepted {
                                 ch.acked = ch.acked.max(version);
                             }
@@ -543,7 +543,7 @@ impl Driver {
                 HttpOut::Lost(version) => {
                     self.tally.unanswered += 1;
                     if let Some((c, chan)) = self.tracker.abandoned(version) {
-                        self.book(c, chan, |ch| ch.inflight = false);
+                        self.settle(c, chan);
                     }
                 }
                 HttpOut::Reopen(why) => {
@@ -555,6 +555,25 @@ impl Driver {
     }
 
     /// Updates the delivery book of channel `chan` of client `c` (churn with --devices).
+    /// The PUT to channel `chan` of client `c` is answered (or given up): another may follow.
+    fn settle(&mut self, c: u32, chan: u16) {
+        if let Some(ch) = self
+            .clients
+            .get_mut(c as usize)
+            .and_then(|cl| cl.channels.get_mut(usize::from(chan)))
+        {
+            ch.inflight = false;
+        }
+    }
+
+    /// Whether a PUT to channel `chan` of client `idx` waits for its answer.
+    pub fn put_in_flight(&self, idx: usize, chan: usize) -> bool {
+        self.clients[idx]
+            .channels
+            .get(chan)
+            .is_some_and(|c| c.inflight)
+    }
+
     fn book(&mut self, c: u32, chan: u16, f: impl FnOnce(&mut Channel)) {
         if !self.books {
             return;
