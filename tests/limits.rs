@@ -328,3 +328,41 @@ fn unfinished_heads_past_the_budget_get_503() {
     let ep = c.register(&chid(1));
     assert_eq!(put(&ep, "version=1").status, 200);
 }
+
+#[test]
+fn the_memory_store_forgets_registrations_unseen_for_their_ttl() {
+    // memcached and the disk store expire by themselves (tests/memcached*.rs, tests/disk.rs).
+    if memcached_backend() || disk_backend() {
+        return;
+    }
+    let s = Server::start_with(
+        "",
+        "[websocket]\nmin_ping_interval_ms = 0\n[storage]\nregistration_ttl_secs = 2\n",
+    );
+    // 100 devices with 20 channels each go away; one stays connected and talks.
+    let mut gone = Vec::new();
+    for d in 0..100u32 {
+        let mut c = s.client();
+        c.hello_new();
+        let eps: Vec<String> = (0..20).map(|i| c.register(&chid(d * 100 + i))).collect();
+        c.close();
+        gone.push(eps);
+    }
+    let mut kept = s.client();
+    kept.hello_new();
+    let kept_ep = kept.register(&chid(99_999));
+    let end = Instant::now() + Duration::from_millis(4500);
+    while Instant::now() < end {
+        // A ping every 400 ms: each message past a third of the TTL refreshes the registration.
+        kept.send("{}");
+        assert_eq!(kept.recv_text(), "{}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // The gone devices' channels are unknown now.
+    for eps in &gone {
+        assert_eq!(put(&eps[19], "version=1").status, 410);
+    }
+    // The device that stayed keeps its registration.
+    assert_eq!(put(&kept_ep, "version=2").status, 200);
+    assert_eq!(kept.recv()["updates"][0]["version"], 2);
+}

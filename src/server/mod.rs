@@ -180,6 +180,8 @@ pub struct Server {
     limits: Limits,
     /// Read buffer shared by every WebSocket: sockets keep only leftovers of their own.
     scratch: Vec<u8>,
+    /// When the inline store next removes expired registrations (once a second).
+    next_sweep_ms: u64,
     timers: BinaryHeap<Reverse<(u64, usize, u32)>>,
     start: Instant,
     next_gen: u32,
@@ -292,6 +294,7 @@ fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
         max_messages: cfg.webpush.max_messages,
         replicas: st.replica_count(),
         allow_eviction: st.allow_eviction,
+        cluster: !cfg.cluster.router_listen.is_empty(),
     };
     let backend =
         MemcachedStore::start(settings).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
@@ -307,10 +310,10 @@ fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
 /// One loop's storage runner: its own memory shard, or storage threads over the shared store.
 fn open_store(cfg: &Config, shared: &Shared, waker: Arc<mio::Waker>) -> Runner {
     match shared.runner() {
-        None => Runner::inline(Box::new(MemoryStore::with_budget(
-            cfg.webpush.max_messages,
-            cfg.webpush.memory_max_bytes,
-        ))),
+        None => Runner::inline(Box::new(
+            MemoryStore::with_budget(cfg.webpush.max_messages, cfg.webpush.memory_max_bytes)
+                .with_ttl(cfg.storage.registration_ttl_secs),
+        )),
         Some(backend) => Runner::Pool(Pool::start(
             backend,
             cfg.storage.pool_size,
@@ -466,14 +469,8 @@ impl Server {
             max_channels: cfg.websocket.max_channels,
             min_ping_interval_ms: cfg.websocket.min_ping_interval_ms,
             webpush: cfg.webpush.enabled,
-            // Registrations expire in memcached and on disk: refresh them three times per lifetime.
-            refresh_ms: match (
-                cfg.storage.backend.as_str(),
-                cfg.storage.registration_ttl_secs,
-            ) {
-                ("memcached" | "disk", ttl) if ttl > 0 => ttl * 1000 / 3,
-                _ => 0,
-            },
+            // Registrations expire on every store: refresh them three times per lifetime.
+            refresh_ms: cfg.storage.registration_ttl_secs * 1000 / 3,
         };
         let origin = crate::vapid::origin(&public_url);
         let broadcasts = broadcasts::initial(&cfg);
@@ -494,6 +491,7 @@ impl Server {
             origin,
             limits,
             scratch: Vec::with_capacity(crate::ws::READ_CHUNK),
+            next_sweep_ms: 1000,
             timers: BinaryHeap::new(),
             start: Instant::now(),
             next_gen: 0,
@@ -575,6 +573,10 @@ impl Server {
             }
             self.fire_timers();
             self.drain_step();
+            if self.now_ms() >= self.next_sweep_ms {
+                self.next_sweep_ms = self.now_ms() + 1000;
+                self.store.sweep();
+            }
             if let Some(at) = self.shutdown_at {
                 let idle = self.conns.is_empty() && self.store.outstanding() == 0;
                 if idle || self.now_ms() >= at {

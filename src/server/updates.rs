@@ -176,9 +176,48 @@ impl Server {
                 let resp = self.stored_answer(&d, outcome);
                 self.answer(conn, resp);
             }
-            Done::Bound { uaid, previous } => self.kick_elsewhere(uaid, previous),
+            Done::Bound {
+                uaid,
+                previous,
+                found,
+            } => {
+                self.kick_elsewhere(uaid, previous);
+                if let Some(found) = found {
+                    self.deliver_found(uaid, found);
+                }
+            }
             Done::Broadcasts { conn, table } => self.broadcasts_stored(conn, table),
             Done::Nothing => {}
+        }
+    }
+
+    /// Delivers what was stored for a UAID while its node record was being written.
+    fn deliver_found(&mut self, uaid: Uaid, found: crate::store::HelloFound) {
+        let received = std::time::Instant::now();
+        let versions = found
+            .pending
+            .into_iter()
+            .map(|(channel, version)| Delivery {
+                uaid,
+                channel,
+                notice: Notice::Version {
+                    version,
+                    data: None,
+                },
+                received,
+            });
+        let messages = found.messages.into_iter().map(|m| Delivery {
+            uaid,
+            channel: m.channel,
+            notice: Notice::Message(Box::new(m)),
+            received,
+        });
+        for d in versions.chain(messages) {
+            let outcome = self.deliver(&d);
+            debug!(
+                "stored before the bind: uaid={uaid} {} -> {outcome:?}",
+                d.label()
+            );
         }
     }
 

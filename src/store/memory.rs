@@ -1,7 +1,7 @@
 //! The embedded store: everything in one process's memory, lost on restart.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 
 use sm::{ChannelId, Message, Uaid};
 
@@ -11,6 +11,21 @@ use super::{now_secs, Backend, HelloFound, PutResult, StoredMessage, Unavailable
 
 /// "Nothing pending": versions are never 0 (an update's 0 means "now").
 const NONE: u64 = 0;
+/// Expired UAIDs removed per sweep (one a second per loop): about a millisecond's work.
+const SWEEP_BATCH: usize = 10_000;
+
+/// A UAID's registrations and when its device was last heard of.
+#[derive(Default)]
+struct Entry {
+    channels: Channels,
+    /// Unix seconds of the last hello, register, unregister, ack or refresh.
+    seen: u32,
+}
+
+/// Unix seconds as stored (u32 lasts until 2106).
+fn secs32(now: u64) -> u32 {
+    u32::try_from(now).unwrap_or(u32::MAX)
+}
 
 /// A UAID's channels: inline while there is one (nearly every device), a map beyond.
 #[derive(Default)]
@@ -90,7 +105,12 @@ impl Channels {
 /// Registrations, pending versions and WebPush messages; used from the loop's thread only.
 pub struct MemoryStore {
     /// UAID → its channels and their pending versions.
-    users: RefCell<HashMap<Uaid, Channels>>,
+    users: RefCell<HashMap<Uaid, Entry>>,
+    /// Every UAID once, with when it was last seen as of its turn in the queue: the sweep takes
+    /// from the front, expires what is still unseen since, and queues the rest again.
+    expiry: RefCell<VecDeque<(Uaid, u32)>>,
+    /// Seconds a registration lives unseen; 0 = for ever.
+    ttl_secs: Cell<u32>,
     /// UAID → its waiting WebPush messages, oldest first. Apart from `users`, so that the
     /// SimplePush devices (most of them) pay nothing for it.
     messages: RefCell<HashMap<Uaid, Vec<StoredMessage>>>,
@@ -114,12 +134,69 @@ impl MemoryStore {
     pub fn with_budget(max_messages: usize, max_message_bytes: usize) -> MemoryStore {
         MemoryStore {
             users: RefCell::default(),
+            expiry: RefCell::default(),
+            ttl_secs: Cell::new(0),
             messages: RefCell::default(),
             max_messages,
             wakes: RefCell::default(),
             message_bytes: std::cell::Cell::new(0),
             max_message_bytes,
         }
+    }
+
+    /// Registrations unseen for `secs` expire (0: never), as on memcached and disk.
+    pub fn with_ttl(self, secs: u64) -> MemoryStore {
+        self.ttl_secs.set(u32::try_from(secs).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// Marks the UAID's device as heard of now.
+    fn touch(&self, uaid: &Uaid) {
+        if let Some(e) = self.users.borrow_mut().get_mut(uaid) {
+            e.seen = secs32(now_secs());
+        }
+    }
+
+    /// Forgets everything held for the UAID.
+    fn forget(&self, uaid: &Uaid) {
+        self.users.borrow_mut().remove(uaid);
+        if let Some(list) = self.messages.borrow_mut().remove(uaid) {
+            let total = self.message_bytes.get();
+            self.message_bytes
+                .set(total.saturating_sub(list_bytes(&list)));
+        }
+        self.wakes.borrow_mut().remove(uaid);
+    }
+
+    /// Removes up to [`SWEEP_BATCH`] UAIDs unseen for the TTL; returns how many.
+    fn sweep_expired(&self, now: u64) -> usize {
+        let ttl = self.ttl_secs.get();
+        if ttl == 0 {
+            return 0;
+        }
+        let now = secs32(now);
+        let mut expired = 0;
+        for _ in 0..SWEEP_BATCH {
+            let Some(&(uaid, seen)) = self.expiry.borrow().front() else {
+                break;
+            };
+            if seen.saturating_add(ttl) > now {
+                break;
+            }
+            self.expiry.borrow_mut().pop_front();
+            let last = self.users.borrow().get(&uaid).map(|e| e.seen);
+            match last {
+                Some(last) if last.saturating_add(ttl) > now => {
+                    self.expiry.borrow_mut().push_back((uaid, last));
+                }
+                Some(_) => {
+                    self.forget(&uaid);
+                    expired += 1;
+                }
+                None => {}
+            }
+        }
+        expired
     }
 
     fn wake_of(&self, uaid: &Uaid) -> Option<String> {
@@ -163,19 +240,14 @@ impl Backend for MemoryStore {
         _channels: &[ChannelId],
     ) -> Result<HelloFound, Unavailable> {
         if forget {
-            self.users.borrow_mut().remove(uaid);
-            if let Some(list) = self.messages.borrow_mut().remove(uaid) {
-                let total = self.message_bytes.get();
-                self.message_bytes
-                    .set(total.saturating_sub(list_bytes(&list)));
-            }
-            self.wakes.borrow_mut().remove(uaid);
+            self.forget(uaid);
             return Ok(HelloFound::default());
         }
         let pending = match self.users.borrow().get(uaid) {
-            Some(channels) => channels.pending(),
+            Some(e) => e.channels.pending(),
             None => return Ok(HelloFound::default()),
         };
+        self.touch(uaid);
         let now = now_secs();
         let messages = self.with_messages(uaid, |list| list.iter().map(|m| m.at(now)).collect());
         Ok(HelloFound {
@@ -188,13 +260,23 @@ impl Backend for MemoryStore {
 
     fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable> {
         let mut users = self.users.borrow_mut();
-        let v = users.get_mut(uaid).and_then(|c| c.get_mut(channel));
+        let v = users
+            .get_mut(uaid)
+            .and_then(|e| e.channels.get_mut(channel));
         Ok(v.map(|v| *v).filter(|v| *v != NONE))
     }
 
     fn register(&self, uaid: &Uaid, channel: &ChannelId, max: usize) -> Result<bool, Unavailable> {
+        let now = secs32(now_secs());
         let mut users = self.users.borrow_mut();
-        let channels = users.entry(*uaid).or_default();
+        let entry = users.entry(*uaid).or_insert_with(|| {
+            if self.ttl_secs.get() > 0 {
+                self.expiry.borrow_mut().push_back((*uaid, now));
+            }
+            Entry::default()
+        });
+        entry.seen = now;
+        let channels = &mut entry.channels;
         if !channels.contains(channel) && channels.len() >= max {
             return Ok(false);
         }
@@ -203,8 +285,9 @@ impl Backend for MemoryStore {
     }
 
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
-        if let Some(channels) = self.users.borrow_mut().get_mut(uaid) {
-            channels.remove(channel);
+        if let Some(e) = self.users.borrow_mut().get_mut(uaid) {
+            e.channels.remove(channel);
+            e.seen = secs32(now_secs());
         }
         self.with_messages(uaid, |list| list.retain(|m| m.msg.channel != *channel));
         Ok(())
@@ -224,9 +307,11 @@ impl Backend for MemoryStore {
             });
         }
         let mut users = self.users.borrow_mut();
-        let Some(channels) = users.get_mut(uaid) else {
+        let Some(entry) = users.get_mut(uaid) else {
             return Ok(());
         };
+        entry.seen = secs32(now_secs());
+        let channels = &mut entry.channels;
         for (channel, version) in items {
             if let Some(pending) = channels.get_mut(channel) {
                 if *pending == *version {
@@ -244,7 +329,9 @@ impl Backend for MemoryStore {
         version: u64,
     ) -> Result<PutResult, Unavailable> {
         let mut users = self.users.borrow_mut();
-        let slot = users.get_mut(uaid).and_then(|c| c.get_mut(channel));
+        let slot = users
+            .get_mut(uaid)
+            .and_then(|e| e.channels.get_mut(channel));
         Ok(match slot {
             Some(pending) => {
                 *pending = version;
@@ -262,7 +349,7 @@ impl Backend for MemoryStore {
             .users
             .borrow()
             .get(uaid)
-            .is_some_and(|c| c.contains(&msg.channel));
+            .is_some_and(|e| e.channels.contains(&msg.channel));
         if !registered {
             return Ok(PutResult::UnknownChannel);
         }
@@ -323,6 +410,15 @@ impl Backend for MemoryStore {
         Ok(())
     }
 
+    fn refresh(&self, uaid: &Uaid) -> Result<(), Unavailable> {
+        self.touch(uaid);
+        Ok(())
+    }
+
+    fn sweep(&self, now: u64) -> usize {
+        self.sweep_expired(now)
+    }
+
     fn healthy(&self) -> bool {
         true
     }
@@ -339,6 +435,35 @@ mod tests {
 
     fn c(n: u8) -> ChannelId {
         ChannelId(Id::fresh([n; 16]))
+    }
+
+    #[test]
+    fn registrations_unseen_for_the_ttl_expire_and_seen_ones_stay() {
+        let s = MemoryStore::new(100).with_ttl(100);
+        let now = now_secs();
+        s.register(&u(1), &c(1), 200).unwrap();
+        s.register(&u(2), &c(2), 200).unwrap();
+        s.set_wake(&u(1), "w").unwrap();
+        assert_eq!(s.sweep(now + 50), 0);
+        // u2's device was heard of later than its turn in the queue says.
+        s.users.borrow_mut().get_mut(&u(2)).unwrap().seen = secs32(now + 80);
+        assert_eq!(s.sweep(now + 101), 1);
+        assert_eq!(s.hello(&u(1), false, None, &[]), Ok(HelloFound::default()));
+        assert!(s.wakes.borrow().is_empty());
+        assert_eq!(
+            s.put(&u(2), &c(2), 5).unwrap(),
+            PutResult::Stored {
+                node: None,
+                wake: None
+            }
+        );
+        assert_eq!(s.sweep(now + 181), 1);
+        assert!(s.users.borrow().is_empty() && s.expiry.borrow().is_empty());
+        // Without a TTL nothing expires and nothing is queued.
+        let forever = MemoryStore::new(100);
+        forever.register(&u(1), &c(1), 200).unwrap();
+        assert_eq!(forever.sweep(u64::MAX / 2), 0);
+        assert!(forever.expiry.borrow().is_empty());
     }
 
     #[test]

@@ -139,6 +139,11 @@ pub trait Backend {
     fn refresh(&self, uaid: &Uaid) -> Result<(), Unavailable> {
         self.hello(uaid, false, None, &[]).map(drop)
     }
+    /// Removes a bounded batch of expired data, on the caller's thread; returns how many UAIDs
+    /// went. Backends that expire by themselves (memcached, the disk store's sweeper) do nothing.
+    fn sweep(&self, _now: u64) -> usize {
+        0
+    }
     /// Whether the backend can serve requests now.
     fn healthy(&self) -> bool;
 }
@@ -422,6 +427,9 @@ pub enum Done {
         uaid: Uaid,
         /// The other node, if any.
         previous: Option<String>,
+        /// What was stored for the UAID once the node record named this node: updates that
+        /// arrived between the hello and the record (then no node could be told of them).
+        found: Option<HelloFound>,
     },
     /// For [`Job::Unbound`], and for jobs whose answer needs no action.
     Nothing,
@@ -490,10 +498,19 @@ fn run_job(backend: &dyn Backend, job: Job) -> Done {
             channel,
             id,
         },
-        Job::Bound { uaid, node } => Done::Bound {
-            uaid,
-            previous: backend.bind_node(&uaid, &node).ok().flatten(),
-        },
+        Job::Bound { uaid, node } => {
+            let previous = backend.bind_node(&uaid, &node);
+            let found = previous
+                .is_ok()
+                .then(|| backend.hello(&uaid, false, None, &[]).ok())
+                .flatten()
+                .filter(|f| !f.pending.is_empty() || !f.messages.is_empty());
+            Done::Bound {
+                uaid,
+                previous: previous.ok().flatten(),
+                found,
+            }
+        }
         Job::Refresh { uaid } => {
             if backend.refresh(&uaid).is_err() {
                 log::debug!("refresh of uaid={uaid} failed: storage unavailable");
@@ -591,6 +608,17 @@ impl Runner {
         Runner::Inline {
             backend,
             done: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Lets an inline backend remove a batch of expired data (storage threads' backends expire
+    /// by themselves).
+    pub fn sweep(&self) {
+        if let Runner::Inline { backend, .. } = self {
+            let gone = backend.sweep(now_secs());
+            if gone > 0 {
+                log::debug!("{gone} registrations expired");
+            }
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Settings {
     pub replicas: usize,
     /// Start even if a server evicts.
     pub allow_eviction: bool,
+    /// Nodes share this memcached (`[cluster]`): devices' node records matter.
+    pub cluster: bool,
 }
 
 /// The memcached backend.
@@ -544,6 +546,23 @@ impl MemcachedStore {
         )
     }
 
+    /// A put stored for a UAID no node held when it was read: reads the node record once more,
+    /// now that the update is written. A node binds a new UAID (writes the record) and then reads
+    /// what is stored for it (`Job::Bound`); with this second read, one of the two always sees
+    /// the other, so an update cannot slip between a device's hello and its node record.
+    fn node_again(&self, uaid: &Uaid, r: PutResult) -> PutResult {
+        if !self.settings.cluster {
+            return r;
+        }
+        match r {
+            PutResult::Stored { node: None, wake } => PutResult::Stored {
+                node: self.read_one(node_key(uaid)).ok().and_then(|i| node_of(&i)),
+                wake,
+            },
+            other => other,
+        }
+    }
+
     /// Registers a channel again after a loss, so that a message for it can be stored.
     fn revive_channel(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Fail> {
         self.update(record_key(uaid), &[], |item, _| {
@@ -715,11 +734,17 @@ impl Backend for MemcachedStore {
         channel: &ChannelId,
         version: u64,
     ) -> Result<PutResult, Unavailable> {
-        put_outcome(self.put_version(uaid, channel, version))
+        put_outcome(
+            self.put_version(uaid, channel, version)
+                .map(|r| self.node_again(uaid, r)),
+        )
     }
 
     fn put_message(&self, uaid: &Uaid, msg: &Message) -> Result<PutResult, Unavailable> {
-        put_outcome(self.put_webpush(uaid, msg))
+        put_outcome(
+            self.put_webpush(uaid, msg)
+                .map(|r| self.node_again(uaid, r)),
+        )
     }
 
     fn message_pending(&self, uaid: &Uaid, id: &str) -> Result<bool, Unavailable> {
