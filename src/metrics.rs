@@ -160,6 +160,7 @@ pub struct Metrics {
     store_errors: AtomicU64,
     router_errors: AtomicU64,
     refused_connections: AtomicU64,
+    dead_sockets: AtomicU64,
     /// Time a storage job takes.
     pub store_latency: Histogram,
     /// Time a storage job waits in its worker's queue before it runs.
@@ -179,6 +180,7 @@ pub static METRICS: Metrics = Metrics {
     store_errors: AtomicU64::new(0),
     router_errors: AtomicU64::new(0),
     refused_connections: AtomicU64::new(0),
+    dead_sockets: AtomicU64::new(0),
     store_latency: Histogram::new(),
     store_queue_latency: Histogram::new(),
     store_queued: AtomicU64::new(0),
@@ -223,6 +225,11 @@ impl Metrics {
     /// Counts a connection refused at the limit or for lack of descriptors.
     pub fn refused(&self) {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a socket closed because it did not answer a ping.
+    pub fn dead_socket(&self) {
+        self.dead_sockets.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The current value of an event counter.
@@ -367,6 +374,11 @@ pub fn render(g: &Gauges) -> String {
             "simplepush_refused_connections_total",
             "Connections closed at once: over max_connections or out of descriptors.",
             &m.refused_connections,
+        ),
+        (
+            "simplepush_dead_sockets_total",
+            "WebSockets closed because they answered no ping (websocket.auto_ping_timeout_secs).",
+            &m.dead_sockets,
         ),
     ];
     for (name, help, c) in counters {
@@ -519,6 +531,7 @@ mod tests {
             "simplepush_wakes_total",
             "simplepush_store_errors_total",
             "simplepush_router_errors_total",
+            "simplepush_dead_sockets_total",
             "simplepush_store_seconds",
             "simplepush_delivery_seconds",
             "process_resident_memory_bytes",
