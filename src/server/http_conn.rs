@@ -71,7 +71,9 @@ impl Server {
                 Parsed::Complete(head) => {
                     let need = head.head_len.saturating_add(head.content_length);
                     if head.content_length > self.cfg.endpoint.max_body_size {
-                        let r = Response::json(413, "\"Request body too large\"").closing();
+                        let r = Response::json(413, "\"Request body too large\"")
+                            .closing()
+                            .counted(metrics::Reason::TooLarge);
                         self.respond(key, r, false);
                         continue;
                     }
@@ -107,7 +109,7 @@ impl Server {
                         return;
                     }
                 }
-                Parsed::Bad(r) => self.respond(key, r, false),
+                Parsed::Bad(r) => self.respond(key, r.counted(metrics::Reason::Malformed), false),
             }
         }
     }
@@ -152,15 +154,22 @@ impl Server {
         }
     }
 
-    /// Queues a response and removes the request bytes it answers.
+    /// Queues a response and removes the request bytes it answers. Every answer to an app server
+    /// passes here (immediate ones and those that waited), so this is where they are counted.
     pub(super) fn respond(&mut self, key: usize, resp: Response, keep_alive: bool) {
         let Some(Conn {
             state: State::Http(h),
+            roles,
             ..
         }) = self.conns.get_mut(key)
         else {
             return;
         };
+        // The router's and the admin listener's answers are not app servers' (their listeners do
+        // not serve the endpoint), nor are /status and the like (built uncounted).
+        if let (true, Some(why)) = (roles.endpoint, resp.counted) {
+            METRICS.response(resp.status, why);
+        }
         let keep = keep_alive && !resp.close && self.shutdown_at.is_none();
         h.waiting = None;
         h.continued = false;
