@@ -73,6 +73,8 @@ pub struct ServerConfig {
     /// Serve `/__lbheartbeat__`, `/__heartbeat__` and `/__version__` on the public listeners too
     /// (always on the admin listener).
     pub public_health: bool,
+    /// TCP keepalive on device sockets: idle seconds before the kernel's first probe; 0 = off.
+    pub tcp_keepalive_secs: u64,
 }
 
 impl ServerConfig {
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 3_000,
             drain_ms: 5_000,
             public_health: false,
+            tcp_keepalive_secs: 300,
         }
     }
 }
@@ -127,6 +130,18 @@ pub struct WebSocketConfig {
     pub max_channels: usize,
     /// Unsent output above this drops the connection (a client that does not read).
     pub max_output_buffer: usize,
+    /// A socket after hello that sent nothing this long gets a WebSocket ping; 0 = no pings.
+    pub auto_ping_interval_secs: u64,
+    /// A pinged socket that sends nothing this long after the ping is closed; 0 = no pings.
+    pub auto_ping_timeout_secs: u64,
+}
+
+impl WebSocketConfig {
+    /// The ping interval and timeout in ms; `None` when pings are off (either key 0).
+    pub fn auto_ping_ms(&self) -> Option<(u64, u64)> {
+        let (every, wait) = (self.auto_ping_interval_secs, self.auto_ping_timeout_secs);
+        (every > 0 && wait > 0).then(|| (every * 1000, wait * 1000))
+    }
 }
 
 impl Default for WebSocketConfig {
@@ -139,6 +154,9 @@ impl Default for WebSocketConfig {
             min_ping_interval_ms: 20_000,
             max_channels: 200,
             max_output_buffer: 1024 * 1024,
+            // autopush-rs's interval: a mobile radio woken every 5 min, not more often.
+            auto_ping_interval_secs: 300,
+            auto_ping_timeout_secs: 30,
         }
     }
 }
@@ -554,6 +572,7 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             );
         }
+        self.validate_liveness()?;
         if self.websocket.max_output_buffer < 64 * 1024 {
             return bad("websocket.max_output_buffer", "must be at least 65536");
         }
@@ -610,6 +629,27 @@ impl Config {
         }
         self.validate_storage()?;
         self.validate_cluster()
+    }
+
+    /// Pings and TCP keepalive: bounded so that their milliseconds cannot overflow, and
+    /// keepalive within what Linux takes (TCP_KEEPIDLE is at most 32767 s).
+    fn validate_liveness(&self) -> Result<(), ConfigError> {
+        if self.websocket.auto_ping_interval_secs > 86_400 {
+            return bad(
+                "websocket.auto_ping_interval_secs",
+                "must be 0 (off) to 86400 (a day)",
+            );
+        }
+        if self.websocket.auto_ping_timeout_secs > 3_600 {
+            return bad(
+                "websocket.auto_ping_timeout_secs",
+                "must be 0 (off) to 3600 (an hour)",
+            );
+        }
+        if self.server.tcp_keepalive_secs > 32_767 {
+            return bad("server.tcp_keepalive_secs", "must be 0 (off) to 32767");
+        }
+        Ok(())
     }
 
     fn validate_wake(&self) -> Result<(), ConfigError> {
@@ -1017,6 +1057,28 @@ mod tests {
         assert_eq!(file_path(None, var), Some(PathBuf::from("/from/env.toml")));
         assert_eq!(file_path(None, Some(OsString::new())), None);
         assert_eq!(file_path(None, None), None);
+    }
+
+    #[test]
+    fn pings_and_keepalive_are_bounded_and_either_zero_turns_pings_off() {
+        let load = |k: &str, v: &str| Config::load(None, env(&[(k, v)]));
+        let c = load("SIMPLEPUSH_WEBSOCKET_AUTO_PING_TIMEOUT_SECS", "1").unwrap();
+        assert_eq!(c.config.websocket.auto_ping_ms(), Some((300_000, 1_000)));
+        for off in [
+            "SIMPLEPUSH_WEBSOCKET_AUTO_PING_INTERVAL_SECS",
+            "SIMPLEPUSH_WEBSOCKET_AUTO_PING_TIMEOUT_SECS",
+        ] {
+            let c = load(off, "0").unwrap().config;
+            assert_eq!(c.websocket.auto_ping_ms(), None, "{off}");
+        }
+        for (var, too_big) in [
+            ("SIMPLEPUSH_WEBSOCKET_AUTO_PING_INTERVAL_SECS", "86401"),
+            ("SIMPLEPUSH_WEBSOCKET_AUTO_PING_TIMEOUT_SECS", "3601"),
+            ("SIMPLEPUSH_SERVER_TCP_KEEPALIVE_SECS", "32768"),
+        ] {
+            let e = load(var, too_big).unwrap_err().to_string();
+            assert!(e.contains(var), "{e}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! App-server requests: which route a request takes, and what an update request means.
 
-use sm::update::{self, Outcome, Update};
+use sm::update::{self, Outcome, Update, UpdateError};
 use sm::{ChannelId, Uaid};
 
 use crate::http::{Head, Method, Response};
+use crate::metrics::Reason;
 use crate::token::Tokens;
 
 /// Where a plain (non-upgrade) HTTP request goes.
@@ -65,7 +66,9 @@ pub fn parse_update(
     tokens: &Tokens,
 ) -> Result<(Uaid, ChannelId, Update), Response> {
     if head.method != Method::Put {
-        return Err(Response::json(405, "\"Method Not Allowed\"").header("Allow: PUT"));
+        return Err(Response::json(405, "\"Method Not Allowed\"")
+            .header("Allow: PUT")
+            .counted(Reason::Method));
     }
     let upd = update::parse(
         head.content_type.as_deref(),
@@ -76,25 +79,31 @@ pub fn parse_update(
     )
     .map_err(|e| {
         let (status, body) = e.response();
-        Response::json(status, body)
+        let why = match e {
+            UpdateError::BadVersion => Reason::Version,
+            UpdateError::DataTooLong { .. } => Reason::TooLarge,
+        };
+        Response::json(status, body).counted(why)
     })?;
     let (uaid, channel) = tokens
         .open(token)
-        .ok_or_else(|| Response::json(404, "\"Invalid Token\""))?;
+        .ok_or_else(|| Response::json(404, "\"Invalid Token\"").counted(Reason::Token))?;
     Ok((uaid, channel, upd))
 }
 
 /// 200 or 202 with `{}`.
 pub fn outcome(o: Outcome) -> Response {
-    Response::json(o.status(), "{}")
+    Response::json(o.status(), "{}").counted(Reason::Ok)
 }
 
 /// The channel behind a valid token is not registered (unregistered, or lost with the store).
 pub fn gone() -> Response {
-    Response::json(410, "\"Channel not registered\"")
+    Response::json(410, "\"Channel not registered\"").counted(Reason::Gone)
 }
 
 /// The store failed; the app server should retry.
 pub fn unavailable() -> Response {
-    Response::json(503, "\"Could not update channel version\"").header("Retry-After: 5")
+    Response::json(503, "\"Could not update channel version\"")
+        .header("Retry-After: 5")
+        .counted(Reason::Unavailable)
 }

@@ -1,5 +1,7 @@
 //! One HTTP/1.1 request head read with `httparse`, and the bytes of a response.
 
+use crate::metrics::Reason;
+
 /// Request methods the server tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -66,6 +68,8 @@ pub struct Response {
     pub headers: Vec<String>,
     /// Close the connection after this response.
     pub close: bool,
+    /// What `simplepush_endpoint_responses_total` counts it as, when an app server gets it.
+    pub counted: Option<Reason>,
 }
 
 impl Response {
@@ -77,7 +81,14 @@ impl Response {
             content_type: "application/json",
             headers: Vec::new(),
             close: false,
+            counted: None,
         }
+    }
+
+    /// The same, counted as an app-server answer for this reason.
+    pub fn counted(mut self, why: Reason) -> Response {
+        self.counted = Some(why);
+        self
     }
 
     /// The same with another media type.

@@ -30,6 +30,9 @@ Listeners: devices and app servers on server.listen (TLS with [tls]), metrics on
 admin.listen (127.0.0.1:8081 by default), cluster forwards on cluster.router_listen.
 Health on admin.listen (and, with server.public_health = true, on server.listen):
 GET /__lbheartbeat__ (liveness), /__heartbeat__ (readiness: storage, draining), /__version__.
+Dead sockets: a device silent for websocket.auto_ping_interval_secs (300) gets a WebSocket
+ping and is closed unless it answers within websocket.auto_ping_timeout_secs (30); device
+connections carry TCP keepalive (server.tcp_keepalive_secs, 300).
 SIGTERM/SIGINT: stop accepting, close device sockets over server.drain_ms, exit.
 Exit codes: 0 after a clean SIGTERM/SIGINT shutdown, 1 on a runtime failure,
 2 on a usage or configuration error.

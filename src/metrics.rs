@@ -151,15 +151,104 @@ const WAKES: [(WakeOutcome, &str); 4] = [
     (WakeOutcome::Dropped, "dropped"),
 ];
 
+/// Why the app-server endpoint (`/update`, `/wpush`, `/m`) answered as it did: the `reason` label
+/// of `simplepush_endpoint_responses_total`, beside the answer's own status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// 2xx: delivered, stored, created, deleted.
+    Ok,
+    /// 405: a method the route does not take.
+    Method,
+    /// 404: a token we did not seal (or of another endpoint kind).
+    Token,
+    /// 401 or 403: VAPID missing, invalid, or not by the subscription's key.
+    Vapid,
+    /// 400: `TTL` missing or not a non-negative integer.
+    Ttl,
+    /// 400: no usable `Content-Encoding`, or aesgcm without its headers.
+    Encoding,
+    /// 400: a bad `Topic`.
+    Topic,
+    /// 400: a bad `Urgency`.
+    Urgency,
+    /// 400: a SimplePush version that is not an integer.
+    Version,
+    /// 413: the body or its `data` too long.
+    TooLarge,
+    /// 410: the channel is unregistered or the UAID unknown.
+    Gone,
+    /// 404: `DELETE` of a message that is not waiting.
+    NoMessage,
+    /// 429 (WebPush) or 503 (SimplePush): too many messages wait for the UAID.
+    Full,
+    /// 503: the store failed.
+    Unavailable,
+    /// 400, 431, 501: not a request we take (malformed framing, head too long, a transfer
+    /// coding other than chunked).
+    Malformed,
+}
+
+const REASONS: [(Reason, &str); 15] = [
+    (Reason::Ok, "ok"),
+    (Reason::Method, "method"),
+    (Reason::Token, "token"),
+    (Reason::Vapid, "vapid"),
+    (Reason::Ttl, "ttl"),
+    (Reason::Encoding, "encoding"),
+    (Reason::Topic, "topic"),
+    (Reason::Urgency, "urgency"),
+    (Reason::Version, "version"),
+    (Reason::TooLarge, "too_large"),
+    (Reason::Gone, "gone"),
+    (Reason::NoMessage, "no_message"),
+    (Reason::Full, "full"),
+    (Reason::Unavailable, "unavailable"),
+    (Reason::Malformed, "malformed"),
+];
+
+/// Every status the endpoint answers with (a unit test holds the builders to it).
+const STATUSES: [u16; 15] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 410, 413, 429, 431, 501, 503,
+];
+
+/// The series shown even at 0, so that a rate over them exists before the first such answer.
+const ANSWERS: [(u16, Reason); 22] = [
+    (200, Reason::Ok),
+    (201, Reason::Ok),
+    (202, Reason::Ok),
+    (204, Reason::Ok),
+    (400, Reason::Version),
+    (400, Reason::Ttl),
+    (400, Reason::Encoding),
+    (400, Reason::Topic),
+    (400, Reason::Urgency),
+    (400, Reason::Malformed),
+    (401, Reason::Vapid),
+    (403, Reason::Vapid),
+    (404, Reason::Token),
+    (404, Reason::NoMessage),
+    (405, Reason::Method),
+    (410, Reason::Gone),
+    (413, Reason::TooLarge),
+    (429, Reason::Full),
+    (431, Reason::Malformed),
+    (501, Reason::Malformed),
+    (503, Reason::Unavailable),
+    (503, Reason::Full),
+];
+
 /// Every counter the server keeps.
 pub struct Metrics {
     events: [AtomicU64; EVENTS.len()],
     drops: [AtomicU64; DROPS.len()],
     commands: [AtomicU64; COMMANDS.len()],
     wakes: [AtomicU64; WAKES.len()],
+    /// App-server answers by status (as [`STATUSES`]) and reason (as [`REASONS`]).
+    responses: [[AtomicU64; REASONS.len()]; STATUSES.len()],
     store_errors: AtomicU64,
     router_errors: AtomicU64,
     refused_connections: AtomicU64,
+    dead_sockets: AtomicU64,
     /// Time a storage job takes.
     pub store_latency: Histogram,
     /// Time a storage job waits in its worker's queue before it runs.
@@ -176,9 +265,11 @@ pub static METRICS: Metrics = Metrics {
     drops: [const { AtomicU64::new(0) }; DROPS.len()],
     commands: [const { AtomicU64::new(0) }; COMMANDS.len()],
     wakes: [const { AtomicU64::new(0) }; WAKES.len()],
+    responses: [const { [const { AtomicU64::new(0) }; REASONS.len()] }; STATUSES.len()],
     store_errors: AtomicU64::new(0),
     router_errors: AtomicU64::new(0),
     refused_connections: AtomicU64::new(0),
+    dead_sockets: AtomicU64::new(0),
     store_latency: Histogram::new(),
     store_queue_latency: Histogram::new(),
     store_queued: AtomicU64::new(0),
@@ -223,6 +314,19 @@ impl Metrics {
     /// Counts a connection refused at the limit or for lack of descriptors.
     pub fn refused(&self) {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an answer to an app server.
+    pub fn response(&self, status: u16, why: Reason) {
+        // Every status the endpoint's builders use is listed (tested); another is not counted.
+        if let Some(row) = STATUSES.iter().position(|s| *s == status) {
+            self.responses[row][index(&REASONS, why)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a socket closed because it did not answer a ping.
+    pub fn dead_socket(&self) {
+        self.dead_sockets.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The current value of an event counter.
@@ -352,6 +456,7 @@ pub fn render(g: &Gauges) -> String {
             let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
         }
     }
+    responses(&mut out);
     let counters = [
         (
             "simplepush_store_errors_total",
@@ -367,6 +472,11 @@ pub fn render(g: &Gauges) -> String {
             "simplepush_refused_connections_total",
             "Connections closed at once: over max_connections or out of descriptors.",
             &m.refused_connections,
+        ),
+        (
+            "simplepush_dead_sockets_total",
+            "WebSockets closed because they answered no ping (websocket.auto_ping_timeout_secs).",
+            &m.dead_sockets,
         ),
     ];
     for (name, help, c) in counters {
@@ -401,13 +511,39 @@ pub fn render(g: &Gauges) -> String {
     );
     crate::store::memcached::health::render(&mut out);
     process(&mut out);
+    build_info(&mut out);
     out
+}
+
+/// `simplepush_endpoint_responses_total`: the expected series always, any other once counted.
+fn responses(out: &mut String) {
+    let name = "simplepush_endpoint_responses_total";
+    family(
+        out,
+        name,
+        "Answers to app servers (/update, /wpush, /m) by status and reason.",
+        "counter",
+    );
+    for (row, status) in STATUSES.iter().enumerate() {
+        for (col, (why, label)) in REASONS.iter().enumerate() {
+            let n = METRICS.responses[row][col].load(Ordering::Relaxed);
+            if n > 0 || ANSWERS.contains(&(*status, *why)) {
+                let _ = writeln!(out, "{name}{{status=\"{status}\",reason=\"{label}\"}} {n}");
+            }
+        }
+    }
 }
 
 /// Process figures, read by the sampler thread (on an old kernel counting descriptors means
 /// listing `/proc/self/fd`, about a second at a million sockets, which no event loop may spend).
 static RSS_BYTES: AtomicU64 = AtomicU64::new(0);
 static OPEN_FDS: AtomicU64 = AtomicU64::new(0);
+/// User and system CPU time, in seconds (the bits of an `f64`).
+static CPU_SECONDS: AtomicU64 = AtomicU64::new(0);
+/// When the process started, in Unix seconds (the bits of an `f64`; 0 until known).
+static START_SECONDS: AtomicU64 = AtomicU64::new(0);
+/// The soft open-files limit (`u64::MAX`: unlimited).
+static MAX_FDS: AtomicU64 = AtomicU64::new(0);
 /// How often the sampler reads `/proc/self`.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -424,6 +560,60 @@ pub fn sample_process() {
     let fds = open_fds();
     RSS_BYTES.store(rss_kb * 1024, Ordering::Relaxed);
     OPEN_FDS.store(fds as u64, Ordering::Relaxed);
+    let ticks = clock_ticks();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    if let Some((cpu, started)) = stat_times(&stat, ticks) {
+        CPU_SECONDS.store(cpu.to_bits(), Ordering::Relaxed);
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| boot_time(&t));
+        if let (0, Some(boot)) = (START_SECONDS.load(Ordering::Relaxed), boot) {
+            START_SECONDS.store((boot + started).to_bits(), Ordering::Relaxed);
+        }
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(n) = soft_open_files(&limits) {
+        MAX_FDS.store(n, Ordering::Relaxed);
+    }
+}
+
+/// Clock ticks per second, the unit of `/proc/self/stat`'s times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a system constant and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 {
+        n as f64
+    } else {
+        100.0
+    }
+}
+
+/// (user + system CPU seconds, start in seconds after boot) from the text of `/proc/self/stat`.
+fn stat_times(text: &str, ticks: f64) -> Option<(f64, f64)> {
+    // The command name, in parentheses, may hold spaces and parentheses: count after its end.
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // proc(5) numbers the fields from 1; the first after the name, `state`, is field 3.
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    let (utime, stime, start) = (field(14)?, field(15)?, field(22)?);
+    Some(((utime + stime) as f64 / ticks, start as f64 / ticks))
+}
+
+/// The boot time in Unix seconds, from the text of `/proc/stat`.
+fn boot_time(text: &str) -> Option<f64> {
+    let line = text.lines().find_map(|l| l.strip_prefix("btime "))?;
+    line.trim().parse().ok()
+}
+
+/// The soft limit of "Max open files" in the text of `/proc/self/limits`.
+fn soft_open_files(text: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    match line.split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
 }
 
 /// Open descriptors. Since Linux 6.2 the size of `/proc/self/fd` is their count, read without
@@ -465,6 +655,59 @@ fn process(out: &mut String) {
         "gauge",
     );
     let _ = writeln!(out, "{name} {}", OPEN_FDS.load(Ordering::Relaxed));
+    let name = "process_max_fds";
+    family(
+        out,
+        name,
+        "Soft limit of open file descriptors (sampled every 5 s).",
+        "gauge",
+    );
+    let max = match MAX_FDS.load(Ordering::Relaxed) {
+        u64::MAX => "+Inf".to_string(),
+        n => n.to_string(),
+    };
+    let _ = writeln!(out, "{name} {max}");
+    let seconds = |a: &AtomicU64| f64::from_bits(a.load(Ordering::Relaxed));
+    let name = "process_cpu_seconds_total";
+    family(
+        out,
+        name,
+        "User and system CPU time spent, in seconds (sampled every 5 s).",
+        "counter",
+    );
+    let _ = writeln!(out, "{name} {}", seconds(&CPU_SECONDS));
+    let name = "process_start_time_seconds";
+    family(
+        out,
+        name,
+        "Start time of the process since the Unix epoch, in seconds.",
+        "gauge",
+    );
+    let _ = writeln!(out, "{name} {}", seconds(&START_SECONDS));
+}
+
+/// `simplepush_build_info{version,commit} 1`: the build `/__version__` describes.
+fn build_info(out: &mut String) {
+    let name = "simplepush_build_info";
+    family(
+        out,
+        name,
+        "The running build: version and git commit (always 1).",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "{name}{{version=\"{}\",commit=\"{}\"}} 1",
+        label_value(env!("CARGO_PKG_VERSION")),
+        label_value(env!("SP_BUILD_COMMIT"))
+    );
+}
+
+/// A label value as the text format needs it (`GIT_COMMIT` may say anything).
+fn label_value(raw: &str) -> String {
+    raw.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -485,6 +728,70 @@ mod tests {
             "{counted} counted, {listed} listed"
         );
         assert!(counted >= held.len() as i64);
+    }
+
+    #[test]
+    fn process_files_are_parsed() {
+        // A command name with spaces and a parenthesis, as a renamed thread may have.
+        let stat = "4242 (sp (loop) 1) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 \
+                    9 0 123400 1000000 500 18446744073709551615";
+        assert_eq!(stat_times(stat, 100.0), Some((3.0, 1234.0)));
+        assert_eq!(stat_times("garbage", 100.0), None);
+        assert_eq!(
+            boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"),
+            Some(1.7e9)
+        );
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max cpu time              unlimited            unlimited            seconds\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(soft_open_files(limits), Some(1024));
+        let unlimited = "Max open files            unlimited            unlimited            files";
+        assert_eq!(soft_open_files(unlimited), Some(u64::MAX));
+        assert_eq!(label_value("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn every_answer_the_endpoint_builds_is_a_series() {
+        use sm::webpush::PushError;
+        let errors = [
+            PushError::InvalidToken,
+            PushError::Gone,
+            PushError::TooLarge,
+            PushError::Unauthorized("x".into()),
+            PushError::WrongKey,
+            PushError::BadCrypto("x".into()),
+            PushError::MissingTtl,
+            PushError::BadTtl,
+            PushError::BadTopic,
+            PushError::BadUrgency,
+            PushError::Method,
+            PushError::Full,
+            PushError::NoMessage,
+            PushError::Unavailable,
+        ];
+        let mut built: Vec<(u16, Option<Reason>)> = errors
+            .iter()
+            .map(|e| {
+                let r = crate::webpush::error(e);
+                (r.status, r.counted)
+            })
+            .collect();
+        for r in [
+            crate::endpoint::gone(),
+            crate::endpoint::unavailable(),
+            crate::endpoint::outcome(sm::update::Outcome::Delivered),
+            crate::endpoint::outcome(sm::update::Outcome::Stored),
+        ] {
+            built.push((r.status, r.counted));
+        }
+        for (status, why) in built {
+            let why = why.unwrap_or_else(|| panic!("{status} is not counted"));
+            assert!(ANSWERS.contains(&(status, why)), "{status} {why:?}");
+        }
+        for (status, why) in ANSWERS {
+            assert!(STATUSES.contains(&status), "{status}");
+            assert!(REASONS.iter().any(|(r, _)| *r == why), "{why:?}");
+        }
     }
 
     #[test]
@@ -519,10 +826,16 @@ mod tests {
             "simplepush_wakes_total",
             "simplepush_store_errors_total",
             "simplepush_router_errors_total",
+            "simplepush_dead_sockets_total",
             "simplepush_store_seconds",
             "simplepush_delivery_seconds",
             "process_resident_memory_bytes",
             "process_open_fds",
+            "process_max_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+            "simplepush_build_info",
+            "simplepush_endpoint_responses_total",
         ] {
             assert_eq!(
                 text.matches(&format!("# TYPE {family} ")).count(),

@@ -7,6 +7,7 @@ use sm::webpush::{self, PushError};
 use sm::{ChannelId, Message, Uaid};
 
 use crate::http::{Head, Method, Response};
+use crate::metrics::Reason;
 use crate::token::{key_hash, Tokens};
 use crate::vapid;
 
@@ -25,7 +26,7 @@ pub struct PushContext<'a> {
 /// The JSON error answer.
 pub fn error(e: &PushError) -> Response {
     let (status, body) = e.response();
-    let resp = Response::json(status, body);
+    let resp = Response::json(status, body).counted(reason(e));
     match e {
         PushError::Method => resp.header("Allow: POST"),
         PushError::Unavailable => resp.header("Retry-After: 5"),
@@ -33,6 +34,24 @@ pub fn error(e: &PushError) -> Response {
         PushError::Full => resp.header("Retry-After: 30"),
         PushError::Unauthorized(_) => resp.header("WWW-Authenticate: vapid"),
         _ => resp,
+    }
+}
+
+/// What an error answer counts as.
+fn reason(e: &PushError) -> Reason {
+    match e {
+        PushError::InvalidToken => Reason::Token,
+        PushError::Gone => Reason::Gone,
+        PushError::TooLarge => Reason::TooLarge,
+        PushError::Unauthorized(_) | PushError::WrongKey => Reason::Vapid,
+        PushError::BadCrypto(_) => Reason::Encoding,
+        PushError::MissingTtl | PushError::BadTtl => Reason::Ttl,
+        PushError::BadTopic => Reason::Topic,
+        PushError::BadUrgency => Reason::Urgency,
+        PushError::Method => Reason::Method,
+        PushError::Full => Reason::Full,
+        PushError::NoMessage => Reason::NoMessage,
+        PushError::Unavailable => Reason::Unavailable,
     }
 }
 
@@ -83,6 +102,7 @@ pub fn created(public_url: &str, msg: &Message) -> Response {
     Response::json(201, "")
         .header(format!("Location: {public_url}/m/{}", msg.id))
         .header(format!("TTL: {}", msg.ttl))
+        .counted(Reason::Ok)
 }
 
 /// Checks a message-URL request: `DELETE` of a message id we sealed.

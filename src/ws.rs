@@ -134,6 +134,8 @@ pub struct Link {
     close_received: bool,
     /// Frames are gathered in `output` until [`Link::uncork`]: one write for several replies.
     corked: bool,
+    /// Bytes arrived since [`Link::take_heard`] last looked: the peer is alive.
+    heard: bool,
     /// This socket's part of [`PARTIAL_BYTES`].
     held: u32,
 }
@@ -161,6 +163,7 @@ impl Link {
             close_sent: false,
             close_received: false,
             corked: false,
+            heard: false,
             held: 0,
         };
         link.account();
@@ -215,6 +218,12 @@ impl Link {
         &mut self.stream
     }
 
+    /// Whether the peer sent anything since the last call: any byte counts as an answer to a
+    /// ping, so that a busy client never needs to pong in time.
+    pub fn take_heard(&mut self) -> bool {
+        std::mem::take(&mut self.heard)
+    }
+
     /// Part of a frame or message is held, waiting for the rest.
     pub fn has_partial(&self) -> bool {
         self.input.is_some() || self.fragments.is_some()
@@ -263,6 +272,7 @@ impl Link {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(WsError::Io(e)),
             };
+            self.heard = true;
             let input = self.input.get_or_insert_with(Box::default);
             input.buf.extend_from_slice(&scratch[..n]);
         }
@@ -405,6 +415,14 @@ impl Link {
             return Ok(());
         }
         self.send(OpCode::Data(Data::Text), text.as_bytes())
+    }
+
+    /// Sends an empty ping (the peer's pong, or anything else it sends, shows it is alive).
+    pub fn send_ping(&mut self) -> Result<(), WsError> {
+        if self.close_sent {
+            return Ok(());
+        }
+        self.send(OpCode::Control(Control::Ping), &[])
     }
 
     /// Sends our close frame (once).
@@ -697,6 +715,20 @@ mod tests {
             }
         }
         assert!(busy >= 3, "yielded {busy} times");
+    }
+
+    #[test]
+    fn pings_go_out_and_any_bytes_in_count_as_heard() {
+        let (mut link, mut peer) = pair();
+        link.send_ping().unwrap();
+        let mut ping = [0u8; 2];
+        peer.read_exact(&mut ping).unwrap();
+        assert_eq!(ping, [0x89, 0]);
+        assert!(!link.take_heard(), "nothing read yet");
+        peer.write_all(&masked(0x8A, b"")).unwrap();
+        assert_eq!(next(&mut link).unwrap(), None);
+        assert!(link.take_heard(), "the pong was heard");
+        assert!(!link.take_heard(), "and only once");
     }
 
     #[test]

@@ -5,7 +5,9 @@ use super::*;
 use crate::chunked::{ChunkError, Chunked};
 
 fn too_large() -> Response {
-    Response::json(413, "\"Request body too large\"").closing()
+    Response::json(413, "\"Request body too large\"")
+        .closing()
+        .counted(metrics::Reason::TooLarge)
 }
 
 /// The answer to a chunked body the decoder refused; the connection closes after it, since where
@@ -13,11 +15,13 @@ fn too_large() -> Response {
 fn refusal(e: ChunkError) -> Response {
     match e {
         ChunkError::TooLarge => too_large(),
-        ChunkError::TrailerTooLarge => {
-            Response::json(431, "\"Request trailer too large\"").closing()
-        }
+        ChunkError::TrailerTooLarge => Response::json(431, "\"Request trailer too large\"")
+            .closing()
+            .counted(metrics::Reason::Malformed),
         ChunkError::Malformed(why) => {
-            Response::json(400, format!("\"Malformed chunked body: {why}\"")).closing()
+            Response::json(400, format!("\"Malformed chunked body: {why}\""))
+                .closing()
+                .counted(metrics::Reason::Malformed)
         }
     }
 }

@@ -195,7 +195,8 @@ impl Server {
                     {
                         let r = Response::json(503, "\"Server busy; try again later\"")
                             .header("Retry-After: 5")
-                            .closing();
+                            .closing()
+                            .counted(metrics::Reason::Unavailable);
                         self.respond(key, r, false);
                         continue;
                     }
@@ -203,7 +204,7 @@ impl Server {
                         return;
                     }
                 }
-                Parsed::Bad(r) => self.respond(key, r, false),
+                Parsed::Bad(r) => self.respond(key, r.counted(metrics::Reason::Malformed), false),
             }
         }
     }
@@ -309,15 +310,22 @@ impl Server {
         true
     }
 
-    /// Queues a response and removes the request bytes it answers.
+    /// Queues a response and removes the request bytes it answers. Every answer to an app server
+    /// passes here (immediate ones and those that waited), so this is where they are counted.
     pub(super) fn respond(&mut self, key: usize, resp: Response, keep_alive: bool) {
         let Some(Conn {
             state: State::Http(h),
+            roles,
             ..
         }) = self.conns.get_mut(key)
         else {
             return;
         };
+        // The router's and the admin listener's answers are not app servers' (their listeners do
+        // not serve the endpoint), nor are /status and the like (built uncounted).
+        if let (true, Some(why)) = (roles.endpoint, resp.counted) {
+            METRICS.response(resp.status, why);
+        }
         let keep = keep_alive && !resp.close && self.shutdown_at.is_none();
         h.waiting = None;
         h.continued = false;

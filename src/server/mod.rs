@@ -135,6 +135,21 @@ struct WsConn {
     bound: Option<Uaid>,
     /// Our close frame is out (or the peer's was read): only waiting for the end.
     closing: bool,
+    /// What the connection's deadline means once hello is done (before it, the hello timeout;
+    /// while closing, the close timeout).
+    watch: Watch,
+}
+
+/// The timer of a WebSocket after hello. One deadline per connection serves them all, so that an
+/// idle socket costs one timer-heap entry and no allocation of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watch {
+    /// Nothing held: at the deadline (the last frame plus the ping interval) it gets a ping.
+    Idle,
+    /// A ping is out: at the deadline, with nothing heard since, the socket is dead.
+    Pinged,
+    /// Part of a frame is held: at the deadline (the request timeout) it is closed.
+    Partial,
 }
 
 // The WebSocket variant is the long-lived, common one: boxing it would add an allocation and a
@@ -795,6 +810,9 @@ impl Server {
             return;
         }
         let _ = stream.set_nodelay(true);
+        if roles.websocket {
+            self.keep_alive(&stream);
+        }
         let tls = if roles.tls {
             self.peers.tls.as_ref()
         } else {
@@ -841,6 +859,19 @@ impl Server {
             }),
         });
         self.set_deadline(key, now + self.cfg.server.header_timeout_ms());
+    }
+
+    /// TCP keepalive on a device connection: the kernel finds a peer that vanished (a phone gone
+    /// out of coverage) even with WebSocket pings off, at no cost to the loop.
+    fn keep_alive(&self, stream: &TcpStream) {
+        let secs = self.cfg.server.tcp_keepalive_secs;
+        if secs == 0 {
+            return;
+        }
+        let idle = socket2::TcpKeepalive::new().with_time(Duration::from_secs(secs));
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&idle) {
+            debug!("tcp keepalive: {e}");
+        }
     }
 
     fn set_deadline(&mut self, key: usize, at: u64) {
@@ -890,10 +921,14 @@ impl Server {
                 debug!("conn {key}: no hello in time");
                 self.begin_close(key, CloseCode::Policy, "hello timeout");
             }
-            State::Ws(w) if !w.closing => {
-                debug!("conn {key}: a frame left incomplete too long");
-                self.begin_close(key, CloseCode::Policy, "incomplete frame");
-            }
+            State::Ws(w) if !w.closing => match w.watch {
+                Watch::Partial => {
+                    debug!("conn {key}: a frame left incomplete too long");
+                    self.begin_close(key, CloseCode::Policy, "incomplete frame");
+                }
+                Watch::Idle => self.ping(key),
+                Watch::Pinged => self.ping_unanswered(key),
+            },
             _ => {
                 debug!("conn {key}: timed out");
                 self.drop_conn(key);

@@ -158,7 +158,7 @@ impl Server {
                 let resp = match result {
                     Ok(true) => {
                         track_drop(Dropped::Deleted, &uaid, &channel, &id);
-                        Response::json(204, "")
+                        Response::json(204, "").counted(metrics::Reason::Ok)
                     }
                     Ok(false) => webpush::error(&PushError::NoMessage),
                     Err(Unavailable) => webpush::error(&PushError::Unavailable),
@@ -240,7 +240,10 @@ impl Server {
             (Ok(PutResult::Stored { node, wake }), _) => (node, wake),
             (Ok(PutResult::UnknownChannel), false) => return self.answer(conn, endpoint::gone()),
             (Err(Unavailable), false) => return self.answer(conn, endpoint::unavailable()),
-            (Ok(PutResult::Full), false) => return self.answer(conn, endpoint::unavailable()),
+            (Ok(PutResult::Full), false) => {
+                let full = endpoint::unavailable().counted(metrics::Reason::Full);
+                return self.answer(conn, full);
+            }
             (Ok(PutResult::UnknownChannel), true) => {
                 return self.answer(conn, webpush::error(&PushError::Gone))
             }

@@ -73,6 +73,7 @@ impl Server {
             session,
             bound: None,
             closing: false,
+            watch: Watch::Idle,
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
@@ -95,7 +96,7 @@ impl Server {
         let outer = self.reading.replace(key);
         self.read_ws(key);
         self.reading = outer;
-        self.watch_partial(key);
+        self.watch(key);
         self.flush_ws(key);
     }
 
@@ -148,27 +149,91 @@ impl Server {
         }
     }
 
-    /// After hello, a socket holding part of a frame gets the request timeout to send the rest:
-    /// otherwise idle sockets could each pin up to a message's worth of memory for ever.
-    pub(super) fn watch_partial(&mut self, key: usize) {
-        let Some(conn) = self.conns.get(key) else {
+    /// After hello, the deadline of a socket that is not closing. A socket holding part of a frame
+    /// gets the request timeout to send the rest (otherwise idle sockets could each pin up to a
+    /// message's worth of memory for ever); any other is pinged once silent for the ping interval,
+    /// counted from the last bytes it sent.
+    pub(super) fn watch(&mut self, key: usize) {
+        let now = self.now_ms();
+        let idle = self.idle_deadline(now);
+        let request_ms = self.cfg.server.request_timeout_ms;
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
             return;
         };
-        let State::Ws(w) = &conn.state else {
-            return;
-        };
+        let heard = w.link.take_heard();
         if w.bound.is_none() || w.closing {
             // Before hello the hello timeout applies; while closing, the close timeout.
             return;
         }
-        match (w.link.has_partial(), conn.deadline) {
-            (true, 0) => {
-                let at = self.now_ms() + self.cfg.server.request_timeout_ms;
-                self.set_deadline(key, at);
-            }
-            (false, d) if d != 0 => self.set_deadline(key, 0),
-            _ => {}
+        let (watch, at) = match (w.link.has_partial(), w.watch) {
+            // The partial frame's timeout runs from its first bytes, not its latest.
+            (true, Watch::Partial) => return,
+            (true, _) => (Watch::Partial, now + request_ms),
+            (false, Watch::Partial) => (Watch::Idle, idle),
+            (false, _) if heard => (Watch::Idle, idle),
+            // Nothing read (a writable event): the ping timer stands.
+            (false, _) => return,
+        };
+        w.watch = watch;
+        self.set_deadline(key, at);
+    }
+
+    /// When a socket silent from `now` on is to be pinged; 0 (no timer) with pings off.
+    pub(super) fn idle_deadline(&self, now: u64) -> u64 {
+        self.cfg
+            .websocket
+            .auto_ping_ms()
+            .map_or(0, |(every, _)| now + every)
+    }
+
+    /// The ping interval has passed in silence: ping, and wait the ping timeout for any answer.
+    pub(super) fn ping(&mut self, key: usize) {
+        let Some((_, wait)) = self.cfg.websocket.auto_ping_ms() else {
+            return;
+        };
+        let at = self.now_ms() + wait;
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        w.watch = Watch::Pinged;
+        if let Err(e) = w.link.send_ping() {
+            debug!("conn {key}: ping failed: {e}");
+            return self.drop_conn(key);
         }
+        self.set_deadline(key, at);
+        self.flush_ws(key);
+    }
+
+    /// Nothing came back in the ping timeout: the peer is gone (a half-open connection, a frozen
+    /// device) and the socket would count as a client for ever. No close handshake: nobody would
+    /// answer it.
+    pub(super) fn ping_unanswered(&mut self, key: usize) {
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        if w.session.is_busy() {
+            // Its input waits behind a storage call, unread: an answer may be there.
+            let at = self.now_ms() + self.cfg.server.request_timeout_ms;
+            return self.set_deadline(key, at);
+        }
+        debug!("conn {key}: no answer to a ping: dead socket closed");
+        METRICS.dead_socket();
+        // For a peer that is merely slow, a reason; it costs nothing if nobody reads it.
+        let _ = w.link.send_close(CloseCode::Away, "ping timeout");
+        let _ = w.link.flush(usize::MAX);
+        self.drop_conn(key);
     }
 
     pub(super) fn flush_ws(&mut self, key: usize) {
@@ -311,13 +376,16 @@ impl Server {
                 }
                 Effect::Bind(uaid) => {
                     debug!("conn {key}: hello uaid={uaid}");
-                    self.set_deadline(key, 0);
+                    // The hello timeout gives way to the ping timer (or to none).
+                    let idle = self.idle_deadline(self.now_ms());
+                    self.set_deadline(key, idle);
                     if let Some(Conn {
                         state: State::Ws(w),
                         ..
                     }) = self.conns.get_mut(key)
                     {
                         w.bound = Some(uaid);
+                        w.watch = Watch::Idle;
                     }
                     let replaced = self.registry.bind(uaid, key);
                     self.peers.clients[self.id].store(self.registry.len(), Ordering::Relaxed);
