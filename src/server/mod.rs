@@ -255,6 +255,8 @@ pub(super) struct Shared {
     memcached: Option<Arc<MemcachedStore>>,
     /// `storage.backend = "disk"`.
     disk: Option<Arc<DiskStore>>,
+    /// The memory store: bytes of waiting WebPush messages, all event loops together.
+    message_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
@@ -263,6 +265,7 @@ impl Shared {
         Ok(Shared {
             memcached: open_memcached(cfg)?,
             disk: open_disk(cfg)?,
+            message_bytes: Arc::default(),
         })
     }
 
@@ -327,6 +330,7 @@ fn open_store(cfg: &Config, shared: &Shared, waker: Arc<mio::Waker>) -> Runner {
     match shared.runner() {
         None => Runner::inline(Box::new(
             MemoryStore::with_budget(cfg.webpush.max_messages, cfg.webpush.memory_max_bytes)
+                .sharing(shared.message_bytes.clone())
                 .with_ttl(cfg.storage.registration_ttl_secs),
         )),
         Some(backend) => Runner::Pool(Pool::start(

@@ -2,6 +2,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use sm::{ChannelId, Message, Uaid};
 
@@ -119,7 +121,8 @@ pub struct MemoryStore {
     /// UAID → how its device can be woken (only devices that said so).
     wakes: RefCell<HashMap<Uaid, Box<str>>>,
     /// Bytes held by waiting messages, all UAIDs together.
-    message_bytes: std::cell::Cell<usize>,
+    /// Shared by every event loop's store: the budget is the process's, not each loop's.
+    message_bytes: Arc<AtomicUsize>,
     /// Their limit: a push beyond it is refused (429) until messages are acked or expire.
     max_message_bytes: usize,
 }
@@ -139,9 +142,37 @@ impl MemoryStore {
             messages: RefCell::default(),
             max_messages,
             wakes: RefCell::default(),
-            message_bytes: std::cell::Cell::new(0),
+            message_bytes: Arc::default(),
             max_message_bytes,
         }
+    }
+
+    /// Counts message bytes in `total`, shared with the other event loops' stores.
+    pub fn sharing(mut self, total: Arc<AtomicUsize>) -> MemoryStore {
+        self.message_bytes = total;
+        self
+    }
+
+    fn release(&self, n: usize) {
+        let _ = self
+            .message_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(n))
+            });
+    }
+
+    /// Whether a message of `size` bytes fits for a UAID holding `waiting` messages. Past the
+    /// budget, a UAID holding less than a tenth of `max_messages` still gets in (up to a quarter
+    /// more): whoever filled the store is refused, not the devices with a message or two waiting.
+    fn room_for(&self, waiting: usize, size: usize) -> bool {
+        let total = self.message_bytes.load(Ordering::Relaxed) + size;
+        if total <= self.max_message_bytes {
+            return true;
+        }
+        let hard = self
+            .max_message_bytes
+            .saturating_add(self.max_message_bytes / 4);
+        waiting < (self.max_messages / 10).max(1) && total <= hard
     }
 
     /// Registrations unseen for `secs` expire (0: never), as on memcached and disk.
@@ -161,9 +192,7 @@ impl MemoryStore {
     fn forget(&self, uaid: &Uaid) {
         self.users.borrow_mut().remove(uaid);
         if let Some(list) = self.messages.borrow_mut().remove(uaid) {
-            let total = self.message_bytes.get();
-            self.message_bytes
-                .set(total.saturating_sub(list_bytes(&list)));
+            self.release(list_bytes(&list));
         }
         self.wakes.borrow_mut().remove(uaid);
     }
@@ -218,8 +247,12 @@ impl MemoryStore {
         });
         let out = f(list);
         let after = list_bytes(list);
-        let total = self.message_bytes.get() + after;
-        self.message_bytes.set(total.saturating_sub(before));
+        if after > before {
+            self.message_bytes
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.release(before - after);
+        }
         if list.is_empty() {
             all.remove(uaid);
         }
@@ -372,8 +405,7 @@ impl Backend for MemoryStore {
                     !replaced
                 });
             }
-            let over_budget = self.message_bytes.get() + stored.msg.size() > self.max_message_bytes;
-            if list.len() >= max || over_budget {
+            if list.len() >= max || !self.room_for(list.len(), stored.msg.size()) {
                 return PutResult::Full;
             }
             list.push(stored);
@@ -598,6 +630,52 @@ mod tests {
         assert_eq!(s.delete_message(&u(1), "c"), Ok(true));
         assert_eq!(s.delete_message(&u(1), "c"), Ok(false));
         assert!(ids(&s, &u(1)).is_empty());
+    }
+
+    /// A message with a 1,000-byte payload.
+    fn big(chan: u8, id: &str) -> Message {
+        Message {
+            payload: Some(("x".repeat(1000), sm::webpush::Encoding::Aes128gcm)),
+            ..m(chan, id, 60, None)
+        }
+    }
+
+    #[test]
+    fn a_full_store_refuses_who_filled_it_and_the_budget_is_shared() {
+        let total = Arc::new(AtomicUsize::new(0));
+        // Two loops' stores, 10,000 bytes between them, 20 messages per UAID (a tenth: 2).
+        let a = MemoryStore::with_budget(20, 10_000).sharing(total.clone());
+        let b = MemoryStore::with_budget(20, 10_000).sharing(total.clone());
+        a.register(&u(1), &c(1), 200).unwrap();
+        for n in 2..=8 {
+            b.register(&u(n), &c(n), 200).unwrap();
+        }
+        let stored = |s: &MemoryStore, uaid: u8, id: &str| {
+            matches!(
+                s.put_message(&u(uaid), &big(uaid, id)),
+                Ok(PutResult::Stored { .. })
+            )
+        };
+        // The attacker on loop a fills the process's budget, not a's alone.
+        let mut held = 0;
+        while stored(&a, 1, &format!("a{held}")) {
+            held += 1;
+        }
+        assert!((8..=10).contains(&held), "{held}");
+        // A victim on loop b holding fewer than 2 still gets in, past the budget; at 2 it waits.
+        assert!(stored(&b, 2, "v0") && stored(&b, 2, "v1"));
+        assert!(!stored(&b, 2, "v2"));
+        // Other small holders get in up to a quarter past the budget, and no further.
+        for n in 3..=8 {
+            stored(&b, n, "w");
+        }
+        assert!(total.load(Ordering::Relaxed) <= 12_500, "{total:?}");
+        assert!(!stored(&a, 1, "more"));
+        // Acks give the budget back.
+        let ids: Vec<(ChannelId, String)> = (0..held).map(|i| (c(1), format!("a{i}"))).collect();
+        a.ack(&u(1), &[], &ids).unwrap();
+        assert!(total.load(Ordering::Relaxed) < 10_000);
+        assert!(stored(&a, 1, "again"));
     }
 
     #[test]
