@@ -47,14 +47,18 @@ use crate::transport::{Stream, Tls};
 use crate::webpush;
 use crate::ws::{Incoming, Link, ReadLimits};
 
+mod accept;
 mod broadcasts;
 mod cluster;
 mod health;
 mod http_body;
 mod http_conn;
 mod loops;
+mod stores;
 mod updates;
 mod websocket;
+
+use stores::{loops_wanted, open_store, Shared};
 
 use cluster::{node_url, Cluster};
 use loops::{fresh_owned, owner, Cross, Peers};
@@ -245,107 +249,6 @@ pub fn report(result: io::Result<()>) -> i32 {
             error!("event loop failed: {e}");
             1
         }
-    }
-}
-
-/// The store all loops share, if it is not the per-loop memory store.
-#[derive(Clone, Default)]
-pub(super) struct Shared {
-    /// `storage.backend = "memcached"`.
-    memcached: Option<Arc<MemcachedStore>>,
-    /// `storage.backend = "disk"`.
-    disk: Option<Arc<DiskStore>>,
-    /// The memory store: bytes of waiting WebPush messages, all event loops together.
-    message_bytes: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Shared {
-    /// Opens the configured shared store (none for the memory store).
-    fn open(cfg: &Config) -> io::Result<Shared> {
-        Ok(Shared {
-            memcached: open_memcached(cfg)?,
-            disk: open_disk(cfg)?,
-            message_bytes: Arc::default(),
-        })
-    }
-
-    fn runner(&self) -> Option<Arc<dyn JobRunner + Send + Sync>> {
-        if let Some(m) = &self.memcached {
-            return Some(m.clone());
-        }
-        self.disk
-            .clone()
-            .map(|d| d as Arc<dyn JobRunner + Send + Sync>)
-    }
-}
-
-/// The disk backend all loops share, if configured.
-fn open_disk(cfg: &Config) -> io::Result<Option<Arc<DiskStore>>> {
-    if cfg.storage.backend != "disk" {
-        return Ok(None);
-    }
-    let st = &cfg.storage;
-    let settings = disk::Settings {
-        pending_ttl: st.pending_ttl_secs as u32,
-        registration_ttl: st.registration_ttl_secs as u32,
-        max_messages: cfg.webpush.max_messages,
-        sync: disk::Sync::parse(&st.sync).unwrap_or(disk::Sync::Batch),
-        cache_bytes: st.cache_mb << 20,
-    };
-    DiskStore::open(st.path.as_ref(), settings)
-        .map(Some)
-        .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))
-}
-
-/// The memcached backend all loops share, if configured.
-fn open_memcached(cfg: &Config) -> io::Result<Option<Arc<MemcachedStore>>> {
-    if cfg.storage.backend != "memcached" {
-        return Ok(None);
-    }
-    let st = &cfg.storage;
-    let settings = memcached::Settings {
-        servers: st.servers.clone(),
-        timeout: Duration::from_millis(st.timeout_ms),
-        pool_size: (st.pool_size * loops_wanted(cfg)) as u32,
-        pending_ttl: st.pending_ttl_secs as u32,
-        registration_ttl: st.registration_ttl_secs as u32,
-        max_messages: cfg.webpush.max_messages,
-        replicas: st.replica_count(),
-        allow_eviction: st.allow_eviction,
-        cluster: !cfg.cluster.router_listen.is_empty(),
-    };
-    let backend =
-        MemcachedStore::start(settings).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
-    if !backend.healthy_now() {
-        warn!(
-            "memcached not reachable yet at {}; answering 503 until it is",
-            st.servers.join(", ")
-        );
-    }
-    Ok(Some(backend))
-}
-
-/// One loop's storage runner: its own memory shard, or storage threads over the shared store.
-fn open_store(cfg: &Config, shared: &Shared, waker: Arc<mio::Waker>) -> Runner {
-    match shared.runner() {
-        None => Runner::inline(Box::new(
-            MemoryStore::with_budget(cfg.webpush.max_messages, cfg.webpush.memory_max_bytes)
-                .sharing(shared.message_bytes.clone())
-                .with_ttl(cfg.storage.registration_ttl_secs),
-        )),
-        Some(backend) => Runner::Pool(Pool::start(
-            backend,
-            cfg.storage.pool_size,
-            cfg.storage.pool_size,
-            waker,
-        )),
-    }
-}
-
-fn loops_wanted(cfg: &Config) -> usize {
-    match cfg.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
     }
 }
 
@@ -741,140 +644,6 @@ impl Server {
             if self.conns.get(key).is_some_and(|c| c.gen == gen) {
                 self.begin_close(key, CloseCode::Away, "server shutting down");
             }
-        }
-    }
-
-    fn accept(&mut self, index: usize) {
-        loop {
-            let Some(listener) = self.listeners.get(index) else {
-                return;
-            };
-            let roles = listener.roles;
-            match listener.socket.accept() {
-                Ok((stream, peer)) => self.admit(stream, roles, http_conn::source_of(peer)),
-                Err(e) if would_block(&e) => return,
-                Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
-                    // EMFILE/ENFILE: free the spare descriptor to take one connection off the backlog
-                    // and close it. Linux reports EMFILE even with an empty backlog, so stop as soon
-                    // as that second accept finds nothing.
-                    self.log_refusal("out of file descriptors");
-                    self.spare_fd = None;
-                    // The accepted stream is closed here, before the spare is reopened in its place.
-                    let second = self
-                        .listeners
-                        .get(index)
-                        .map(|l| l.socket.accept().map(drop));
-                    self.spare_fd = File::open("/dev/null").ok();
-                    match second {
-                        Some(Ok(())) if self.spare_fd.is_some() => {}
-                        Some(Err(e)) if would_block(&e) => return,
-                        // Still out of descriptors (another loop of this process took the one
-                        // freed): connections may wait in the backlog with no new event to tell
-                        // of them, so try again shortly.
-                        _ => {
-                            self.accept_retry = true;
-                            return;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    // ENOBUFS, ENOMEM and the like: the backlog is not drained, so try again soon
-                    // rather than wait for the next connection to signal the listener.
-                    warn!("accept: {e}");
-                    self.accept_retry = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn log_refusal(&mut self, why: &str) {
-        METRICS.refused();
-        let now = self.now_ms();
-        if now.saturating_sub(self.last_refusal_log) >= 1000 || self.last_refusal_log == 0 {
-            warn!("refusing connections: {why}");
-            self.last_refusal_log = now.max(1);
-        }
-    }
-
-    /// Device WebSockets hold their share of `max_connections`: the rest is kept for app servers.
-    fn device_share_full(&self) -> bool {
-        self.peers.websockets.load(Ordering::Relaxed) >= self.cfg.server.device_share()
-    }
-
-    fn admit(&mut self, stream: TcpStream, roles: Roles, source: u32) {
-        // The admin listener may go a little past max_connections (the descriptors reserved at
-        // start cover it), so that operators still see a server whose connections are full.
-        let most = self.cfg.server.max_connections + if roles.admin { ADMIN_EXTRA } else { 0 };
-        if self.peers.open.load(Ordering::Relaxed) >= most
-            && (roles.admin || !self.evict_slow_http(source))
-        {
-            self.log_refusal("max_connections reached");
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        if roles.websocket {
-            self.keep_alive(&stream);
-        }
-        let tls = if roles.tls {
-            self.peers.tls.as_ref()
-        } else {
-            None
-        };
-        let mut stream = match Stream::new(stream, tls) {
-            Ok(s) => s,
-            Err(e) => return warn!("tls: {e}"),
-        };
-        let now = self.now_ms();
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            stream.socket(),
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("register: {e}");
-            return;
-        }
-        self.next_gen = self.next_gen.wrapping_add(1);
-        self.peers.open.fetch_add(1, Ordering::Relaxed);
-        entry.insert(Conn {
-            gen: self.next_gen,
-            deadline: 0,
-            queued: 0,
-            roles,
-            state: State::Http(HttpConn {
-                stream,
-                buf: Vec::new(),
-                out: Vec::new(),
-                written: 0,
-                close_after: false,
-                waiting: None,
-                continued: false,
-                closing: false,
-                head_done: false,
-                served: false,
-                started_ms: now,
-                source,
-                head_bytes: http_conn::HeadBytes::default(),
-                drained: 0,
-                chunked: None,
-            }),
-        });
-        self.set_deadline(key, now + self.cfg.server.header_timeout_ms());
-    }
-
-    /// TCP keepalive on a device connection: the kernel finds a peer that vanished (a phone gone
-    /// out of coverage) even with WebSocket pings off, at no cost to the loop.
-    fn keep_alive(&self, stream: &TcpStream) {
-        let secs = self.cfg.server.tcp_keepalive_secs;
-        if secs == 0 {
-            return;
-        }
-        let idle = socket2::TcpKeepalive::new().with_time(Duration::from_secs(secs));
-        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&idle) {
-            debug!("tcp keepalive: {e}");
         }
     }
 
