@@ -362,6 +362,8 @@ pub struct ClusterConfig {
     pub secret: String,
     /// Connect, read and write timeout for a forward to another node.
     pub timeout_ms: u64,
+    /// Networks (`10.0.0.0/8`) and addresses (`10.0.0.5:3000`) router requests may go to.
+    pub peers: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -371,6 +373,16 @@ impl Default for ClusterConfig {
             router_url: String::new(),
             secret: String::new(),
             timeout_ms: 1000,
+            peers: [
+                "127.0.0.0/8",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "::1/128",
+                "fc00::/7",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -764,6 +776,9 @@ impl Config {
         }
         if c.timeout_ms == 0 {
             return bad("cluster.timeout_ms", "must be at least 1");
+        }
+        if let Err(why) = crate::router::Peers::parse(&c.peers) {
+            return bad("cluster.peers", &why);
         }
         Ok(())
     }

@@ -247,6 +247,7 @@ pub struct Metrics {
     responses: [[AtomicU64; REASONS.len()]; STATUSES.len()],
     store_errors: AtomicU64,
     router_errors: AtomicU64,
+    router_refused: AtomicU64,
     refused_connections: AtomicU64,
     dead_sockets: AtomicU64,
     /// Time a storage job takes.
@@ -268,6 +269,7 @@ pub static METRICS: Metrics = Metrics {
     responses: [const { [const { AtomicU64::new(0) }; REASONS.len()] }; STATUSES.len()],
     store_errors: AtomicU64::new(0),
     router_errors: AtomicU64::new(0),
+    router_refused: AtomicU64::new(0),
     refused_connections: AtomicU64::new(0),
     dead_sockets: AtomicU64::new(0),
     store_latency: Histogram::new(),
@@ -309,6 +311,11 @@ impl Metrics {
     /// Counts a forward or kick another node did not answer.
     pub fn router_error(&self) {
         self.router_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a router request not sent: its address is not in `cluster.peers`.
+    pub fn router_refused(&self) {
+        self.router_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection refused at the limit or for lack of descriptors.
@@ -467,6 +474,11 @@ pub fn render(g: &Gauges) -> String {
             "simplepush_router_errors_total",
             "Forwards and kicks another node did not answer.",
             &m.router_errors,
+        ),
+        (
+            "simplepush_router_refused_total",
+            "Router requests not sent: the node record named an address cluster.peers does not allow.",
+            &m.router_refused,
         ),
         (
             "simplepush_refused_connections_total",
@@ -826,6 +838,7 @@ mod tests {
             "simplepush_wakes_total",
             "simplepush_store_errors_total",
             "simplepush_router_errors_total",
+            "simplepush_router_refused_total",
             "simplepush_dead_sockets_total",
             "simplepush_store_seconds",
             "simplepush_delivery_seconds",

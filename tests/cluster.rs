@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    chid, have_memcached, memcached_section, put, raw_http, split_url, Got, Memcached, Server,
+    chid, have_memcached, memcached_section, now_secs, put, raw_http, split_url, Got, Memcached,
+    Server,
 };
 
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
@@ -124,12 +125,29 @@ fn the_router_listener_needs_the_shared_secret() {
         route("Authorization: Bearer wrong-secret-wrong-secret\r\n", 66),
         401
     );
+    // The secret itself, as a bearer token (the old scheme), is no proof any more.
+    assert_eq!(
+        route(&format!("Authorization: Bearer {SECRET}\r\n"), 66),
+        401
+    );
     c.expect_silence(Duration::from_millis(300));
-    let auth = format!("Authorization: Bearer {SECRET}\r\n");
-    assert_eq!(route(&auth, 66), 200);
+    let path = format!("/route/{uaid}");
+    let signed = |version: u64, at: u64, path: &str| {
+        let body = format!(r#"{{"channelID":"{}","version":{version}}}"#, chid(1));
+        let auth = simplepush::router::authorization(SECRET, "PUT", path, body.as_bytes(), at);
+        format!("Authorization: {auth}\r\n")
+    };
+    let now = now_secs();
+    assert_eq!(route(&signed(66, now, &path), 66), 200);
     assert_eq!(c.recv()["updates"][0]["version"], 66);
+    // Signed for another body, another path, or too long ago or ahead: refused.
+    assert_eq!(route(&signed(65, now, &path), 66), 401);
+    assert_eq!(route(&signed(66, now, "/route/elsewhere"), 66), 401);
+    assert_eq!(route(&signed(66, now - 120, &path), 66), 401);
+    assert_eq!(route(&signed(66, now + 120, &path), 66), 401);
+    c.expect_silence(Duration::from_millis(300));
     // A version that is not the stored one (acked, replaced or unregistered meanwhile) is not written.
-    assert_eq!(route(&auth, 67), 404);
+    assert_eq!(route(&signed(67, now, &path), 67), 404);
     c.expect_silence(Duration::from_millis(300));
     // The router is not an endpoint or WebSocket listener.
     let r = common::request(router(&n1), "GET", "/status", &[], "");
@@ -174,7 +192,8 @@ fn a_hung_node_does_not_hold_up_storage() {
     mc_set(
         &mc,
         &format!("n/{ua}"),
-        &format!("http://{} 1.1", hung.local_addr().unwrap()),
+        // Values carry a write stamp before a space (store/memcached/replicas.rs).
+        &format!("1000 http://{} 1.1", hung.local_addr().unwrap()),
     );
     let slow = std::thread::spawn(move || {
         let t = Instant::now();
@@ -206,9 +225,10 @@ fn a_kick_for_another_socket_leaves_the_current_one_alone() {
     let mut c = n1.client();
     let uaid = c.hello_new();
     c.register(&chid(1));
-    let req = format!(
-        "DELETE /route/{uaid}?conn=999.999 HTTP/1.1\r\nAuthorization: Bearer {SECRET}\r\nConnection: close\r\n\r\n"
-    );
+    let target = format!("/route/{uaid}?conn=999.999");
+    let auth = simplepush::router::authorization(SECRET, "DELETE", &target, b"", now_secs());
+    let req =
+        format!("DELETE {target} HTTP/1.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
     assert_eq!(raw_http(router(&n1), req.as_bytes()).status, 200);
     c.expect_silence(Duration::from_millis(300));
     c.send("{}");
@@ -456,4 +476,64 @@ fn a_rolling_restart_under_load_loses_no_stored_version() {
     // The devices did move: every node they were on went away at least once.
     let connects: u64 = devices.iter().map(|d| d.connects.load(Relaxed)).sum();
     assert!(connects >= 2 * devices.len() as u64, "{connects} connects");
+}
+
+/// A node whose router requests may go only to `peers`.
+fn node_with_peers(mc: &Memcached, peers: &str) -> Server {
+    Server::start_with(
+        "",
+        &format!(
+            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntimeout_ms = 500\n{peers}\n",
+            memcached_section(&[mc.addr])
+        ),
+    )
+}
+
+/// A registered device gone offline whose node record names `listener` (as a forged
+/// `n/<uaid>` in memcached would); returns its endpoint.
+fn forged_device(s: &Server, mc: &Memcached, listener: &std::net::TcpListener) -> String {
+    let mut c = s.client();
+    let uaid = c.hello_new();
+    let ep = c.register(&chid(1));
+    c.close();
+    std::thread::sleep(Duration::from_millis(200));
+    let at = listener.local_addr().unwrap();
+    // Values carry a write stamp before a space (store/memcached/replicas.rs).
+    mc_set(mc, &format!("n/{uaid}"), &format!("1000 http://{at} 1.1"));
+    ep
+}
+
+#[test]
+fn a_forged_node_record_gets_neither_a_request_outside_the_peers_nor_the_secret() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    // An attacker's listener, on an address the node's peers do not include.
+    let attacker = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    attacker.set_nonblocking(true).unwrap();
+    let s = node_with_peers(&mc, "peers = [\"127.0.0.1/32\"]");
+    let ep = forged_device(&s, &mc, &attacker);
+    assert_eq!(put(&ep, "version=5").status, 202, "stored, not forwarded");
+    assert!(attacker.accept().is_err(), "the attacker was contacted");
+    assert_eq!(s.metrics()["simplepush_router_refused_total"], 1.0);
+    assert!(s.wait_log("not in cluster.peers"), "{}", s.log());
+    drop(s);
+
+    // With the default peers (private networks and loopback) it is contacted, and what it gets
+    // is a signature, never the secret.
+    attacker.set_nonblocking(false).unwrap();
+    let s = node_with_peers(&mc, "");
+    let ep = forged_device(&s, &mc, &attacker);
+    let taken = std::thread::spawn(move || {
+        let (mut conn, _) = attacker.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = std::io::Read::read(&mut conn, &mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    assert_eq!(put(&ep, "version=6").status, 202);
+    let request = taken.join().unwrap();
+    assert!(request.contains("SimplePush-HMAC t="), "{request}");
+    assert!(!request.contains(SECRET), "{request}");
 }

@@ -5,7 +5,8 @@ use super::*;
 /// This node's place in a cluster.
 pub(super) struct Cluster {
     pub(super) url: String,
-    pub(super) secret: String,
+    /// The secret router requests are signed with, and where they may go.
+    pub(super) peering: Arc<router::Peering>,
     pub(super) timeout: Duration,
 }
 
@@ -34,9 +35,9 @@ impl Server {
             // Our own older socket: the registry closed it already.
             return;
         }
-        let (secret, timeout) = (c.secret.clone(), c.timeout);
+        let (peering, timeout) = (c.peering.clone(), c.timeout);
         self.store.forward(Box::new(move || {
-            router::kick(&url, &secret, timeout, &uaid, &conn);
+            router::kick(&url, &peering, timeout, &uaid, &conn);
             Done::Nothing
         }));
     }
@@ -49,10 +50,10 @@ impl Server {
     }
 
     pub(super) fn route_request(&mut self, key: usize, head: &Head, body: &[u8]) {
-        let Some(secret) = self.cluster.as_ref().map(|c| c.secret.clone()) else {
+        let Some(peering) = self.cluster.as_ref().map(|c| c.peering.clone()) else {
             return self.respond(key, endpoint::not_found(), head.keep_alive);
         };
-        let resp = match router::parse(head, body, &secret) {
+        let resp = match router::parse(head, body, &peering.secret, wall_secs()) {
             Err(r) => r,
             Ok(RouteRequest::Deliver(d)) => {
                 // Check the version is still pending (not acked, not unregistered) before writing

@@ -362,7 +362,11 @@ impl Server {
                 } else {
                     cfg.cluster.router_url.trim_end_matches('/').to_string()
                 },
-                secret: cfg.cluster.secret.clone(),
+                peering: Arc::new(router::Peering {
+                    secret: cfg.cluster.secret.clone(),
+                    // Checked when the configuration was loaded.
+                    peers: router::Peers::parse(&cfg.cluster.peers).unwrap_or_default(),
+                }),
                 timeout: Duration::from_millis(cfg.cluster.timeout_ms),
             }),
         };
