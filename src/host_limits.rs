@@ -19,7 +19,7 @@ pub fn fd_reserve(nofile: u64) -> u64 {
 /// What one reading of the host found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Host {
-    /// `RLIMIT_NOFILE`, soft and hard (`None`: unlimited or unreadable).
+    /// `RLIMIT_NOFILE`, soft and hard (`u64::MAX`: unlimited; `None`: unreadable).
     pub nofile: (Option<u64>, Option<u64>),
     /// `fs.nr_open`: the most any process may raise `RLIMIT_NOFILE` to.
     pub nr_open: Option<u64>,
@@ -37,15 +37,20 @@ fn number(path: &str) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// `Max open files` of `/proc/self/limits`: (soft, hard).
-fn nofile() -> (Option<u64>, Option<u64>) {
-    let text = fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.starts_with("Max open files")) else {
+/// `Max open files` (soft, hard) in the text of `/proc/self/limits`; `u64::MAX` for "unlimited".
+pub fn open_files_in(text: &str) -> (Option<u64>, Option<u64>) {
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix("Max open files")) else {
         return (None, None);
     };
-    let mut values = line["Max open files".len()..].split_whitespace();
-    let mut next = || values.next().and_then(|v| v.parse().ok());
-    (next(), next())
+    let mut values = line.split_whitespace().map(|v| match v {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    });
+    (values.next().flatten(), values.next().flatten())
+}
+
+fn nofile() -> (Option<u64>, Option<u64>) {
+    open_files_in(&fs::read_to_string("/proc/self/limits").unwrap_or_default())
 }
 
 impl Host {
@@ -61,23 +66,13 @@ impl Host {
         }
     }
 
-    /// One warning per limit that caps `max_connections` (or the backlog) below its setting,
-    /// each naming the setting that raises it.
+    /// One warning per host-wide limit (sysctl) that caps `max_connections` (or the backlog)
+    /// below its setting, each naming the sysctl that raises it. The process's own open-files
+    /// limit is [`fit_to`]'s: it lowers `max_connections` to fit.
     pub fn warnings(&self, max_connections: u64, backlog: u64) -> Vec<String> {
         let reserve = fd_reserve(self.nofile.0.unwrap_or(u64::MAX));
         let wanted = max_connections + reserve;
         let mut out = Vec::new();
-        if let (Some(soft), hard) = self.nofile {
-            if soft < wanted {
-                out.push(format!(
-                    "the open-files limit (RLIMIT_NOFILE) is {soft} (hard {}): at most about {} \
-                     connections of server.max_connections = {max_connections}; raise it to {wanted} \
-                     or more (systemd LimitNOFILE=, docker run --ulimit nofile=, ulimit -n)",
-                    hard.map_or("unlimited".to_string(), |h| h.to_string()),
-                    soft.saturating_sub(reserve)
-                ));
-            }
-        }
         let checks = [
             (
                 self.nr_open,
@@ -164,23 +159,17 @@ pub fn fit_to(server: &mut ServerConfig, nofile: u64) -> Vec<String> {
     out
 }
 
-/// At start: raises the open-files limit, fits `server` to it (with a warning per change), and
-/// logs each host limit that still caps this configuration.
+/// At start: raises the open-files limit, logs each host limit that caps the configured
+/// `max_connections` (or backlog), and fits `server` to the open-files limit.
 pub fn fit(server: &mut ServerConfig) {
     raise_nofile();
     let host = Host::read();
+    let configured = server.max_connections as u64;
+    let mut said = host.warnings(configured, u64::from(server.listen_backlog));
     if let Some(nofile) = host.nofile.0 {
-        for w in fit_to(server, nofile) {
-            log::warn!("host limit: {w}");
-        }
+        said.extend(fit_to(server, nofile));
     }
-    // The open-files limit has been dealt with: max_connections fits it now.
-    let rest = Host {
-        nofile: (None, None),
-        ..host
-    };
-    let wanted = server.max_connections as u64;
-    for w in rest.warnings(wanted, u64::from(server.listen_backlog)) {
+    for w in said {
         log::warn!("host limit: {w}");
     }
 }
@@ -215,7 +204,12 @@ mod tests {
             conntrack_max: Some(262_144),
             tw_buckets: Some(262_144),
         };
-        let w = tight.warnings(1_050_000, 8192);
+        let mut w = tight.warnings(1_050_000, 8192);
+        let mut server = ServerConfig {
+            max_connections: 1_050_000,
+            ..ServerConfig::default()
+        };
+        w.extend(fit_to(&mut server, 20_000));
         assert_eq!(w.len(), 5, "{w:#?}");
         for needle in [
             "RLIMIT_NOFILE",
@@ -230,7 +224,7 @@ mod tests {
                 "{needle}: {w:#?}"
             );
         }
-        assert!(w[0].contains("at most about 19000 connections"), "{}", w[0]);
+        assert!(w[4].contains("lowered from 1050000 to 19000"), "{}", w[4]);
         // fs.file-max (2.47M) holds 1.05M.
         assert!(!w.iter().any(|l| l.contains("fs.file-max")));
     }

@@ -584,7 +584,7 @@ pub fn sample_process() {
         }
     }
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    if let Some(n) = soft_open_files(&limits) {
+    if let (Some(n), _) = crate::host_limits::open_files_in(&limits) {
         MAX_FDS.store(n, Ordering::Relaxed);
     }
 }
@@ -615,17 +615,6 @@ fn stat_times(text: &str, ticks: f64) -> Option<(f64, f64)> {
 fn boot_time(text: &str) -> Option<f64> {
     let line = text.lines().find_map(|l| l.strip_prefix("btime "))?;
     line.trim().parse().ok()
-}
-
-/// The soft limit of "Max open files" in the text of `/proc/self/limits`.
-fn soft_open_files(text: &str) -> Option<u64> {
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))?;
-    match line.split_whitespace().next()? {
-        "unlimited" => Some(u64::MAX),
-        n => n.parse().ok(),
-    }
 }
 
 /// Open descriptors. Since Linux 6.2 the size of `/proc/self/fd` is their count, read without
@@ -756,9 +745,15 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max cpu time              unlimited            unlimited            seconds\n\
                       Max open files            1024                 524288               files\n";
-        assert_eq!(soft_open_files(limits), Some(1024));
+        assert_eq!(
+            crate::host_limits::open_files_in(limits),
+            (Some(1024), Some(524288))
+        );
         let unlimited = "Max open files            unlimited            unlimited            files";
-        assert_eq!(soft_open_files(unlimited), Some(u64::MAX));
+        assert_eq!(
+            crate::host_limits::open_files_in(unlimited),
+            (Some(u64::MAX), Some(u64::MAX))
+        );
         assert_eq!(label_value("a\"b\\c"), "a\\\"b\\\\c");
     }
 
