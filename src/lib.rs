@@ -14,6 +14,7 @@ pub mod random;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod share;
 pub mod store;
 pub mod token;
 pub mod transport;

@@ -9,6 +9,8 @@
 use std::io::{self, Cursor, ErrorKind, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::share::{Share, Total};
+
 use mio::net::TcpStream;
 
 use crate::transport::Stream;
@@ -137,12 +139,15 @@ pub struct Link {
     /// Bytes arrived since [`Link::take_heard`] last looked: the peer is alive.
     heard: bool,
     /// This socket's part of [`PARTIAL_BYTES`].
-    held: u32,
+    held: Share<PartialInput>,
 }
 
-impl Drop for Link {
-    fn drop(&mut self) {
-        PARTIAL_BYTES.fetch_sub(self.held as usize, Ordering::Relaxed);
+/// [`PARTIAL_BYTES`], as the count that [`Link::held`] is part of.
+struct PartialInput;
+
+impl Total for PartialInput {
+    fn total() -> &'static AtomicUsize {
+        &PARTIAL_BYTES
     }
 }
 
@@ -164,7 +169,7 @@ impl Link {
             close_received: false,
             corked: false,
             heard: false,
-            held: 0,
+            held: Share::default(),
         };
         link.account();
         link
@@ -174,14 +179,7 @@ impl Link {
     fn account(&mut self) -> usize {
         let now = self.input.as_ref().map_or(0, |i| i.buf.capacity())
             + self.fragments.as_ref().map_or(0, |f| f.data.capacity());
-        let now = u32::try_from(now).unwrap_or(u32::MAX);
-        if now > self.held {
-            PARTIAL_BYTES.fetch_add((now - self.held) as usize, Ordering::Relaxed);
-        } else {
-            PARTIAL_BYTES.fetch_sub((self.held - now) as usize, Ordering::Relaxed);
-        }
-        self.held = now;
-        now as usize
+        self.held.set(now)
     }
 
     /// Gathers the frames sent from now on, to write them together at [`Link::uncork`].

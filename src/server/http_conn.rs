@@ -16,29 +16,17 @@ pub fn partial_head_bytes() -> usize {
     HEAD_BYTES.load(Ordering::Relaxed)
 }
 
+/// [`HEAD_BYTES`], as the count a connection's [`HeadBytes`] is part of.
+pub(super) struct Heads;
+
+impl crate::share::Total for Heads {
+    fn total() -> &'static AtomicUsize {
+        &HEAD_BYTES
+    }
+}
+
 /// One connection's part of the process's unfinished heads, given back when it is dropped.
-#[derive(Default)]
-pub(super) struct HeadBytes(u32);
-
-impl HeadBytes {
-    /// Makes this connection's part `n` bytes; returns it.
-    fn set(&mut self, n: usize) -> usize {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        if n > self.0 {
-            HEAD_BYTES.fetch_add((n - self.0) as usize, Ordering::Relaxed);
-        } else {
-            HEAD_BYTES.fetch_sub((self.0 - n) as usize, Ordering::Relaxed);
-        }
-        self.0 = n;
-        n as usize
-    }
-}
-
-impl Drop for HeadBytes {
-    fn drop(&mut self) {
-        HEAD_BYTES.fetch_sub(self.0 as usize, Ordering::Relaxed);
-    }
-}
+pub(super) type HeadBytes = crate::share::Share<Heads>;
 
 /// A peer address folded to 32 bits: which connections come from one source.
 pub(super) fn source_of(peer: SocketAddr) -> u32 {
