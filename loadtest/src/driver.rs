@@ -555,13 +555,15 @@ impl Driver {
     }
 
     /// Updates the delivery book of channel `chan` of client `c` (churn with --devices).
-    /// The PUT to channel `chan` of client `c` is answered (or given up): another may follow.
-    fn settle(&mut self, c: u32, chan: u16) {
-        if let Some(ch) = self
-            .clients
+    fn channel_mut(&mut self, c: u32, chan: u16) -> Option<&mut Channel> {
+        self.clients
             .get_mut(c as usize)
             .and_then(|cl| cl.channels.get_mut(usize::from(chan)))
-        {
+    }
+
+    /// The PUT to channel `chan` of client `c` is answered (or given up): another may follow.
+    fn settle(&mut self, c: u32, chan: u16) {
+        if let Some(ch) = self.channel_mut(c, chan) {
             ch.inflight = false;
         }
     }
@@ -578,11 +580,7 @@ impl Driver {
         if !self.books {
             return;
         }
-        if let Some(ch) = self
-            .clients
-            .get_mut(c as usize)
-            .and_then(|cl| cl.channels.get_mut(usize::from(chan)))
-        {
+        if let Some(ch) = self.channel_mut(c, chan) {
             f(ch);
         }
     }
