@@ -1,7 +1,7 @@
 //! Removes expired data in the background, a bounded slice per pass.
 //!
 //! A record past its expiry (its last channel expired) goes with the UAID's messages and wake
-//! data; a message list whose last message expired goes on its own. Each pass reads at most
+//! data; a message list whose last message expired goes on its own, and so does a version. Each pass reads at most
 //! `PER_PASS` entries of each table from where the last pass stopped, so a pass costs the same
 //! whatever the store holds, and a full cycle over N entries takes N / `PER_PASS` passes.
 
@@ -22,6 +22,7 @@ const PER_PASS: usize = 2000;
 pub struct Sweeper {
     records_from: Vec<u8>,
     messages_from: Vec<u8>,
+    versions_from: Vec<u8>,
 }
 
 impl Sweeper {
@@ -55,11 +56,23 @@ impl Sweeper {
                 Err(e) => return ops.poison(e),
             }
         }
-        if !gone.is_empty() || !lists.is_empty() {
+        // A version expires no later than its channel, so it goes here even if its record is not
+        // due yet; one whose record went above goes when its own expiry comes.
+        let versions = match due(&t.versions, &mut self.versions_from, now) {
+            Ok(keys) => keys,
+            Err(e) => return ops.poison(e),
+        };
+        for key in &versions {
+            if let Err(e) = t.versions.remove(key.as_slice()) {
+                return ops.poison(e);
+            }
+        }
+        if !gone.is_empty() || !lists.is_empty() || !versions.is_empty() {
             log::debug!(
-                "disk store: swept {} expired records and {} message lists",
+                "disk store: swept {} expired records, {} message lists and {} versions",
                 gone.len(),
-                lists.len()
+                lists.len(),
+                versions.len()
             );
         }
     }

@@ -4,16 +4,23 @@
 //! endian, Unix seconds, 0 = never), so the sweeper drops them without decoding the rest:
 //! - `records`: expiry + the UAID's channels (`store::record`, the same text memcached holds);
 //! - `messages`: expiry (of the last message) + the waiting WebPush messages, a JSON list;
+//! - `versions`: (UAID, channel) → expiry + the pending SimplePush version (8 bytes, big endian).
+//!   Kept apart from `records` so that an update and its ack touch only this table, which holds
+//!   nothing but the versions still waiting: a few pages, where the records of random UAIDs
+//!   would each dirty a page of their own per commit. (Records of older files may still hold a
+//!   pending version in their text; it is read, and cleared at the channel's next update or ack.)
 //! - `wakes`: how the UAID's device can be woken (JSON), dropped with the record;
 //! - `meta`: named JSON values (`broadcasts`).
 
 use redb::{ReadableTable, StorageError, Table, TableDefinition, WriteTransaction};
-use sm::Uaid;
+use sm::{ChannelId, Uaid};
 
 /// UAID → expiry + channel record.
 pub const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// UAID → expiry + JSON list of waiting messages.
 pub const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// UAID bytes + channel bytes → expiry + pending version.
+pub const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
 /// UAID → wake data.
 pub const WAKES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("wakes");
 /// Name → JSON.
@@ -47,6 +54,8 @@ pub struct Tables<'t> {
     pub records: Table<'t, &'static [u8], &'static [u8]>,
     /// `MESSAGES`.
     pub messages: Table<'t, &'static [u8], &'static [u8]>,
+    /// `VERSIONS`.
+    pub versions: Table<'t, &'static [u8], &'static [u8]>,
     /// `WAKES`.
     pub wakes: Table<'t, &'static [u8], &'static [u8]>,
     /// `META`.
@@ -59,10 +68,36 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             records: txn.open_table(RECORDS)?,
             messages: txn.open_table(MESSAGES)?,
+            versions: txn.open_table(VERSIONS)?,
             wakes: txn.open_table(WAKES)?,
             meta: txn.open_table(META)?,
         })
     }
+}
+
+/// The `VERSIONS` key of a channel.
+pub fn version_key(uaid: &Uaid, channel: &ChannelId) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(uaid.0.bytes());
+    k[16..].copy_from_slice(channel.0.bytes());
+    k
+}
+
+/// A `VERSIONS` value: the version with its expiry in front.
+pub fn version_value(version: u64, exp: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&exp.to_be_bytes());
+    v[8..].copy_from_slice(&version.to_be_bytes());
+    v
+}
+
+/// The version in a `VERSIONS` value, unless it expired or does not decode.
+pub fn live_version(value: &[u8], now: u64) -> Option<u64> {
+    if expired(value, now) {
+        return None;
+    }
+    let (_, body) = unstamp(value)?;
+    Some(u64::from_be_bytes(body.try_into().ok()?))
 }
 
 /// Reads a UAID's value from one of the byte tables.
@@ -88,5 +123,14 @@ mod tests {
         assert!(!expired(&stamped(0, b""), u64::MAX));
         assert_eq!(unstamp(b"short"), None);
         assert!(expired(b"short", 0));
+    }
+
+    #[test]
+    fn versions_decode_until_they_expire() {
+        let v = version_value(7, 100);
+        assert_eq!(live_version(&v, 99), Some(7));
+        assert_eq!(live_version(&v, 100), None);
+        assert_eq!(live_version(&version_value(9, 0), u64::MAX), Some(9));
+        assert_eq!(live_version(&stamped(0, b"abc"), 0), None);
     }
 }

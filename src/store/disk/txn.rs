@@ -11,7 +11,9 @@ use log::warn;
 use redb::ReadableTable;
 use sm::{ChannelId, Message, Uaid};
 
-use super::tables::{get, stamped, unstamp, Tables, BROADCASTS};
+use super::tables::{
+    get, live_version, stamped, unstamp, version_key, version_value, Tables, BROADCASTS,
+};
 use super::Settings;
 use crate::metrics::{track, track_drop, Drop, Event};
 use crate::store::codec::{decode_list, encode_list};
@@ -154,6 +156,61 @@ impl<'a, 't> Txn<'a, 't> {
         Ok(raw.and_then(|w| String::from_utf8(w).ok()))
     }
 
+    /// The channel's waiting version: the `versions` table's, else one an older file kept in
+    /// the record.
+    fn version(&self, uaid: &Uaid, channel: &Channel) -> Result<Option<u64>, Unavailable> {
+        let key = version_key(uaid, &channel.id);
+        let t = self.tables.borrow();
+        let raw = t.versions.get(key.as_slice()).map_err(|e| self.fail(e))?;
+        let stored = raw.and_then(|v| live_version(v.value(), now_secs()));
+        Ok(stored.or(channel.pending))
+    }
+
+    fn set_version(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+        exp: u64,
+    ) -> Result<(), Unavailable> {
+        let key = version_key(uaid, channel);
+        let value = version_value(version, exp);
+        let mut t = self.tables.borrow_mut();
+        t.versions
+            .insert(key.as_slice(), value.as_slice())
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    fn drop_version(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable> {
+        let key = version_key(uaid, channel);
+        let mut t = self.tables.borrow_mut();
+        t.versions
+            .remove(key.as_slice())
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Drops every waiting version of the UAID.
+    fn drop_versions(&self, uaid: &Uaid) -> Result<(), Unavailable> {
+        let mut from = [0u8; 32];
+        from[..16].copy_from_slice(uaid.0.bytes());
+        let mut to = from;
+        to[16..].fill(0xff);
+        let mut t = self.tables.borrow_mut();
+        let keys: Vec<Vec<u8>> = t
+            .versions
+            .range(from.as_slice()..=to.as_slice())
+            .map_err(|e| self.fail(e))?
+            .map(|entry| entry.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.fail(e))?;
+        for k in keys {
+            t.versions.remove(k.as_slice()).map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
     fn stored(&self, uaid: &Uaid) -> Result<PutResult, Unavailable> {
         Ok(PutResult::Stored {
             node: None,
@@ -167,7 +224,8 @@ impl<'a, 't> Txn<'a, 't> {
         t.records.remove(key).map_err(|e| self.fail(e))?;
         t.messages.remove(key).map_err(|e| self.fail(e))?;
         t.wakes.remove(key).map_err(|e| self.fail(e))?;
-        Ok(())
+        drop(t);
+        self.drop_versions(uaid)
     }
 
     /// A pending version keeps its channel at least a registration's lifetime (0: no expiry).
@@ -225,12 +283,12 @@ impl<'a, 't> Txn<'a, 't> {
             }
             None => rec,
         };
-        let pending = rec
-            .channels
-            .iter()
-            .filter(|c| c.live(now))
-            .filter_map(|c| Some((c.id, c.pending?)))
-            .collect();
+        let mut pending = Vec::new();
+        for c in rec.channels.iter().filter(|c| c.live(now)) {
+            if let Some(v) = self.version(uaid, c)? {
+                pending.push((c.id, v));
+            }
+        }
         Ok(HelloFound {
             known: true,
             pending,
@@ -303,9 +361,13 @@ impl Backend for Txn<'_, '_> {
 
     fn pending(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable> {
         let now = now_secs();
-        Ok(self
-            .record(uaid)?
-            .and_then(|r| r.live(channel, now).and_then(|c| c.pending)))
+        let Some(rec) = self.record(uaid)? else {
+            return Ok(None);
+        };
+        match rec.live(channel, now) {
+            Some(c) => self.version(uaid, c),
+            None => Ok(None),
+        }
     }
 
     fn register(&self, uaid: &Uaid, channel: &ChannelId, max: usize) -> Result<bool, Unavailable> {
@@ -340,6 +402,7 @@ impl Backend for Txn<'_, '_> {
                 self.put_record(uaid, &rec, now)?;
             }
         }
+        self.drop_version(uaid, channel)?;
         self.remove_messages(uaid, |m| m.msg.channel == *channel)
             .map(drop)
     }
@@ -361,17 +424,29 @@ impl Backend for Txn<'_, '_> {
             return Ok(());
         };
         let until = self.registered_until(now, 0);
+        let reg = u64::from(self.settings.registration_ttl);
         let mut changed = false;
         for (channel, version) in items {
+            let Some(c) = rec.live_mut(channel, now) else {
+                continue;
+            };
             // A newer version stored meanwhile stays pending.
-            if let Some(c) = rec
-                .live_mut(channel, now)
-                .filter(|c| c.pending == Some(*version))
-            {
+            let key = version_key(uaid, channel);
+            let stored = {
+                let t = self.tables.borrow();
+                let raw = t.versions.get(key.as_slice()).map_err(|e| self.fail(e))?;
+                raw.and_then(|v| live_version(v.value(), now))
+            };
+            if stored == Some(*version) {
+                self.drop_version(uaid, channel)?;
+            }
+            if c.pending == Some(*version) {
                 c.pending = None;
-                if c.exp != 0 {
-                    c.exp = until;
-                }
+                changed = true;
+            }
+            // An ack is use: the registration is renewed, written once a third of it has passed.
+            if c.exp != 0 && c.exp.saturating_add(reg / 3) < until {
+                c.exp = until;
                 changed = true;
             }
         }
@@ -388,18 +463,25 @@ impl Backend for Txn<'_, '_> {
         version: u64,
     ) -> Result<PutResult, Unavailable> {
         let now = now_secs();
-        let pending_until = expiry(self.pending_ttl(), now);
+        let life = self.pending_ttl();
+        let pending_until = expiry(life, now);
         let Some(mut rec) = self.record(uaid)? else {
             return Ok(PutResult::UnknownChannel);
         };
         let Some(c) = rec.live_mut(channel, now) else {
             return Ok(PutResult::UnknownChannel);
         };
-        c.pending = Some(version);
-        if c.exp != 0 {
-            c.exp = c.exp.max(pending_until);
+        self.set_version(uaid, channel, version, pending_until)?;
+        // The version keeps its channel alive. The record is written only when it must be
+        // stretched, and then by a third more, so that most updates leave it alone.
+        let stretch = c.exp != 0 && c.exp < pending_until;
+        if stretch {
+            c.exp = pending_until.saturating_add(u64::from(life / 3));
         }
-        self.put_record(uaid, &rec, now)?;
+        let old_format = c.pending.take().is_some();
+        if stretch || old_format {
+            self.put_record(uaid, &rec, now)?;
+        }
         self.stored(uaid)
     }
 
@@ -470,5 +552,127 @@ impl Backend for Txn<'_, '_> {
 
     fn healthy(&self) -> bool {
         !self.broken()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::disk::Sync;
+    use sm::Id;
+
+    const U: [u8; 16] = [7; 16];
+    const C: [u8; 16] = [9; 16];
+
+    fn settings() -> Settings {
+        Settings {
+            pending_ttl: 3000,
+            registration_ttl: 300,
+            max_messages: 10,
+            sync: Sync::Batch,
+            cache_bytes: 1 << 20,
+        }
+    }
+
+    /// Runs `f` in one committed transaction of the database at `file`.
+    fn with_txn<R>(file: &std::path::Path, f: impl FnOnce(&Txn<'_, '_>) -> R) -> R {
+        let db = redb::Database::create(file).unwrap();
+        let txn = db.begin_write().unwrap();
+        let settings = settings();
+        let out = {
+            let mut tables = Tables::open(&txn).unwrap();
+            let ops = Txn::new(&mut tables, &settings);
+            let out = f(&ops);
+            assert!(!ops.broken());
+            out
+        };
+        txn.commit().unwrap();
+        out
+    }
+
+    fn versions_held(file: &std::path::Path) -> u64 {
+        with_txn(file, |t| {
+            use redb::ReadableTableMetadata;
+            t.tables().versions.len().unwrap()
+        })
+    }
+
+    fn record_text(file: &std::path::Path) -> String {
+        let uaid = Uaid(Id::fresh(U));
+        with_txn(file, |t| {
+            let raw = get(&t.tables().records, &uaid).unwrap().unwrap();
+            String::from_utf8(unstamp(&raw).unwrap().1.to_vec()).unwrap()
+        })
+    }
+
+    #[test]
+    fn versions_live_in_their_own_table_and_an_ack_empties_it() {
+        let dir = std::env::temp_dir().join(format!("sp-txn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("versions.redb");
+        let _ = std::fs::remove_file(&file);
+        let (uaid, ch) = (Uaid(Id::fresh(U)), ChannelId(Id::fresh(C)));
+        with_txn(&file, |t| assert!(t.register(&uaid, &ch, 8).unwrap()));
+        let registered = record_text(&file);
+        with_txn(&file, |t| {
+            assert!(matches!(
+                t.put(&uaid, &ch, 5).unwrap(),
+                PutResult::Stored { .. }
+            ))
+        });
+        assert_eq!(versions_held(&file), 1);
+        let stretched = record_text(&file);
+        assert_ne!(
+            stretched, registered,
+            "the first update stretches the channel's life"
+        );
+        with_txn(&file, |t| t.put(&uaid, &ch, 6).unwrap());
+        assert_eq!(
+            record_text(&file),
+            stretched,
+            "a later update leaves the record alone"
+        );
+        let found = with_txn(&file, |t| t.hello(&uaid, false, None, &[]).unwrap());
+        assert_eq!(found.pending, vec![(ch, 6)]);
+        with_txn(&file, |t| t.ack(&uaid, &[(ch, 5)], &[]).unwrap());
+        assert_eq!(
+            versions_held(&file),
+            1,
+            "an ack of an older version keeps the newer"
+        );
+        with_txn(&file, |t| t.ack(&uaid, &[(ch, 6)], &[]).unwrap());
+        assert_eq!(versions_held(&file), 0);
+        assert_eq!(with_txn(&file, |t| t.pending(&uaid, &ch).unwrap()), None);
+        with_txn(&file, |t| t.put(&uaid, &ch, 7).unwrap());
+        with_txn(&file, |t| t.unregister(&uaid, &ch).unwrap());
+        assert_eq!(versions_held(&file), 0, "unregister drops the version");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_version_an_older_file_kept_in_the_record_is_read_and_cleared() {
+        let dir = std::env::temp_dir().join(format!("sp-txn-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("old.redb");
+        let _ = std::fs::remove_file(&file);
+        let (uaid, ch) = (Uaid(Id::fresh(U)), ChannelId(Id::fresh(C)));
+        let now = now_secs();
+        let old = Record {
+            channels: vec![Channel {
+                id: ch,
+                exp: now + 5000,
+                pending: Some(4),
+            }],
+        };
+        with_txn(&file, |t| t.put_record(&uaid, &old, now).unwrap());
+        let found = with_txn(&file, |t| t.hello(&uaid, false, None, &[]).unwrap());
+        assert_eq!(found.pending, vec![(ch, 4)]);
+        with_txn(&file, |t| t.ack(&uaid, &[(ch, 4)], &[]).unwrap());
+        assert_eq!(with_txn(&file, |t| t.pending(&uaid, &ch).unwrap()), None);
+        assert!(
+            !record_text(&file).contains(" 4\n"),
+            "the record's copy is cleared"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
