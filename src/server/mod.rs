@@ -53,6 +53,7 @@ mod cluster;
 mod health;
 mod http_body;
 mod http_conn;
+mod known_channels;
 mod loops;
 mod stores;
 mod updates;
@@ -142,6 +143,8 @@ struct WsConn {
     /// What the connection's deadline means once hello is done (before it, the hello timeout;
     /// while closing, the close timeout).
     watch: Watch,
+    /// Channels known to be registered: their updates go to the socket before the store answers.
+    known: known_channels::KnownChannels,
 }
 
 /// The timer of a WebSocket after hello. One deadline per connection serves them all, so that an
@@ -471,6 +474,8 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             self.peers.beat(self.id);
+            // Jobs submitted during the last turn go to the storage threads together.
+            self.store.flush();
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == ErrorKind::Interrupted {
@@ -508,6 +513,8 @@ impl Server {
                 if idle || self.now_ms() >= at {
                     self.peers.stopped(self.id);
                     self.inbox_drop();
+                    // What the last turn queued (node records to clear) still goes out.
+                    self.store.flush();
                     info!(
                         "event loop {}: shutdown complete, {} connections dropped",
                         self.id,

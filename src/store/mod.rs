@@ -262,6 +262,8 @@ pub enum Job {
         conn: ConnRef,
         /// The update.
         d: Delivery,
+        /// Already written to the device's socket here, while the store works.
+        live: bool,
     },
     /// An app server's `DELETE` of a waiting message.
     DeleteMessage {
@@ -325,9 +327,10 @@ impl Job {
                 reply: StoreReply::Unavailable,
                 previous_node: None,
             },
-            Job::Put { conn, d } => Done::Put {
+            Job::Put { conn, d, live } => Done::Put {
                 conn: *conn,
                 d: d.clone(),
+                live: *live,
                 result: Err(Unavailable),
             },
             Job::Check { conn, d } => Done::Checked {
@@ -405,6 +408,8 @@ pub enum Done {
         conn: ConnRef,
         /// The update.
         d: Delivery,
+        /// Already written to the device's socket here.
+        live: bool,
         /// The store's answer.
         result: Result<PutResult, Unavailable>,
     },
@@ -478,13 +483,14 @@ fn run_job(backend: &dyn Backend, job: Job) -> Done {
             conn,
             d,
         },
-        Job::Put { conn, d } => Done::Put {
+        Job::Put { conn, d, live } => Done::Put {
             result: match &d.notice {
                 Notice::Version { version, .. } => backend.put(&d.uaid, &d.channel, *version),
                 Notice::Message(m) => backend.put_message(&d.uaid, m),
             },
             conn,
             d,
+            live,
         },
         Job::DeleteMessage {
             conn,
@@ -627,6 +633,13 @@ impl Runner {
         match self {
             Runner::Inline { backend, done } => done.borrow_mut().push(run(&**backend, job)),
             Runner::Pool(p) => p.submit(job),
+        }
+    }
+
+    /// Hands the jobs submitted during this turn of the loop to the storage threads.
+    pub fn flush(&self) {
+        if let Runner::Pool(p) = self {
+            p.flush();
         }
     }
 

@@ -22,9 +22,15 @@ use crate::metrics::METRICS;
 /// A forward or kick: blocking network work whose result comes back as a [`Done`].
 pub type Task = Box<dyn FnOnce() -> Done + Send>;
 
+/// Jobs for one storage worker, in submission order.
+type Batch = Vec<(Instant, Job)>;
+
 /// Storage workers around one shared backend, plus forwarding threads.
 pub struct Pool {
-    queues: Vec<Sender<(Instant, Job)>>,
+    queues: Vec<Sender<Batch>>,
+    /// Jobs submitted during this turn of the loop, per worker, sent by [`Pool::flush`]: one
+    /// hand-over (and at most one wake-up) per worker per turn, not one per job.
+    pending: RefCell<Vec<Batch>>,
     tasks: Option<Sender<Task>>,
     done_rx: Mutex<Receiver<Done>>,
     /// Set by the first answer after the loop last took them: later ones need not wake it again.
@@ -74,7 +80,7 @@ impl Pool {
         };
         let mut queues = Vec::new();
         for i in 0..size.max(1) {
-            let (tx, rx) = channel::<(Instant, Job)>();
+            let (tx, rx) = channel::<Batch>();
             let (backend, reply) = (backend.clone(), reply.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("store-{i}"))
@@ -98,6 +104,7 @@ impl Pool {
             }
         }
         Pool {
+            pending: RefCell::new(queues.iter().map(|_| Vec::new()).collect()),
             queues,
             tasks: (started > 0).then_some(task_tx),
             done_rx: Mutex::new(done_rx),
@@ -108,7 +115,7 @@ impl Pool {
         }
     }
 
-    /// Queues a job on the worker of its UAID.
+    /// Queues a job on the worker of its UAID; it is handed over at the next [`Pool::flush`].
     pub fn submit(&self, job: Job) {
         if self.queues.is_empty() {
             self.lost.borrow_mut().push(job.failed());
@@ -116,14 +123,28 @@ impl Pool {
         }
         // The high half: the event loops pick a UAID's owner with the low half (`server::owner`).
         let i = (ring::hash(job.uaid().0.bytes()) >> 32) as usize % self.queues.len();
-        match self.queues[i].send((Instant::now(), job)) {
-            Ok(()) => {
-                self.outstanding.set(self.outstanding.get() + 1);
-                METRICS.store_queued.fetch_add(1, Ordering::Relaxed);
+        self.pending.borrow_mut()[i].push((Instant::now(), job));
+        self.outstanding.set(self.outstanding.get() + 1);
+        METRICS.store_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hands every job submitted since the last call to its worker. The loop calls it before
+    /// it waits for events.
+    pub fn flush(&self) {
+        let mut pending = self.pending.borrow_mut();
+        for (i, batch) in pending.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
             }
-            Err(returned) => {
+            if let Err(returned) = self.queues[i].send(std::mem::take(batch)) {
                 error!("storage worker {i} is gone");
-                self.lost.borrow_mut().push(returned.0 .1.failed());
+                let mut lost = self.lost.borrow_mut();
+                for (_, job) in returned.0 {
+                    METRICS.store_queued.fetch_sub(1, Ordering::Relaxed);
+                    self.outstanding
+                        .set(self.outstanding.get().saturating_sub(1));
+                    lost.push(job.failed());
+                }
             }
         }
     }
@@ -167,12 +188,18 @@ impl Pool {
 /// Most jobs one storage thread hands over at once.
 const MAX_GROUP: usize = 1024;
 
-fn store_worker(rx: Receiver<(Instant, Job)>, backend: &dyn JobRunner, reply: Reply) {
+fn store_worker(rx: Receiver<Batch>, backend: &dyn JobRunner, reply: Reply) {
     let grouped = backend.groups();
     while let Ok(first) = rx.recv() {
-        let mut queued = vec![first];
+        let mut queued = first;
         if grouped {
-            queued.extend(rx.try_iter().take(MAX_GROUP - 1));
+            // Everything that queued up meanwhile, whole batches, up to about MAX_GROUP jobs.
+            while queued.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(more) => queued.extend(more),
+                    Err(_) => break,
+                }
+            }
         }
         let jobs: Vec<Job> = queued
             .into_iter()
@@ -195,14 +222,16 @@ fn store_worker(rx: Receiver<(Instant, Job)>, backend: &dyn JobRunner, reply: Re
             );
             continue;
         }
-        let fallbacks: Vec<Done> = jobs.iter().map(Job::failed).collect();
-        let dones =
-            catch_unwind(AssertUnwindSafe(|| backend.run_jobs(jobs))).unwrap_or_else(|_| {
-                error!("storage jobs panicked; answered as unavailable");
-                Vec::new()
-            });
-        let ran = dones.len();
-        for done in dones.into_iter().chain(fallbacks.into_iter().skip(ran)) {
+        // One at a time, each answered as soon as it is done.
+        for job in jobs {
+            let fallback = job.failed();
+            let done = catch_unwind(AssertUnwindSafe(|| backend.run_jobs(vec![job])))
+                .ok()
+                .and_then(|mut d| d.pop())
+                .unwrap_or_else(|| {
+                    error!("a storage job panicked; answered as unavailable");
+                    fallback
+                });
             if !reply.send(done) {
                 return;
             }
