@@ -121,9 +121,21 @@ fn memcached_outage_gives_503_and_recovers_without_restart() {
     assert_eq!(reply["status"], 503);
     assert_eq!(reply["error"], "Service Unavailable");
     c.expect_close();
-    // A client that needs no storage still gets served; the held socket is untouched.
+    // A client that needs no storage still gets served; the held socket is untouched. (It may
+    // have been handed version 2 before the store failed it: a device is written to while the
+    // store works, and the app server, told 503, sends it again.)
     live.send("{}");
-    assert_eq!(live.recv_text(), "{}");
+    loop {
+        let text = live.recv_text();
+        if text == "{}" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            v["updates"][0]["version"], 2,
+            "only the first refused PUT: {v}"
+        );
+    }
 
     let _mc = Memcached::start_on(port).expect("memcached back on its port");
     let end = Instant::now() + Duration::from_secs(10);
@@ -240,7 +252,12 @@ fn a_slow_memcached_gives_503_within_the_timeout_and_recovers() {
         assert!(Instant::now() < end, "no recovery, last status {st}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(c.recv()["updates"][0]["version"], 2);
+    // Version 1 may have reached the socket while the store was failing it (see above).
+    let mut n = c.recv();
+    if n["updates"][0]["version"] == 1 {
+        n = c.recv();
+    }
+    assert_eq!(n["updates"][0]["version"], 2, "{n}");
 }
 
 #[test]

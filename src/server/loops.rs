@@ -265,7 +265,7 @@ impl Server {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
                 Cross::Adopt(a) => self.adopt(*a),
-                Cross::Store(job) => self.store.submit(job),
+                Cross::Store(job) => self.submit_here(job),
                 Cross::Kick { uaid, conn } => self.kick_here(uaid, &conn),
                 Cross::Answer { conn, resp } => self.answer(conn, resp),
                 Cross::Shutdown => self.shut_down(),

@@ -42,7 +42,11 @@ impl Server {
             received: Instant::now(),
         };
         track(Event::Received, &d.uaid, &d.channel, &d.label());
-        self.submit_owned(Job::Put { conn, d });
+        self.submit_owned(Job::Put {
+            conn,
+            d,
+            live: false,
+        });
         None
     }
 
@@ -73,7 +77,11 @@ impl Server {
             received: Instant::now(),
         };
         track(Event::Received, &d.uaid, &d.channel, &d.label());
-        self.submit_owned(Job::Put { conn, d });
+        self.submit_owned(Job::Put {
+            conn,
+            d,
+            live: false,
+        });
         None
     }
 
@@ -104,7 +112,7 @@ impl Server {
     /// Runs a job on the loop that owns its UAID: here, or through that loop's mailbox.
     pub(super) fn submit_owned(&mut self, job: Job) {
         match owner(&job.uaid(), self.peers.mail.len()) {
-            w if w == self.id => self.store.submit(job),
+            w if w == self.id => self.submit_here(job),
             w => {
                 if let Err(Cross::Store(job)) = self.peers.send(w, Cross::Store(job)) {
                     // The owner has stopped (shutdown): answer as if storage were down.
@@ -112,6 +120,27 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Hands a job of a UAID this loop owns to the store. An update whose device is connected
+    /// here, for a channel the socket knows is registered, is written to its socket at once: the device need not wait for the store's round trip
+    /// or sync. The app server's 2xx still waits for the store, and the device's ack queues
+    /// behind the write. A write the store then refuses (gone, full, down) has reached the device
+    /// anyway; the app server, told 4xx/5xx, may send it again, so a device can see it twice.
+    /// (A store known to be down answers 503 at once: nothing goes out early then.)
+    pub(super) fn submit_here(&mut self, job: Job) {
+        let job = match job {
+            Job::Put {
+                conn,
+                d,
+                live: false,
+            } if self.store.healthy() && self.knows_channel(&d.uaid, &d.channel) => {
+                let live = self.deliver(&d) == Outcome::Delivered;
+                Job::Put { conn, d, live }
+            }
+            other => other,
+        };
+        self.store.submit(job);
     }
 
     /// Handles every finished storage job and forward.
@@ -147,7 +176,12 @@ impl Server {
                 };
                 self.answer(conn, resp);
             }
-            Done::Put { conn, d, result } => self.put_done(conn, d, result),
+            Done::Put {
+                conn,
+                d,
+                live,
+                result,
+            } => self.put_done(conn, d, live, result),
             Done::Deleted {
                 conn,
                 uaid,
@@ -225,6 +259,7 @@ impl Server {
         &mut self,
         conn: ConnRef,
         d: Delivery,
+        live: bool,
         result: Result<PutResult, Unavailable>,
     ) {
         let webpush = matches!(d.notice, Notice::Message(_));
@@ -254,7 +289,14 @@ impl Server {
                 return self.answer(conn, webpush::error(&PushError::Unavailable))
             }
         };
-        let outcome = self.deliver(&d);
+        let outcome = if live {
+            Outcome::Delivered
+        } else {
+            self.deliver(&d)
+        };
+        if outcome == Outcome::Delivered {
+            self.remember_channel(&d.uaid, &d.channel);
+        }
         debug!(
             "update uaid={} channel={} version={} -> {:?}",
             d.uaid,
@@ -393,6 +435,9 @@ impl Server {
                     track(Event::DeliveredStored, &uaid, channel, version);
                 }
             }
+        }
+        if let (StoreOp::Register { channel, .. }, StoreReply::Registered { .. }) = (op, &reply) {
+            w.known.add(channel);
         }
         let effects = w.session.on_store(reply);
         self.apply(conn.key, effects, claimed);

@@ -74,6 +74,7 @@ impl Server {
             bound: None,
             closing: false,
             watch: Watch::Idle,
+            known: Default::default(),
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
@@ -353,6 +354,10 @@ impl Server {
                 }
                 Effect::Close => self.begin_close(key, CloseCode::Normal, ""),
                 Effect::Store(op) => {
+                    if let StoreOp::Unregister { channel, .. } = &op {
+                        // From now on its updates wait for the store, which refuses them.
+                        self.forget_channel(key, channel);
+                    }
                     // The session is busy until the answer arrives (`session_done`).
                     if let Some(conn) = self.conn_ref(key) {
                         let node = match op {
