@@ -118,6 +118,13 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_stays_small() {
+        // Every idle socket pays for a `Conn`: 168 bytes before these 16.
+        let size = std::mem::size_of::<crate::server::Conn>();
+        assert!(size <= 184, "size_of::<Conn>() = {size}");
+    }
+
+    #[test]
     fn an_all_zero_channel_is_not_taken_for_an_empty_slot() {
         let zero = ChannelId(Id::fresh([0; 16]));
         let k = KnownChannels::default();
