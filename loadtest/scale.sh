@@ -8,18 +8,24 @@
 # everything started is stopped (trap).
 #
 # Usage: loadtest/scale.sh [FILE]   appends a markdown section to FILE (default BENCHMARKS.md).
-# Environment: SCALE_DEVICES (default 200000), SCALE_NODES (default 11), SCALE_SAMPLE (devices that
-# get updates, default 1000), SCALE_RATE (updates per second, default 200), SCALE_HOLD (seconds of
-# updates, default 20).
+# Environment: SCALE_CONNECTIONS or SCALE_DEVICES (default 200000), SCALE_NODES (default: enough
+# for 19,000 devices each, at least 11), SCALE_SAMPLE (devices that get updates, default 1000),
+# SCALE_RATE (updates per second, default 500: 10,000 in the sample), SCALE_HOLD (seconds of updates, default 20),
+# SCALE_MIN_AVAILABLE_MIB (abort when MemAvailable falls below it, default 3072).
+# At 1,000,000: `make scale SCALE_CONNECTIONS=1000000` (53 nodes, 56 tester processes; the kernel
+# must allow 2 million descriptors and, where connection tracking is on, 1.1 million entries: the
+# script checks both and says which sysctl to raise).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${1:-$ROOT/BENCHMARKS.md}"
-DEVICES="${SCALE_DEVICES:-200000}"
-NODES="${SCALE_NODES:-11}"
+DEVICES="${SCALE_CONNECTIONS:-${SCALE_DEVICES:-200000}}"
+AUTO_NODES=$(( (DEVICES + 18999) / 19000 ))
+[ "$AUTO_NODES" -lt 11 ] && AUTO_NODES=11
+NODES="${SCALE_NODES:-$AUTO_NODES}"
 SAMPLE="${SCALE_SAMPLE:-1000}"
-RATE="${SCALE_RATE:-200}"
+RATE="${SCALE_RATE:-500}"
 HOLD="${SCALE_HOLD:-20}"
 PER=$(( (DEVICES + NODES - 1) / NODES ))
 SERVER_BIN="$ROOT/target/release/simplepush"
@@ -42,6 +48,24 @@ if [ "$PER" -gt 19000 ]; then
     exit 2
 fi
 
+# Both ends of every connection are on this machine: two descriptors, and one tracked connection
+# when the kernel tracks connections (a NAT or firewall rule loads nf_conntrack).
+need_files=$(( DEVICES * 2 + 100000 ))
+if [ "$(cut -f3 /proc/sys/fs/file-nr)" -lt "$need_files" ]; then
+    echo "scale.sh: fs.file-max is under $need_files; raise it: sysctl -w fs.file-max=$need_files" >&2
+    exit 2
+fi
+if [ -r /proc/sys/net/netfilter/nf_conntrack_max ]; then
+    need_tracked=$(( DEVICES + 100000 ))
+    if [ "$(cat /proc/sys/net/netfilter/nf_conntrack_max)" -lt "$need_tracked" ]; then
+        echo "scale.sh: connection tracking is on and nf_conntrack_max is under $need_tracked; raise it: sysctl -w net.netfilter.nf_conntrack_max=$need_tracked" >&2
+        exit 2
+    fi
+fi
+MIN_AVAILABLE_MIB="${SCALE_MIN_AVAILABLE_MIB:-3072}"
+mem_available_mib() { awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo; }
+meminfo_kib() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 sockstat_mem_pages() { awk '/^TCP:/ {for (i=1;i<NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat; }
@@ -52,7 +76,11 @@ cargo build --release -p simplepush -p simplepush-loadtest
 
 MC_PORT="$(free_port)"
 # -M: no eviction, as the server requires (evicting would drop pushes already answered 2xx).
-memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m 512 -M -c 4096 -u root &
+# About 0.5 KiB per device; room for twice that.
+MC_MIB=$(( DEVICES / 1000 ))
+[ "$MC_MIB" -lt 512 ] && MC_MIB=512
+memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -m "$MC_MIB" -M -c 4096 -u root &
+MC_PID=$!
 PIDS+=($!)
 sleep 0.3
 
@@ -61,6 +89,8 @@ KEY="$(head -c32 /dev/urandom | basenc --base64url)"
 slab_sampler "$WORK/slab" &
 PIDS+=($!)
 sock_before="$(sockstat_mem_pages)"
+avail_before="$(mem_available_mib)"
+slab_before="$(meminfo_kib Slab)"
 for i in $(seq 0 $((NODES - 1))); do
     port="$(free_port)"
     rport="$(free_port)"
@@ -115,10 +145,28 @@ start=$(date +%s)
     --max-seconds 900 --json "$WORK/holders.json" >"$WORK/holders.log" 2>&1 &
 PIDS+=($!)
 HOLDERS=$!
+# MemAvailable once a second; below the floor the tester is stopped (and so is the run).
+(
+    low="$avail_before"
+    while kill -0 "$HOLDERS" 2>/dev/null; do
+        a="$(mem_available_mib)"
+        [ "$a" -lt "$low" ] && low=$a && echo "$low" >"$WORK/mem_low"
+        if [ "$a" -lt "$MIN_AVAILABLE_MIB" ]; then
+            echo "MemAvailable $a MiB is under $MIN_AVAILABLE_MIB MiB: stopping the tester" | tee "$WORK/aborted"
+            pkill -TERM -P "$HOLDERS" 2>/dev/null; kill -TERM "$HOLDERS" 2>/dev/null
+            break
+        fi
+        sleep 1
+    done
+) &
+PIDS+=($!)
+echo "$avail_before" >"$WORK/mem_low"
 
-# Wait until every device is connected (or 240 s), then sample memory.
+# Wait until every device is connected (or 240 s, 360 s from 500,000 on), then sample memory.
 peak_clients=0
-while [ $(( $(date +%s) - start )) -lt 240 ]; do
+WAIT_CONNECT=240
+[ "$DEVICES" -ge 500000 ] && WAIT_CONNECT=360
+while [ $(( $(date +%s) - start )) -lt "$WAIT_CONNECT" ] && [ ! -e "$WORK/aborted" ]; do
     clients=0
     for s in "${SERVERS[@]}"; do
         c="$(curl -s -m 2 "http://127.0.0.1:${s##*:}/status" | jq -r '.clients // 0' 2>/dev/null || echo 0)"
@@ -134,6 +182,10 @@ rss_after=0
 for s in "${SERVERS[@]}"; do rss_after=$(( rss_after + $(rss_kib "${s%%:*}") )); done
 sock_after="$(sockstat_mem_pages)"
 sockstat="$(grep '^TCP:' /proc/net/sockstat)"
+slab_after="$(meminfo_kib Slab)"
+tester_kib=0
+for p in $HOLDERS $(pgrep -P "$HOLDERS" || true); do tester_kib=$(( tester_kib + $(rss_kib "$p") )); done
+mc_kib="$(rss_kib "$MC_PID")"
 
 echo "== sample: $SAMPLE more devices over the nodes, $RATE updates/s for $HOLD s, each through the next node"
 "$TESTER_BIN" notify --no-progress --ws-url "$WS_URLS" \
@@ -192,6 +244,11 @@ per_conn() { awk -v k="$1" -v n="$ok" 'BEGIN { if (k !~ /^[0-9]+$/ || n + 0 == 0
     echo "| of it, proc_inode_cache (grows only when something lists /proc/PID/fd) | $(( proc_kib_grown / 1024 )) MiB ($(per_conn "$proc_kib_grown") bytes per connection) |"
     echo "| devices per node (least-most) / end-of-hold ping answered, not | $per_node / $ping_ok, $ping_failed |"
     echo "| /proc/net/sockstat at the peak | \`$sockstat\` |"
+    echo "| /proc/meminfo Slab, growth to the peak | $(( (slab_after - slab_before) / 1024 )) MiB |"
+    echo "| tester RSS, all processes, at the peak | $(( tester_kib / 1024 )) MiB ($(per_conn "$tester_kib") bytes per connection) |"
+    echo "| memcached RSS at the peak | $(( mc_kib / 1024 )) MiB ($(per_conn "$mc_kib") bytes per device) |"
+    echo "| server side per connection: servers' RSS + kernel TCP buffers + half the socket slab | $(awk -v u="$user_mib" -v k="$sock_mib" -v s="$slab_kib_grown" -v n="$ok" 'BEGIN { if (n + 0 == 0) print "?"; else printf "%.0f bytes", (u * 1048576 + k * 1048576 + s * 512) / n }') |"
+    echo "| MemAvailable before / lowest (abort floor $MIN_AVAILABLE_MIB MiB) | $avail_before / $(cat "$WORK/mem_low") MiB$( [ -e "$WORK/aborted" ] && echo ": **aborted**, $(cat "$WORK/aborted")") |"
     echo
     echo "The kernel figures count both ends of every connection (server and tester share the machine)."
 } >>"$OUT"
