@@ -348,3 +348,235 @@ fn the_units_pass_systemd_analyze_verify() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `podman` with the arguments this machine needs, if it can build and run the image here; why
+/// not, said loudly, otherwise.
+fn podman() -> Option<Vec<String>> {
+    let works = |args: &[&str]| {
+        Command::new("podman")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !works(&["--version"]) {
+        eprintln!("SKIPPED: no podman (apt-get install podman runc): the image is not built");
+        return None;
+    }
+    let mut base = Vec::new();
+    // crun cannot set up cgroups in some sandboxes (gVisor); runc can.
+    if let Some(runc) = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+    {
+        base.extend(["--runtime".to_string(), runc.to_string()]);
+    }
+    if !works(&["image", "exists", "debian:bookworm-slim"]) {
+        eprintln!(
+            "SKIPPED: the base image debian:bookworm-slim is not here (podman pull debian:bookworm-slim, \
+             or podman import a debootstrap of bookworm under that name): the image is not built"
+        );
+        return None;
+    }
+    Some(base)
+}
+
+/// `--ulimit` flags at or below this process's own limits: a sandbox may refuse to raise them.
+fn ulimits() -> Vec<String> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = |name: &str, most: u64| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(most, |v| v.min(most))
+    };
+    let (files, procs) = (soft("Max open files", 65536), soft("Max processes", 4096));
+    vec![
+        "--ulimit".into(),
+        format!("nofile={files}:{files}"),
+        "--ulimit".into(),
+        format!("nproc={procs}:{procs}"),
+    ]
+}
+
+/// A container, removed on drop.
+struct Container {
+    podman: Vec<String>,
+    name: String,
+}
+
+impl Container {
+    fn run(podman: &[String], name: &str, args: &[&str], image: &str) -> Container {
+        let c = Container {
+            podman: podman.to_vec(),
+            name: name.to_string(),
+        };
+        let out = Command::new("podman")
+            .args(podman)
+            .args(["run", "-d", "--name", name])
+            .args(ulimits())
+            .args(args)
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    }
+
+    fn podman(&self, args: &[&str]) -> std::process::Output {
+        Command::new("podman")
+            .args(&self.podman)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let out = self.podman(&["logs", &self.name]);
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-f", &self.name]);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether an HTTP request to 127.0.0.1:`port` is answered within 15 s.
+fn answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < end {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 12];
+            let asked = s
+                .write_all(b"GET /none HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_ok();
+            if asked && s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 ") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn the_image_serves_on_its_own_config_and_a_mounted_config_wins() {
+    let Some(podman) = podman() else {
+        return;
+    };
+    // The Dockerfile's runtime stage as written, with the binary under test in place of the build
+    // stage's (a release build inside the image would take many minutes).
+    let dockerfile = read("Dockerfile");
+    let runtime = &dockerfile[dockerfile
+        .find("FROM debian:bookworm-slim")
+        .expect("runtime stage")..];
+    let from_build = "COPY --from=build /simplepush ";
+    assert!(runtime.contains(from_build));
+    let dir = temp_dir("image-build");
+    std::fs::write(
+        dir.join("Containerfile"),
+        runtime.replace(from_build, "COPY simplepush "),
+    )
+    .unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_simplepush"), dir.join("simplepush")).unwrap();
+    std::fs::copy(
+        root().join("config.sample.toml"),
+        dir.join("config.sample.toml"),
+    )
+    .unwrap();
+    let tag = format!("localhost/simplepush-test:{}", std::process::id());
+    let built = Command::new("podman")
+        .args(&podman)
+        .args([
+            "build",
+            "--format",
+            "docker",
+            "--network",
+            "host",
+            "-t",
+            &tag,
+        ])
+        .args(ulimits())
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "podman build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    // The image's own configuration: 0.0.0.0:8080 inside the container, and healthy.
+    let p1 = free_port();
+    let name = format!("sp-test-own-{}", std::process::id());
+    let own = Container::run(
+        &podman,
+        &name,
+        &["-p", &format!("127.0.0.1:{p1}:8080")],
+        &tag,
+    );
+    assert!(answers(p1), "{}", own.logs());
+    assert!(
+        own.logs().contains("listening on 0.0.0.0:8080"),
+        "{}",
+        own.logs()
+    );
+    let health = own.podman(&["healthcheck", "run", &name]);
+    assert!(
+        health.status.success(),
+        "HEALTHCHECK: {}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    drop(own);
+
+    // A mounted configuration counts as written: its listen is not overridden.
+    let cfg = dir.join("mounted.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"0.0.0.0:9090\"\n\n[storage]\nbackend = \"memory\"\n",
+    )
+    .unwrap();
+    let p2 = free_port();
+    let mount = format!("{}:/etc/simplepush/config.toml:ro", cfg.display());
+    let name = format!("sp-test-mounted-{}", std::process::id());
+    let mounted = Container::run(
+        &podman,
+        &name,
+        &["-p", &format!("127.0.0.1:{p2}:9090"), "-v", &mount],
+        &tag,
+    );
+    assert!(answers(p2), "{}", mounted.logs());
+    assert!(
+        mounted.logs().contains("listening on 0.0.0.0:9090"),
+        "{}",
+        mounted.logs()
+    );
+    drop(mounted);
+    let _ = Command::new("podman")
+        .args(&podman)
+        .args(["rmi", "-f", &tag])
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+}
