@@ -447,6 +447,21 @@ impl Container {
     }
 }
 
+/// An image built for a test, removed on drop (also when the test fails).
+struct Image<'a> {
+    podman: &'a [String],
+    tag: String,
+}
+
+impl Drop for Image<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(self.podman)
+            .args(["rmi", "-f", &self.tag])
+            .output();
+    }
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-f", &self.name]);
@@ -507,6 +522,10 @@ fn the_image_serves_on_its_own_config_and_a_mounted_config_wins() {
     )
     .unwrap();
     let tag = format!("localhost/simplepush-test:{}", std::process::id());
+    let image = Image {
+        podman: &podman,
+        tag: tag.clone(),
+    };
     let built = Command::new("podman")
         .args(&podman)
         .args([
@@ -574,9 +593,6 @@ fn the_image_serves_on_its_own_config_and_a_mounted_config_wins() {
         mounted.logs()
     );
     drop(mounted);
-    let _ = Command::new("podman")
-        .args(&podman)
-        .args(["rmi", "-f", &tag])
-        .output();
+    drop(image);
     let _ = std::fs::remove_dir_all(&dir);
 }
