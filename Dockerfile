@@ -6,8 +6,10 @@
 #       -e SIMPLEPUSH_ENDPOINT_TOKEN_KEYS="$(head -c32 /dev/urandom | basenc --base64url)" \
 #       --ulimit nofile=1100000:1100000 simplepush
 #
-# Configuration: /etc/simplepush/config.toml is config.sample.toml (every default); override any key
-# with -e SIMPLEPUSH_<SECTION>_<KEY>=..., or mount a file over it:
+# Configuration: /etc/simplepush/config.toml is config.sample.toml (every default) listening on
+# 0.0.0.0:8080 with its data in /var/lib/simplepush; override any key with
+# -e SIMPLEPUSH_<SECTION>_<KEY>=..., or mount a file over it (the image sets no SIMPLEPUSH_*
+# variable, so every key of a mounted file counts):
 #   -v $PWD/config.toml:/etc/simplepush/config.toml:ro
 # Set at least:
 #   SIMPLEPUSH_SERVER_PUBLIC_URL    the URL devices' endpoints are built from; unset, endpoints read
@@ -58,12 +60,18 @@ RUN apt-get update \
  && install -d -m 0700 -o 10001 -g 10001 /var/lib/simplepush
 COPY --from=build /simplepush /usr/local/bin/simplepush
 COPY config.sample.toml /etc/simplepush/config.toml
-# The sample listens on 127.0.0.1, unreachable from outside the container.
-# The disk store (the sample's default) keeps its file and the generated endpoint key here: mount
-# a volume (docker run -v simplepush-data:/var/lib/simplepush) so they outlive the container.
-ENV SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080 \
-    SIMPLEPUSH_STORAGE_PATH=/var/lib/simplepush \
-    RUST_LOG=info
+# The image's config is the sample with two values changed in the file: server.listen (the sample's
+# 127.0.0.1 is unreachable from outside the container) and storage.path (the disk store, the
+# sample's default, keeps its file and the generated endpoint key there: mount a volume, docker run
+# -v simplepush-data:/var/lib/simplepush, so they outlive the container). Not as ENV
+# SIMPLEPUSH_SERVER_LISTEN and the like: a variable wins over the file, so it would also win over a
+# config mounted in place of this one, whose listen and path would then be ignored. The checks fail
+# the build if the sample's lines change.
+RUN sed -i -e 's|^listen = "127.0.0.1:8080"$|listen = "0.0.0.0:8080"|' \
+        -e 's|^path = "data"$|path = "/var/lib/simplepush"|' /etc/simplepush/config.toml \
+ && grep -qx 'listen = "0.0.0.0:8080"' /etc/simplepush/config.toml \
+ && grep -qx 'path = "/var/lib/simplepush"' /etc/simplepush/config.toml
+ENV RUST_LOG=info
 VOLUME /var/lib/simplepush
 USER 10001:10001
 EXPOSE 8080

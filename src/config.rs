@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::wake::WakeConfig;
+
 mod env;
 mod source;
 
@@ -242,37 +244,6 @@ impl Default for StorageConfig {
             registration_ttl_secs: 10_800,
             replicas: 0,
             allow_eviction: false,
-        }
-    }
-}
-
-/// `[wake]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WakeConfig {
-    /// `none`, `udp` or `webhook`.
-    pub driver: String,
-    /// Networks (CIDR) the UDP driver may send to; empty = none.
-    pub udp_allow: Vec<String>,
-    /// Where the webhook driver POSTs (`http://`).
-    pub webhook_url: String,
-    /// Time a wake may take (connect, send, answer).
-    pub timeout_ms: u64,
-    /// At most one wake per UAID this often.
-    pub min_interval_ms: u64,
-    /// At most this many wakes per second in all.
-    pub max_per_sec: u64,
-}
-
-impl Default for WakeConfig {
-    fn default() -> WakeConfig {
-        WakeConfig {
-            driver: "none".into(),
-            udp_allow: Vec::new(),
-            webhook_url: String::new(),
-            timeout_ms: 1000,
-            min_interval_ms: 60_000,
-            max_per_sec: 100,
         }
     }
 }
@@ -665,30 +636,7 @@ impl Config {
     }
 
     fn validate_wake(&self) -> Result<(), ConfigError> {
-        let w = &self.wake;
-        if !["none", "udp", "webhook"].contains(&w.driver.as_str()) {
-            return bad("wake.driver", "must be \"none\", \"udp\" or \"webhook\"");
-        }
-        if let Some(n) = w
-            .udp_allow
-            .iter()
-            .find(|n| crate::wake::Net::parse(n).is_none())
-        {
-            return bad(
-                "wake.udp_allow",
-                &format!("{n:?} is not a network like 10.0.0.0/8"),
-            );
-        }
-        if w.driver == "webhook" && !w.webhook_url.starts_with("http://") {
-            return bad(
-                "wake.webhook_url",
-                "the webhook driver needs an http:// URL",
-            );
-        }
-        if w.timeout_ms == 0 || w.max_per_sec == 0 {
-            return bad("wake", "timeout_ms and max_per_sec must be at least 1");
-        }
-        Ok(())
+        self.wake.check().or_else(|(key, why)| bad(key, &why))
     }
 
     fn validate_storage(&self) -> Result<(), ConfigError> {

@@ -9,10 +9,12 @@
 //! of method, target, t and body under the shared secret>`, refused more than [`WINDOW_SECS`] from
 //! the receiver's clock, so the secret itself never travels and a captured request is worth
 //! nothing elsewhere or later. Requests go only to addresses `cluster.peers` allows: a node record
-//! forged in memcached cannot send them to an attacker. They are made on worker threads, never on
-//! the event loop.
+//! forged in memcached cannot send them to an attacker: the list judges the addresses a node's name
+//! resolves to, before connecting. They are made on the forwarding threads, never on the event
+//! loop, over connections kept alive between requests (see [`crate::outbound`]).
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,7 +25,7 @@ use serde_json::{json, Value};
 use sm::{ChannelId, Id, Uaid};
 
 use crate::metrics::METRICS;
-use crate::outbound;
+use crate::outbound::{self, Failure};
 use crate::store::{codec, Delivery, Notice};
 
 use crate::http::{Head, Response};
@@ -108,13 +110,34 @@ fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     ip >> shift == net >> shift
 }
 
-/// What this node signs its router requests with, and where it may send them.
-#[derive(Debug, Clone)]
+/// What this node signs its router requests with, where it may send them, and its connections.
+#[derive(Clone)]
 pub struct Peering {
     /// The shared secret (never sent).
     pub secret: String,
-    /// `cluster.peers`.
-    pub peers: Peers,
+    /// The client, kept-alive connections to other nodes; it connects only where `cluster.peers`
+    /// allows.
+    client: outbound::Client,
+}
+
+impl Peering {
+    /// One per process: `senders` threads at most send at once (to one node, in the worst case),
+    /// each within `timeout`.
+    pub fn new(
+        secret: String,
+        peers: Peers,
+        timeout: Duration,
+        senders: usize,
+    ) -> std::io::Result<Peering> {
+        let peers = Arc::new(peers);
+        let client = outbound::Client::new(outbound::Options {
+            timeout,
+            allow: Some(Arc::new(move |a: &SocketAddr| peers.allows(a))),
+            roots: outbound::Roots::Bundled,
+            idle_per_host: senders,
+        })?;
+        Ok(Peering { secret, client })
+    }
 }
 
 fn signature(secret: &str, method: &str, target: &str, t: u64, body: &[u8]) -> Hmac<sha2::Sha256> {
@@ -252,31 +275,37 @@ pub fn parse(head: &Head, body: &[u8], secret: &str, now: u64) -> Result<RouteRe
     }))
 }
 
-/// Sends one request to another node; `Some(status)` if it answered within `timeout` in all.
+/// Sends one request to another node; `Some(status)` if it answered within the timeout.
 /// An address `cluster.peers` does not allow gets nothing (counted, warned about).
-fn send(
-    url: &str,
-    method: &str,
-    path: &str,
-    peering: &Peering,
-    body: &str,
-    timeout: Duration,
-) -> Option<u16> {
-    let host = url.strip_prefix("http://")?.trim_end_matches('/');
-    let addr = host.to_socket_addrs().ok()?.next()?;
-    if !peering.peers.allows(&addr) {
-        METRICS.router_refused();
-        log::warn!("router request to {url} ({addr}) refused: not in cluster.peers");
+fn send(url: &str, method: &str, target: &str, peering: &Peering, body: &str) -> Option<u16> {
+    let base = url.trim_end_matches('/');
+    if !base.starts_with("http://") {
+        log::warn!("router request to {url} not sent: a node's router URL starts with http://");
         return None;
     }
     let now = crate::store::now_secs();
-    let auth = authorization(&peering.secret, method, path, body.as_bytes(), now);
-    let auth = format!("Authorization: {auth}\r\n");
-    outbound::status_of(addr, host, (method, path), &auth, body, timeout)
+    let auth = authorization(&peering.secret, method, target, body.as_bytes(), now);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let url = format!("{base}{target}");
+    match peering.client.send(method, &url, &headers, body.as_bytes()) {
+        Ok(answer) => Some(answer.status),
+        Err(Failure::Refused(addrs)) => {
+            METRICS.router_refused();
+            log::warn!("router request to {base} ({addrs:?}) refused: not in cluster.peers");
+            None
+        }
+        Err(e) => {
+            log::debug!("router request {method} {url}: {e}");
+            None
+        }
+    }
 }
 
 /// Forwards an update; true if the other node wrote it to the UAID's socket.
-pub fn forward(url: &str, peering: &Peering, timeout: Duration, d: &Delivery) -> bool {
+pub fn forward(url: &str, peering: &Peering, d: &Delivery) -> bool {
     let body = match &d.notice {
         Notice::Version { version, data } => {
             json!({"channelID": d.channel.to_string(), "version": version, "data": data})
@@ -287,7 +316,7 @@ pub fn forward(url: &str, peering: &Peering, timeout: Duration, d: &Delivery) ->
     }
     .to_string();
     let path = format!("/route/{}", d.uaid);
-    match send(url, "PUT", &path, peering, &body, timeout) {
+    match send(url, "PUT", &path, peering, &body) {
         Some(status) => status == 200,
         None => {
             METRICS.router_error();
@@ -300,11 +329,10 @@ pub fn forward(url: &str, peering: &Peering, timeout: Duration, d: &Delivery) ->
 pub fn push_broadcasts(
     url: &str,
     peering: &Peering,
-    timeout: Duration,
     changes: &std::collections::BTreeMap<String, String>,
 ) -> bool {
     let body = serde_json::to_string(changes).unwrap_or_else(|_| "{}".into());
-    match send(url, "PUT", "/broadcasts", peering, &body, timeout) {
+    match send(url, "PUT", "/broadcasts", peering, &body) {
         Some(status) => status == 200,
         None => {
             METRICS.router_error();
@@ -314,9 +342,9 @@ pub fn push_broadcasts(
 }
 
 /// Tells another node to close its socket `conn` for the UAID.
-pub fn kick(url: &str, peering: &Peering, timeout: Duration, uaid: &Uaid, conn: &str) {
+pub fn kick(url: &str, peering: &Peering, uaid: &Uaid, conn: &str) {
     let path = format!("/route/{uaid}?conn={conn}");
-    if send(url, "DELETE", &path, peering, "", timeout).is_none() {
+    if send(url, "DELETE", &path, peering, "").is_none() {
         METRICS.router_error();
     }
 }

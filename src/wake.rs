@@ -4,20 +4,108 @@
 //! counted), applies the per-UAID and overall rate limits, and calls the configured driver with a
 //! timeout: `udp` sends a datagram to the device's `wakeup_hostport` (only inside the configured
 //! networks, so the server cannot be made to send traffic anywhere), `webhook` POSTs
-//! `{"uaid", "wake"}` to a configured URL (a carrier service, or a bridge to FCM/APNs).
+//! `{"uaid", "wake"}` to a configured `http://` or `https://` URL (a carrier service, or a bridge
+//! to FCM/APNs) over a kept-alive connection.
+//!
+//! The `[wake]` configuration is declared here, and `config` uses it: this module needs nothing
+//! of `config`'s.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use serde::{Deserialize, Serialize};
 use sm::wake::Wake;
 use sm::Uaid;
 
-use crate::config::WakeConfig;
 use crate::metrics::{WakeOutcome as Outcome, METRICS};
 use crate::outbound;
+
+/// `[wake]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WakeConfig {
+    /// `none`, `udp` or `webhook`.
+    pub driver: String,
+    /// Networks (CIDR) the UDP driver may send to; empty = none.
+    pub udp_allow: Vec<String>,
+    /// Where the webhook driver POSTs (`http://` or `https://`).
+    pub webhook_url: String,
+    /// PEM file of the certificates an `https://` webhook may chain to; empty = Mozilla's roots,
+    /// built in.
+    pub ca_file: String,
+    /// Time a wake may take in all (name lookup, connect, send, the whole answer).
+    pub timeout_ms: u64,
+    /// At most one wake per UAID this often.
+    pub min_interval_ms: u64,
+    /// At most this many wakes per second in all.
+    pub max_per_sec: u64,
+}
+
+impl Default for WakeConfig {
+    fn default() -> WakeConfig {
+        WakeConfig {
+            driver: "none".into(),
+            udp_allow: Vec::new(),
+            webhook_url: String::new(),
+            ca_file: String::new(),
+            timeout_ms: 1000,
+            min_interval_ms: 60_000,
+            max_per_sec: 100,
+        }
+    }
+}
+
+impl WakeConfig {
+    /// Checks the values; the key and the reason for the first one refused.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !["none", "udp", "webhook"].contains(&self.driver.as_str()) {
+            return Err((
+                "wake.driver",
+                "must be \"none\", \"udp\" or \"webhook\"".into(),
+            ));
+        }
+        if let Some(n) = self.udp_allow.iter().find(|n| Net::parse(n).is_none()) {
+            return Err((
+                "wake.udp_allow",
+                format!("{n:?} is not a network like 10.0.0.0/8"),
+            ));
+        }
+        if self.driver == "webhook" && !webhook_url_ok(&self.webhook_url) {
+            return Err((
+                "wake.webhook_url",
+                "the webhook driver needs an http:// or https:// URL with a host".into(),
+            ));
+        }
+        if self.timeout_ms == 0 || self.max_per_sec == 0 {
+            return Err((
+                "wake",
+                "timeout_ms and max_per_sec must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The certificates an `https://` webhook may present.
+    fn roots(&self) -> outbound::Roots {
+        match self.ca_file.as_str() {
+            "" => outbound::Roots::Bundled,
+            path => outbound::Roots::File(PathBuf::from(path)),
+        }
+    }
+}
+
+fn webhook_url_ok(url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    scheme_ok && uri.host().is_some_and(|h| !h.is_empty())
+}
 
 /// Wake requests waiting for the driver thread; more are dropped.
 const QUEUE: usize = 4096;
@@ -110,9 +198,6 @@ impl Limits {
     }
 }
 
-/// How long the webhook host's address is used before it is looked up again.
-const RESOLVE_EVERY: Duration = Duration::from_secs(60);
-
 /// The configured driver.
 enum Driver {
     Udp {
@@ -120,9 +205,8 @@ enum Driver {
     },
     Webhook {
         url: String,
-        /// The host's address and when it was looked up: name lookups block with no timeout of
-        /// their own, so not one per wake.
-        resolved: Option<(SocketAddr, Instant)>,
+        /// Keeps the connection to the webhook alive between wakes.
+        client: outbound::Client,
     },
 }
 
@@ -133,25 +217,26 @@ pub struct Waker {
 }
 
 impl Waker {
-    /// Starts the driver thread; `None` for driver `none` (or a UDP driver with no network allowed).
-    pub fn start(cfg: &WakeConfig) -> Option<Waker> {
+    /// Starts the driver thread; `None` for driver `none` (or a UDP driver with no network
+    /// allowed). Fails if `wake.ca_file` cannot be read.
+    pub fn start(cfg: &WakeConfig) -> io::Result<Option<Waker>> {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
         let driver = match cfg.driver.as_str() {
             "udp" => {
                 let allow: Vec<Net> = cfg.udp_allow.iter().filter_map(|n| Net::parse(n)).collect();
                 if allow.is_empty() {
                     warn!("wake.driver = \"udp\" with an empty wake.udp_allow: no datagram will be sent");
-                    return None;
+                    return Ok(None);
                 }
                 Driver::Udp { allow }
             }
             "webhook" => Driver::Webhook {
                 url: cfg.webhook_url.clone(),
-                resolved: None,
+                client: webhook_client(cfg, timeout)?,
             },
-            _ => return None,
+            _ => return Ok(None),
         };
         let (tx, rx) = sync_channel(QUEUE);
-        let timeout = Duration::from_millis(cfg.timeout_ms);
         let limits = Limits {
             per_uaid: Duration::from_millis(cfg.min_interval_ms),
             per_sec: cfg.max_per_sec,
@@ -161,12 +246,12 @@ impl Waker {
         };
         let spawned = std::thread::Builder::new()
             .name("wake".into())
-            .spawn(move || run(rx, driver, limits, timeout));
+            .spawn(move || run(rx, driver, limits));
         match spawned {
-            Ok(_) => Some(Waker { tx }),
+            Ok(_) => Ok(Some(Waker { tx })),
             Err(e) => {
                 warn!("wake: no driver thread ({e}); offline devices will not be woken");
-                None
+                Ok(None)
             }
         }
     }
@@ -182,14 +267,26 @@ impl Waker {
     }
 }
 
-fn run(rx: Receiver<(Uaid, String)>, mut driver: Driver, mut limits: Limits, timeout: Duration) {
+/// The webhook's client: one connection is enough, wakes are sent one at a time.
+fn webhook_client(cfg: &WakeConfig, timeout: Duration) -> io::Result<outbound::Client> {
+    let opts = outbound::Options {
+        timeout,
+        allow: None,
+        roots: cfg.roots(),
+        idle_per_host: 1,
+    };
+    outbound::Client::new(opts)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("wake.ca_file: {e}")))
+}
+
+fn run(rx: Receiver<(Uaid, String)>, driver: Driver, mut limits: Limits) {
     while let Ok((uaid, text)) = rx.recv() {
         let outcome = match Wake::from_json(&text) {
             None => Outcome::Refused,
             Some(_) if !limits.allow(&uaid, Instant::now()) => Outcome::Refused,
-            Some(wake) => match &mut driver {
+            Some(wake) => match &driver {
                 Driver::Udp { allow } => udp(&uaid, &wake, allow),
-                Driver::Webhook { url, resolved } => webhook(url, resolved, &uaid, &text, timeout),
+                Driver::Webhook { url, client } => webhook(client, url, &uaid, &text),
             },
         };
         debug!("wake uaid={uaid}: {outcome:?}");
@@ -226,43 +323,18 @@ fn udp(uaid: &Uaid, wake: &Wake, allow: &[Net]) -> Outcome {
     }
 }
 
-/// POSTs `{"uaid","wake"}`; sent when the answer is 2xx within `timeout` in all.
-fn webhook(
-    url: &str,
-    resolved: &mut Option<(SocketAddr, Instant)>,
-    uaid: &Uaid,
-    wake_json: &str,
-    timeout: Duration,
-) -> Outcome {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Outcome::Failed;
-    };
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    // `host:port` for the resolver; an URL without a port means port 80.
-    let target = match host.rsplit_once(':') {
-        Some((_, port)) if !host.ends_with(']') && port.parse::<u16>().is_ok() => host.to_string(),
-        _ => format!("{host}:80"),
-    };
+/// POSTs `{"uaid","wake"}`; sent when the answer is 2xx within the timeout.
+fn webhook(client: &outbound::Client, url: &str, uaid: &Uaid, wake_json: &str) -> Outcome {
     let body = format!("{{\"uaid\":\"{uaid}\",\"wake\":{wake_json}}}");
-    let fresh = resolved.filter(|(_, at)| at.elapsed() < RESOLVE_EVERY);
-    let addr = match fresh {
-        Some((addr, _)) => Some(addr),
-        None => target.to_socket_addrs().ok().and_then(|mut a| a.next()),
-    };
-    let Some(addr) = addr else {
-        debug!("wake uaid={uaid}: webhook {url}: no address for {target}");
-        return Outcome::Failed;
-    };
-    if fresh.is_none() {
-        *resolved = Some((addr, Instant::now()));
-    }
-    match outbound::status_of(addr, host, ("POST", path), "", &body, timeout) {
-        Some(status) if (200..300).contains(&status) => Outcome::Sent,
-        other => {
-            // Perhaps the host moved: look it up again next time.
-            *resolved = None;
-            debug!("wake uaid={uaid}: webhook {url}: {other:?}");
+    let headers = [("Content-Type", "application/json")];
+    match client.send("POST", url, &headers, body.as_bytes()) {
+        Ok(answer) if (200..300).contains(&answer.status) => Outcome::Sent,
+        Ok(answer) => {
+            debug!("wake uaid={uaid}: webhook {url}: status {}", answer.status);
+            Outcome::Failed
+        }
+        Err(e) => {
+            debug!("wake uaid={uaid}: webhook {url}: {e}");
             Outcome::Failed
         }
     }

@@ -492,14 +492,19 @@ fn node_with_peers(mc: &Memcached, peers: &str) -> Server {
 /// A registered device gone offline whose node record names `listener` (as a forged
 /// `n/<uaid>` in memcached would); returns its endpoint.
 fn forged_device(s: &Server, mc: &Memcached, listener: &std::net::TcpListener) -> String {
+    let at = listener.local_addr().unwrap();
+    forged_device_at(s, mc, &format!("http://{at}"))
+}
+
+/// A registered device gone offline whose node record names the router URL `url`.
+fn forged_device_at(s: &Server, mc: &Memcached, url: &str) -> String {
     let mut c = s.client();
     let uaid = c.hello_new();
     let ep = c.register(&chid(1));
     c.close();
     std::thread::sleep(Duration::from_millis(200));
-    let at = listener.local_addr().unwrap();
     // Values carry a write stamp before a space (store/memcached/replicas.rs).
-    mc_set(mc, &format!("n/{uaid}"), &format!("1000 http://{at} 1.1"));
+    mc_set(mc, &format!("n/{uaid}"), &format!("1000 {url} 1.1"));
     ep
 }
 
@@ -512,12 +517,20 @@ fn a_forged_node_record_gets_neither_a_request_outside_the_peers_nor_the_secret(
     // An attacker's listener, on an address the node's peers do not include.
     let attacker = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     attacker.set_nonblocking(true).unwrap();
-    let s = node_with_peers(&mc, "peers = [\"127.0.0.1/32\"]");
+    let s = node_with_peers(&mc, "peers = [\"127.0.0.3/32\"]");
     let ep = forged_device(&s, &mc, &attacker);
     assert_eq!(put(&ep, "version=5").status, 202, "stored, not forwarded");
     assert!(attacker.accept().is_err(), "the attacker was contacted");
     assert_eq!(s.metrics()["simplepush_router_refused_total"], 1.0);
     assert!(s.wait_log("not in cluster.peers"), "{}", s.log());
+    // A record naming a host: judged by the address the name resolves to (localhost, 127.0.0.1).
+    let named = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    named.set_nonblocking(true).unwrap();
+    let port = named.local_addr().unwrap().port();
+    let ep = forged_device_at(&s, &mc, &format!("http://localhost:{port}"));
+    assert_eq!(put(&ep, "version=5").status, 202, "stored, not forwarded");
+    assert!(named.accept().is_err(), "localhost was contacted");
+    assert_eq!(s.metrics()["simplepush_router_refused_total"], 2.0);
     drop(s);
 
     // With the default peers (private networks and loopback) it is contacted, and what it gets
@@ -536,4 +549,74 @@ fn a_forged_node_record_gets_neither_a_request_outside_the_peers_nor_the_secret(
     let request = taken.join().unwrap();
     assert!(request.contains("SimplePush-HMAC t="), "{request}");
     assert!(!request.contains(SECRET), "{request}");
+}
+
+/// A TCP relay to `to` that counts the connections it accepts; it stops after `for_how_long`.
+fn counting_relay(
+    listener: std::net::TcpListener,
+    to: SocketAddr,
+    for_how_long: Duration,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let end = Instant::now() + for_how_long;
+        while Instant::now() < end {
+            let Ok((inbound, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            inbound.set_nonblocking(false).unwrap();
+            let Ok(outbound) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                (outbound, inbound),
+            ] {
+                // Each direction ends when its side closes (the servers are killed at the end).
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    count
+}
+
+#[test]
+fn forwards_between_two_nodes_share_one_kept_alive_connection() {
+    if !have_memcached() {
+        return;
+    }
+    let mc = Memcached::start();
+    // Node 1 is reached through a relay that counts connections: its router_url names the relay.
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let n1 = Server::start_with(
+        "",
+        &format!(
+            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nrouter_url = \"http://{relay_addr}\"\nsecret = \"{SECRET}\"\ntimeout_ms = 1000\n",
+            memcached_section(&[mc.addr])
+        ),
+    );
+    let connections = counting_relay(relay, router(&n1), Duration::from_secs(20));
+    let n2 = node(&mc);
+    let mut c1 = n1.client();
+    c1.hello_new();
+    let ep = c1.register(&chid(1));
+    std::thread::sleep(Duration::from_millis(100));
+    const FORWARDS: u64 = 10;
+    for version in 1..=FORWARDS {
+        let r = put(&via(&n2, &ep), &format!("version={version}"));
+        assert_eq!(r.status, 200, "forwarded and delivered: {}", r.body);
+        assert_eq!(c1.recv()["updates"][0]["version"], version);
+        c1.ack(&chid(1), version);
+    }
+    let opened = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(opened, 1, "{FORWARDS} forwards opened {opened} connections");
 }

@@ -125,14 +125,14 @@ impl Server {
         let push = self
             .cluster
             .as_ref()
-            .map(|c| (c.url.clone(), c.peering.clone(), c.timeout));
+            .map(|c| (c.url.clone(), c.peering.clone()));
         self.store.forward(Box::new(move || {
             let Ok(table) = store.set_broadcasts(&changes) else {
                 return Done::Broadcasts { conn, table: None };
             };
-            if let Some((own, peering, timeout)) = push {
+            if let Some((own, peering)) = push {
                 for node in store.nodes().unwrap_or_default() {
-                    if node != own && !router::push_broadcasts(&node, &peering, timeout, &changes) {
+                    if node != own && !router::push_broadcasts(&node, &peering, &changes) {
                         debug!("broadcasts: {node} did not take the change; it will poll it");
                     }
                 }

@@ -7,7 +7,6 @@ pub(super) struct Cluster {
     pub(super) url: String,
     /// The secret router requests are signed with, and where they may go.
     pub(super) peering: Arc<router::Peering>,
-    pub(super) timeout: Duration,
 }
 
 /// The router URL of a node record (`<url> <connection id>`).
@@ -35,9 +34,9 @@ impl Server {
             // Our own older socket: the registry closed it already.
             return;
         }
-        let (peering, timeout) = (c.peering.clone(), c.timeout);
+        let peering = c.peering.clone();
         self.store.forward(Box::new(move || {
-            router::kick(&url, &peering, timeout, &uaid, &conn);
+            router::kick(&url, &peering, &uaid, &conn);
             Done::Nothing
         }));
     }

@@ -51,6 +51,8 @@ pub struct Peers {
     pub(super) tls: Option<Tls>,
     /// The wake driver, when one is configured.
     pub(super) waker: Option<crate::wake::Waker>,
+    /// The cluster's secret and client, when this node has a router listener.
+    pub(super) peering: Option<Arc<crate::router::Peering>>,
     /// A SIGTERM/SIGINT shutdown has begun: readiness answers 503.
     pub(super) draining: AtomicBool,
     /// When each loop last went round, in ms since `epoch` (`health::LOOP_STOPPED` once it ended
@@ -122,7 +124,8 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         open: AtomicUsize::new(0),
         websockets: AtomicUsize::new(0),
         tls,
-        waker: crate::wake::Waker::start(&cfg.wake),
+        waker: crate::wake::Waker::start(&cfg.wake)?,
+        peering: peering(&cfg, loops)?,
         mail,
         draining: AtomicBool::new(false),
         // Every loop counts as having turned at start; a loop that never runs goes stale.
@@ -154,6 +157,20 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         super::broadcasts::start_poller(&cfg, store, peers.clone(), router_url);
     }
     Ok(servers)
+}
+
+/// The cluster client, if this node routes: as many kept-alive connections per node as there are
+/// forwarding threads (`storage.pool_size` per loop).
+fn peering(cfg: &Config, loops: usize) -> io::Result<Option<Arc<crate::router::Peering>>> {
+    if cfg.cluster.router_listen.is_empty() {
+        return Ok(None);
+    }
+    // Checked when the configuration was loaded.
+    let peers = crate::router::Peers::parse(&cfg.cluster.peers).unwrap_or_default();
+    let senders = (loops * cfg.storage.pool_size).clamp(1, 256);
+    let timeout = Duration::from_millis(cfg.cluster.timeout_ms);
+    let p = crate::router::Peering::new(cfg.cluster.secret.clone(), peers, timeout, senders)?;
+    Ok(Some(Arc::new(p)))
 }
 
 /// Runs every loop on its own thread (loop 0 on this one) until shutdown; the exit code.

@@ -365,12 +365,10 @@ impl Server {
                 } else {
                     cfg.cluster.router_url.trim_end_matches('/').to_string()
                 },
-                peering: Arc::new(router::Peering {
-                    secret: cfg.cluster.secret.clone(),
-                    // Checked when the configuration was loaded.
-                    peers: router::Peers::parse(&cfg.cluster.peers).unwrap_or_default(),
-                }),
-                timeout: Duration::from_millis(cfg.cluster.timeout_ms),
+                // One client per process, so that every loop's forwards share its connections.
+                peering: peers.peering.clone().ok_or_else(|| {
+                    io::Error::other("a router listener without a cluster client")
+                })?,
             }),
         };
         for (i, l) in listeners.iter_mut().enumerate() {

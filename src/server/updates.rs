@@ -328,9 +328,9 @@ impl Server {
             let resp = self.stored_answer(&d, outcome);
             return self.answer(conn, resp);
         };
-        let (peering, timeout) = (cluster.peering.clone(), cluster.timeout);
+        let peering = cluster.peering.clone();
         self.store.forward(Box::new(move || {
-            let delivered = router::forward(&node, &peering, timeout, &d);
+            let delivered = router::forward(&node, &peering, &d);
             if let (false, Some((w, wake))) = (delivered, waker) {
                 w.wake(d.uaid, wake);
             }

@@ -54,6 +54,11 @@ impl Server {
 
     /// Starts with extra `[server]` keys and extra sections appended.
     pub fn start_with(server_keys: &str, sections: &str) -> Server {
+        Server::start_with_env(server_keys, sections, &[])
+    }
+
+    /// As `start_with`, with these environment variables too.
+    pub fn start_with_env(server_keys: &str, sections: &str, env: &[(&str, &str)]) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "sp-test-{}-{}",
             std::process::id(),
@@ -74,7 +79,7 @@ impl Server {
             format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n{sections}\n{storage}\n"),
         )
         .unwrap();
-        let mut s = Server::spawn(&["--config", cfg.to_str().unwrap()], &[]);
+        let mut s = Server::spawn(&["--config", cfg.to_str().unwrap()], env);
         s.memcached = memcached;
         s
     }
