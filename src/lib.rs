@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod host_limits;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod nonblocking;
 pub mod outbound;

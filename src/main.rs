@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use log::{info, warn};
 
 use simplepush::config::{self, Config};
+use simplepush::logging;
 use simplepush::server;
 use simplepush::token::Tokens;
 
@@ -25,7 +26,8 @@ OPTIONS:
 Every key can also be set by an environment variable SIMPLEPUSH_<SECTION>_<KEY>,
 e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated. Other SIMPLEPUSH_*
 variables (Kubernetes sets SIMPLEPUSH_SERVICE_HOST and the like) are logged and ignored.
-Logging: RUST_LOG=info (default), debug or trace.
+Logging: log.level (an env_logger filter such as info or warn,simplepush::reliability=debug;
+when empty, RUST_LOG, else info) and log.format = text or json (one object per line).
 Listeners: devices and app servers on server.listen (TLS with [tls]), metrics on
 admin.listen (127.0.0.1:8081 by default), cluster forwards on cluster.router_listen.
 Health on admin.listen (and, with server.public_health = true, on server.listen):
@@ -90,23 +92,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let path = config::file_path(path, std::env::var_os(config::CONFIG_ENV));
-    let mut cfg = match Config::load(path.as_deref(), std::env::vars()) {
-        Ok(loaded) => {
-            if let Some(p) = &path {
-                info!("configuration from {}", p.display());
-            }
-            for line in &loaded.ignored {
-                warn!("{line}");
-            }
-            loaded.config
-        }
+    let loaded = match Config::load(path.as_deref(), std::env::vars()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("simplepush: {e}");
             return ExitCode::from(2);
         }
     };
+    let log = logging::Settings::of(&loaded.config.log, std::env::var("RUST_LOG").ok());
+    logging::init(log);
+    if let Some(p) = &path {
+        info!("configuration from {}", p.display());
+    }
+    for line in &loaded.ignored {
+        warn!("{line}");
+    }
+    let mut cfg = loaded.config;
     simplepush::host_limits::fit(&mut cfg.server);
     let keys = match token_keys(&cfg) {
         Ok(k) => k,

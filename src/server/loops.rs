@@ -192,7 +192,10 @@ impl Server {
             self.peers.open.fetch_sub(1, Ordering::Relaxed);
             return;
         };
-        debug!("conn {key}: hello for a UAID of loop {to}: handing the socket over");
+        debug!(
+            conn:% = ConnName(self.id, key), to;
+            "hello for a UAID of another loop: handing the socket over"
+        );
         // The adopting loop counts it again.
         self.peers.websockets.fetch_sub(1, Ordering::Relaxed);
         let _ = self.poll.registry().deregister(w.link.stream_mut());

@@ -76,6 +76,17 @@ const DRAIN_TICK_MS: u64 = 20;
 /// Admin connections allowed past `max_connections` (within the descriptors kept at start).
 const ADMIN_EXTRA: usize = 16;
 
+/// A connection as log lines name it: its event loop and slab key (`conn=1/4711`), since keys
+/// repeat from loop to loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnName(pub usize, pub usize);
+
+impl std::fmt::Display for ConnName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
 /// A shutdown's sockets, closed a share at a time.
 struct Drain {
     /// Monotonic ms when it began.
@@ -695,19 +706,19 @@ impl Server {
         };
         match &conn.state {
             State::Ws(w) if !w.closing && w.bound.is_none() => {
-                debug!("conn {key}: no hello in time");
+                debug!(conn:% = ConnName(self.id, key); "no hello in time");
                 self.begin_close(key, CloseCode::Policy, "hello timeout");
             }
             State::Ws(w) if !w.closing => match w.watch {
                 Watch::Partial => {
-                    debug!("conn {key}: a frame left incomplete too long");
+                    debug!(conn:% = ConnName(self.id, key); "a frame left incomplete too long");
                     self.begin_close(key, CloseCode::Policy, "incomplete frame");
                 }
                 Watch::Idle => self.ping(key),
                 Watch::Pinged => self.ping_unanswered(key),
             },
             _ => {
-                debug!("conn {key}: timed out");
+                debug!(conn:% = ConnName(self.id, key); "timed out");
                 self.drop_conn(key);
             }
         }

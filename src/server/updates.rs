@@ -215,8 +215,8 @@ impl Server {
         for d in versions.chain(messages) {
             let outcome = self.deliver(&d);
             debug!(
-                "stored before the bind: uaid={uaid} {} -> {outcome:?}",
-                d.label()
+                uaid:%, channel:% = d.channel, version:% = d.label(), outcome:?;
+                "stored before the bind"
             );
         }
     }
@@ -256,11 +256,8 @@ impl Server {
         };
         let outcome = self.deliver(&d);
         debug!(
-            "update uaid={} channel={} version={} -> {:?}",
-            d.uaid,
-            d.channel,
-            d.label(),
-            outcome
+            uaid:% = d.uaid, channel:% = d.channel, version:% = d.label(), outcome:?;
+            "update"
         );
         let remote = match (&self.cluster, node.as_deref().map(node_url)) {
             (Some(c), Some(url)) if outcome == Outcome::Stored && url != c.url => {
@@ -293,9 +290,8 @@ impl Server {
                 w.wake(d.uaid, wake);
             }
             debug!(
-                "forwarded uaid={} version={} to {node}: delivered={delivered}",
-                d.uaid,
-                d.label()
+                uaid:% = d.uaid, version:% = d.label(), node:%, delivered;
+                "forwarded"
             );
             Done::Forwarded {
                 conn,
@@ -468,7 +464,7 @@ impl Server {
                 Outcome::Delivered
             }
             Err(e) => {
-                debug!("conn {key}: live delivery failed: {e}");
+                debug!(conn:% = ConnName(self.id, key); "live delivery failed: {e}");
                 self.drop_conn(key);
                 Outcome::Stored
             }
