@@ -13,6 +13,7 @@ pub mod nonblocking;
 pub mod outbound;
 pub mod random;
 pub mod registry;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod share;

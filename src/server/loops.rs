@@ -47,8 +47,9 @@ pub struct Peers {
     pub(super) open: AtomicUsize,
     /// WebSockets in the whole process (upgraded, with or without hello), for `/metrics`.
     pub(super) websockets: AtomicUsize,
-    /// TLS for the device and endpoint listeners, when configured.
-    pub(super) tls: Option<Tls>,
+    /// TLS for the device and endpoint listeners, when configured; read at each TLS accept, so
+    /// that a reload reaches new connections only.
+    pub(super) tls: Option<Arc<Swap<TlsFiles>>>,
     /// The wake driver, when one is configured.
     pub(super) waker: Option<crate::wake::Waker>,
     /// A SIGTERM/SIGINT shutdown has begun: readiness answers 503.
@@ -88,7 +89,7 @@ pub(super) fn fresh_owned(id: usize, loops: usize) -> [u8; 16] {
 }
 
 /// Binds every event loop of this process: `server.workers` of them (0 = one per core).
-pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
+pub fn start(cfg: Config, live: Live) -> io::Result<Vec<Server>> {
     let loops = loops_wanted(&cfg);
     let shared = Shared::open(&cfg)?;
     let mut cfg = cfg;
@@ -99,13 +100,6 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
             .map_err(|_| io::Error::other("disk store: cannot read the broadcast table"))?;
         cfg.broadcasts.versions.extend(stored);
     }
-    let tls = match (cfg.tls.cert_file.as_str(), cfg.tls.key_file.as_str()) {
-        ("", "") => None,
-        (cert, key) => Some(
-            crate::transport::load(cert.as_ref(), key.as_ref())
-                .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("tls: {e}")))?,
-        ),
-    };
     let mut polls = Vec::new();
     let mut mail = Vec::new();
     let mut inboxes = Vec::new();
@@ -121,7 +115,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         clients: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
         open: AtomicUsize::new(0),
         websockets: AtomicUsize::new(0),
-        tls,
+        tls: live.tls,
         waker: crate::wake::Waker::start(&cfg.wake),
         mail,
         draining: AtomicBool::new(false),
@@ -129,7 +123,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         turns: (0..loops).map(|_| AtomicU64::new(0)).collect(),
         epoch: Instant::now(),
     });
-    let tokens = Arc::new(tokens);
+    let tokens = live.tokens;
     let mut servers: Vec<Server> = Vec::with_capacity(loops);
     for (id, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
         let waker = peers.mail[id].1.clone();

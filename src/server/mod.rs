@@ -34,6 +34,7 @@ use crate::http::{self, Head, Parsed, Response};
 use crate::metrics::{self, Command, Drop as Dropped, Event, METRICS};
 use crate::nonblocking::{would_block, write_some};
 use crate::registry::Registry;
+use crate::reload::{Live, Swap};
 use crate::router::{self, RouteRequest};
 use crate::store::disk::{self, DiskStore};
 use crate::store::memcached::{self, MemcachedStore};
@@ -43,7 +44,7 @@ use crate::store::{
     ConnRef, Delivery, Done, Job, JobRunner, Notice, PutResult, Runner, Unavailable,
 };
 use crate::token::Tokens;
-use crate::transport::{Stream, Tls};
+use crate::transport::{Stream, TlsFiles};
 use crate::webpush;
 use crate::ws::{Incoming, Link, ReadLimits};
 
@@ -202,7 +203,9 @@ pub struct Server {
     registry: Registry,
     store: Runner,
     cluster: Option<Cluster>,
-    tokens: Arc<Tokens>,
+    /// The endpoint keys; read once per request or registration, so that a reload's keys apply
+    /// from the next one.
+    tokens: Arc<Swap<Tokens>>,
     cfg: Config,
     public_url: String,
     /// The origin of `public_url`: what VAPID tokens must name as `aud`.
@@ -290,7 +293,7 @@ impl Server {
     #[allow(clippy::too_many_arguments)]
     fn bind(
         cfg: Config,
-        tokens: Arc<Tokens>,
+        tokens: Arc<Swap<Tokens>>,
         id: usize,
         peers: Arc<Peers>,
         inbox: Receiver<Cross>,

@@ -25,7 +25,7 @@ impl Server {
             body,
             wall_secs(),
             self.cfg.endpoint.max_data_len,
-            &self.tokens,
+            &self.tokens.get(),
         );
         let (uaid, channel, upd) = match parsed {
             Ok(p) => p,
@@ -55,8 +55,9 @@ impl Server {
         token: &str,
         body: &[u8],
     ) -> Option<Response> {
+        let tokens = self.tokens.get();
         let cx = webpush::PushContext {
-            tokens: &self.tokens,
+            tokens: &tokens,
             origin: &self.origin,
             max_ttl: self.cfg.webpush.max_ttl_secs,
             now: wall_secs(),
@@ -79,7 +80,7 @@ impl Server {
 
     /// Starts removing a waiting message (`DELETE /m/<id>`); `Some` is an immediate answer.
     pub(super) fn delete_message(&mut self, key: usize, head: &Head, id: &str) -> Option<Response> {
-        let (uaid, channel) = match webpush::parse_delete(head, id, &self.tokens) {
+        let (uaid, channel) = match webpush::parse_delete(head, id, &self.tokens.get()) {
             Ok(ids) => ids,
             Err(e) => return Some(webpush::error(&e)),
         };
@@ -410,12 +411,13 @@ impl Server {
         kind: &EndpointKind,
     ) -> Option<String> {
         let base = &self.public_url;
+        let tokens = self.tokens.get();
         Some(match kind {
             EndpointKind::SimplePush => {
-                format!("{base}/update/{}", self.tokens.seal(uaid, channel)?)
+                format!("{base}/update/{}", tokens.seal(uaid, channel)?)
             }
             EndpointKind::WebPush(key) => {
-                let token = self.tokens.seal_webpush(uaid, channel, key.as_deref())?;
+                let token = tokens.seal_webpush(uaid, channel, key.as_deref())?;
                 let v = if key.is_some() { 2 } else { 1 };
                 format!("{base}/wpush/v{v}/{token}")
             }
