@@ -38,6 +38,28 @@ pub struct Config {
     pub broadcasts: BroadcastsConfig,
     /// Waking offline devices.
     pub wake: WakeConfig,
+    /// Log level and format.
+    pub log: LogConfig,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// An env_logger filter (`info`, `warn,simplepush::reliability=debug`); empty = `RUST_LOG`,
+    /// else `info`.
+    pub level: String,
+    /// `"text"` or `"json"` (one object per line).
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: String::new(),
+            format: "text".into(),
+        }
+    }
 }
 
 /// `[server]`
@@ -611,7 +633,18 @@ impl Config {
             return bad("webpush.max_messages", "must be 1 to 1000");
         }
         self.validate_storage()?;
+        self.validate_log()?;
         self.validate_cluster()
+    }
+
+    fn validate_log(&self) -> Result<(), ConfigError> {
+        if crate::logging::Format::parse(&self.log.format).is_none() {
+            return bad("log.format", "must be \"text\" or \"json\"");
+        }
+        if let Err(why) = crate::logging::check_level(&self.log.level) {
+            return bad("log.level", &why);
+        }
+        Ok(())
     }
 
     /// Pings and TCP keepalive: bounded so that their milliseconds cannot overflow, and

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use log::{info, warn};
 
 use simplepush::config::{self, Config};
+use simplepush::logging;
+use simplepush::reload::{Live, Reloader};
 use simplepush::server;
-use simplepush::token::Tokens;
 
 const HELP: &str = "\
 simplepush: a push server for Mozilla's SimplePush and WebPush (RFC 8030) over WebSocket
@@ -25,7 +26,8 @@ OPTIONS:
 Every key can also be set by an environment variable SIMPLEPUSH_<SECTION>_<KEY>,
 e.g. SIMPLEPUSH_SERVER_LISTEN=0.0.0.0:8080; lists are comma-separated. Other SIMPLEPUSH_*
 variables (Kubernetes sets SIMPLEPUSH_SERVICE_HOST and the like) are logged and ignored.
-Logging: RUST_LOG=info (default), debug or trace.
+Logging: log.level (an env_logger filter such as info or warn,simplepush::reliability=debug;
+when empty, RUST_LOG, else info) and log.format = text or json (one object per line).
 Listeners: devices and app servers on server.listen (TLS with [tls]), metrics on
 admin.listen (127.0.0.1:8081 by default), cluster forwards on cluster.router_listen.
 Health on admin.listen (and, with server.public_health = true, on server.listen):
@@ -34,6 +36,8 @@ Dead sockets: a device silent for websocket.auto_ping_interval_secs (300) gets a
 ping and is closed unless it answers within websocket.auto_ping_timeout_secs (30); device
 connections carry TCP keepalive (server.tcp_keepalive_secs, 300).
 SIGTERM/SIGINT: stop accepting, close device sockets over server.drain_ms, exit.
+SIGHUP: re-read the config file for the TLS certificate and key, endpoint.token_keys (the
+first seals, all open) and [log]; sockets stay up, a bad file keeps the old settings.
 Exit codes: 0 after a clean SIGTERM/SIGINT shutdown, 1 on a runtime failure,
 2 on a usage or configuration error.
 ";
@@ -63,17 +67,6 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Cli, String> {
     Ok(Cli::Run(config))
 }
 
-/// The endpoint keys: configured, or on the disk store the one kept in its data directory
-/// (made at the first start), or none (a random key per process).
-fn token_keys(cfg: &Config) -> Result<Vec<String>, String> {
-    if !cfg.endpoint.token_keys.is_empty() || cfg.storage.backend != "disk" {
-        return Ok(cfg.endpoint.token_keys.clone());
-    }
-    let key = simplepush::store::disk::endpoint_key(cfg.storage.path.as_ref())
-        .map_err(|e| e.to_string())?;
-    Ok(vec![key])
-}
-
 fn main() -> ExitCode {
     let path = match parse_args(std::env::args().skip(1)) {
         Ok(Cli::Help) => {
@@ -90,41 +83,44 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Before anything else: SIGHUP's default action would end the process.
+    let hup = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("simplepush: cannot handle SIGHUP: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let path = config::file_path(path, std::env::var_os(config::CONFIG_ENV));
-    let mut cfg = match Config::load(path.as_deref(), std::env::vars()) {
-        Ok(loaded) => {
-            if let Some(p) = &path {
-                info!("configuration from {}", p.display());
-            }
-            for line in &loaded.ignored {
-                warn!("{line}");
-            }
-            loaded.config
-        }
+    let loaded = match Config::load(path.as_deref(), std::env::vars()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("simplepush: {e}");
             return ExitCode::from(2);
         }
     };
+    let log = logging::Settings::of(&loaded.config.log, std::env::var("RUST_LOG").ok());
+    logging::init(log);
+    if let Some(p) = &path {
+        info!("configuration from {}", p.display());
+    }
+    for line in &loaded.ignored {
+        warn!("{line}");
+    }
+    let running = loaded.config;
+    let mut cfg = running.clone();
     simplepush::host_limits::fit(&mut cfg.server);
-    let keys = match token_keys(&cfg) {
-        Ok(k) => k,
+    let live = match Live::load(&cfg) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("simplepush: {e}");
             return ExitCode::from(2);
         }
     };
-    let tokens = match Tokens::new(&keys) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("simplepush: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if keys.is_empty() {
+    if cfg.endpoint.token_keys.is_empty() && cfg.storage.backend != "disk" {
         warn!("no endpoint.token_keys configured: using a random key, so endpoints die with this process");
     }
+    let reloader = Reloader::new(path, running, live.clone());
     // A file-size limit (ulimit -f) must fail a write with EFBIG, answered 503, not kill us.
     if let Err(e) = signal_hook::flag::register(
         signal_hook::consts::SIGXFSZ,
@@ -132,7 +128,7 @@ fn main() -> ExitCode {
     ) {
         warn!("cannot ignore SIGXFSZ: {e}");
     }
-    let servers = match server::start(cfg, tokens) {
+    let servers = match server::start(cfg, live) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("simplepush: cannot start: {e}");
@@ -157,6 +153,9 @@ fn main() -> ExitCode {
         first.public_url(),
         servers.len()
     );
+    if let Err(e) = reloader.watch(hup) {
+        warn!("no reload thread ({e}): SIGHUP is ignored");
+    }
     simplepush::metrics::start_sampler();
     ExitCode::from(server::run_all(servers) as u8)
 }

@@ -365,8 +365,8 @@ pub fn track(
     METRICS.event(event, 1);
     log::debug!(
         target: "simplepush::reliability",
-        "notification event={} uaid={uaid} channel={channel} version={version}",
-        event.label()
+        event = event.label(), uaid:%, channel:%, version:%;
+        "notification"
     );
 }
 
@@ -380,8 +380,8 @@ pub fn track_drop(
     METRICS.dropped(why, 1);
     log::debug!(
         target: "simplepush::reliability",
-        "notification event=dropped reason={} uaid={uaid} channel={channel} version={version}",
-        why.label()
+        event = "dropped", reason = why.label(), uaid:%, channel:%, version:%;
+        "notification"
     );
 }
 

@@ -47,6 +47,8 @@ impl std::error::Error for TokenKeyError {}
 /// The keys that seal and open endpoint tokens.
 pub struct Tokens {
     ciphers: Vec<XChaCha20Poly1305>,
+    /// Per key, the first 8 hex digits of its SHA-256: names it in logs without revealing it.
+    fingerprints: Vec<String>,
 }
 
 fn decode_key(text: &str) -> Option<[u8; 32]> {
@@ -70,7 +72,16 @@ impl Tokens {
             .iter()
             .map(|k| XChaCha20Poly1305::new(&(*k).into()))
             .collect();
-        Ok(Tokens { ciphers })
+        let fingerprints = raw.iter().map(fingerprint).collect();
+        Ok(Tokens {
+            ciphers,
+            fingerprints,
+        })
+    }
+
+    /// The keys' fingerprints, the sealing key first (8 hex digits of each key's SHA-256).
+    pub fn fingerprints(&self) -> &[String] {
+        &self.fingerprints
     }
 
     /// Seals a SimplePush endpoint token for this channel; `None` only when no random nonce could be had.
@@ -182,6 +193,13 @@ impl Tokens {
     }
 }
 
+fn fingerprint(key: &[u8; 32]) -> String {
+    Sha256::digest(key)[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// SHA-256 of an application server key, as a v2 token carries it.
 pub type KeyHash = [u8; 32];
 
@@ -287,6 +305,17 @@ mod tests {
         assert!(rotated.open(&tok).is_some());
         let fresh = rotated.seal(&u, &c).unwrap();
         assert!(old.open(&fresh).is_none());
+    }
+
+    #[test]
+    fn fingerprints_name_keys_without_showing_them() {
+        let t = Tokens::new(&[key(2), key(1)]).unwrap();
+        let f = t.fingerprints();
+        assert_eq!(f.len(), 2);
+        assert!(f.iter().all(|p| p.len() == 8), "{f:?}");
+        assert_ne!(f[0], f[1]);
+        assert_eq!(Tokens::new(&[key(1)]).unwrap().fingerprints()[0], f[1]);
+        assert!(!key(1).contains(&f[1]));
     }
 
     #[test]

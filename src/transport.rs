@@ -15,23 +15,37 @@ use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
+use sha2::{Digest, Sha256};
 
 use crate::nonblocking::would_block;
 
 /// The TLS settings every TLS connection shares.
 pub type Tls = Arc<ServerConfig>;
 
+/// TLS settings as loaded from their files, with the certificate's name for logs.
+pub struct TlsFiles {
+    /// What new TLS connections use.
+    pub config: Tls,
+    /// SHA-256 of the leaf certificate's DER, lower-case hex (`openssl x509 -fingerprint
+    /// -sha256` prints the same digits, upper case with colons).
+    pub fingerprint: String,
+}
+
 /// Loads a PEM certificate chain and private key into a server configuration.
-pub fn load(cert_file: &Path, key_file: &Path) -> Result<Tls, String> {
+pub fn load(cert_file: &Path, key_file: &Path) -> Result<TlsFiles, String> {
     let named = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
     let file = File::open(cert_file).map_err(|e| named(cert_file, &e))?;
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_reader_iter(&mut BufReader::new(file))
             .collect::<Result<_, _>>()
             .map_err(|e| named(cert_file, &e))?;
-    if certs.is_empty() {
+    let Some(leaf) = certs.first() else {
         return Err(named(cert_file, &"no certificate in PEM"));
-    }
+    };
+    let fingerprint = Sha256::digest(leaf.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| named(key_file, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
@@ -40,7 +54,10 @@ pub fn load(cert_file: &Path, key_file: &Path) -> Result<Tls, String> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("{}: {e}", key_file.display()))?;
-    Ok(Arc::new(config))
+    Ok(TlsFiles {
+        config: Arc::new(config),
+        fingerprint,
+    })
 }
 
 /// A TLS session over its socket.

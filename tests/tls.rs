@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,34 +17,62 @@ use tungstenite::{Message, WebSocket};
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
-/// A server with a fresh self-signed certificate for 127.0.0.1; also the client config trusting it.
-fn tls_server(server_keys: &str) -> (Server, Arc<ClientConfig>) {
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("sp-tls-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
-    let s = Server::start_with(
-        server_keys,
-        &format!(
-            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            cert_file.display(),
-            key_file.display()
-        ),
-    );
+/// A fresh self-signed certificate for 127.0.0.1.
+fn new_cert() -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap()
+}
+
+/// Writes `cert.pem` and `key.pem` in `dir`, each replaced whole (renamed into place), as a
+/// deployment tool would.
+fn write_pair(dir: &Path, cert: &str, key: &str) {
+    for (name, text) in [("cert.pem", cert), ("key.pem", key)] {
+        let tmp = dir.join(format!("{name}.new"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
+
+/// A client config trusting these certificates.
+fn trusting(certs: &[&rcgen::CertifiedKey<rcgen::KeyPair>]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(cert.cert.der().to_vec()))
-        .unwrap();
+    for c in certs {
+        roots
+            .add(CertificateDer::from(c.cert.der().to_vec()))
+            .unwrap();
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    (s, Arc::new(cfg))
+    Arc::new(cfg)
+}
+
+/// A server whose certificate files are in `dir`.
+fn tls_server_in(dir: &Path, server_keys: &str) -> Server {
+    Server::start_with(
+        server_keys,
+        &format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        ),
+    )
+}
+
+fn cert_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sp-tls-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A server with a fresh self-signed certificate for 127.0.0.1; also the client config trusting it.
+fn tls_server(server_keys: &str) -> (Server, Arc<ClientConfig>) {
+    let cert = new_cert();
+    let dir = cert_dir();
+    write_pair(&dir, &cert.cert.pem(), &cert.signing_key.serialize_pem());
+    (tls_server_in(&dir, server_keys), trusting(&[&cert]))
 }
 
 /// Unique per call: tests run in parallel threads, each with its own certificate files.
@@ -239,4 +268,88 @@ fn unreadable_tls_files_stop_the_server_with_their_name() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The certificate a new TLS client is shown (its leaf's DER).
+fn served_cert(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Vec<u8> {
+    let mut s = tls_connect(addr, cfg);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s.conn.peer_certificates().unwrap()[0].as_ref().to_vec()
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn sighup_serves_a_new_certificate_to_new_clients_and_keeps_devices() {
+    let (old, new, other) = (new_cert(), new_cert(), new_cert());
+    let dir = cert_dir();
+    write_pair(&dir, &old.cert.pem(), &old.signing_key.serialize_pem());
+    let mut s = tls_server_in(&dir, "");
+    let cfg = trusting(&[&old, &new, &other]);
+    let mut device = wss(s.addr, &cfg);
+    send(
+        &mut device,
+        json!({"messageType":"hello","uaid":"","channelIDs":[]}),
+    );
+    assert_eq!(recv(&mut device)["status"], 200);
+    send(
+        &mut device,
+        json!({"messageType":"register","channelID":chid(1)}),
+    );
+    let ep = recv(&mut device)["pushEndpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(served_cert(s.addr, &cfg), old.cert.der().to_vec());
+    let push = |version: u64| {
+        let body = format!("version={version}");
+        let form = ["Content-Type: application/x-www-form-urlencoded"];
+        https(&cfg, &ep, "PUT", &form, body.as_bytes()).0
+    };
+
+    write_pair(&dir, &new.cert.pem(), &new.signing_key.serialize_pem());
+    s.signal(1);
+    let changed = format!(
+        "tls certificate sha256 {} -> {}",
+        sha256_hex(old.cert.der()),
+        sha256_hex(new.cert.der())
+    );
+    assert!(s.wait_log(&changed), "{}", s.log());
+    assert_eq!(served_cert(s.addr, &cfg), new.cert.der().to_vec());
+    // The device connected before the reload is still served, over its old session.
+    assert_eq!(push(7), 200);
+    assert_eq!(recv(&mut device)["updates"][0]["version"], 7);
+
+    // A certificate that does not go with the key, then one that does not parse: each refused,
+    // logged, and the last good one kept.
+    write_pair(&dir, &other.cert.pem(), &new.signing_key.serialize_pem());
+    s.signal(1);
+    assert!(s.wait_log("reload failed"), "{}", s.log());
+    std::fs::write(dir.join("cert.pem"), "not a certificate\n").unwrap();
+    s.signal(1);
+    let failures = || s.log().matches("reload failed").count();
+    for _ in 0..250 {
+        if failures() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(failures(), 2, "{}", s.log());
+    let log = s.log();
+    assert!(
+        log.contains("KeyMismatch") && log.contains("no certificate in PEM"),
+        "{log}"
+    );
+    assert!(s.running(), "a failed reload must not stop the server");
+    assert_eq!(served_cert(s.addr, &cfg), new.cert.der().to_vec());
+    assert_eq!(push(8), 200);
+    assert_eq!(recv(&mut device)["updates"][0]["version"], 8);
 }

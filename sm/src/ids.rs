@@ -40,8 +40,9 @@ impl IdForm {
 }
 
 /// A UUID-shaped identifier. Equality and hashing look at the 16 bytes only:
-/// `ABCD…` and `abcd…` name the same device.
-#[derive(Clone, Copy, Debug)]
+/// `ABCD…` and `abcd…` name the same device. `{:?}` prints it as spelled, like `{}`, so that no
+/// log line shows it as a byte array.
+#[derive(Clone, Copy)]
 pub struct Id {
     bytes: [u8; 16],
     form: IdForm,
@@ -162,13 +163,31 @@ impl fmt::Display for Id {
     }
 }
 
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
 /// A UserAgent ID: one per device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Uaid(pub Id);
 
 /// A channel ID: one per app registration, scoped to its UAID.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelId(pub Id);
+
+impl fmt::Debug for Uaid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uaid({:?})", self.0)
+    }
+}
+
+impl fmt::Debug for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelId({:?})", self.0)
+    }
+}
 
 impl fmt::Display for Uaid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -185,6 +204,18 @@ impl fmt::Display for ChannelId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_prints_the_spelling_not_bytes() {
+        let s = "0CB8A613-8E2B-4B47-B370-51098DAA8401";
+        let id = Id::parse(s).unwrap();
+        assert_eq!(format!("{id:?}"), format!("\"{s}\""));
+        assert_eq!(
+            format!("{:?}", ChannelId(id)),
+            format!("ChannelId(\"{s}\")")
+        );
+        assert_eq!(format!("{:?}", Uaid(id)), format!("Uaid(\"{s}\")"));
+    }
 
     #[test]
     fn parses_both_forms_and_prints_them_back() {

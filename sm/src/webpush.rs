@@ -19,8 +19,15 @@ pub const MAX_FRAME: usize = 7 * 1024;
 pub const KEY_LEN: usize = 65;
 
 /// An application server's VAPID public key as registered (an uncompressed P-256 point).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `{:?}` prints its base64url, not 65 numbers.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct AppKey(pub [u8; KEY_LEN]);
+
+impl std::fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AppKey({})", URL_SAFE_NO_PAD.encode(self.0))
+    }
+}
 
 impl AppKey {
     /// Decodes base64url, with or without `=` padding (Firefox pads), into a 65-byte `0x04` point.

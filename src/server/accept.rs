@@ -77,12 +77,14 @@ impl Server {
         if roles.websocket {
             self.keep_alive(&stream);
         }
-        let tls = if roles.tls {
-            self.peers.tls.as_ref()
-        } else {
-            None
-        };
-        let mut stream = match Stream::new(stream, tls) {
+        // The certificate of the moment: a reload reaches every connection accepted after it.
+        let tls = self
+            .peers
+            .tls
+            .as_ref()
+            .filter(|_| roles.tls)
+            .map(|s| s.get());
+        let mut stream = match Stream::new(stream, tls.as_ref().map(|t| &t.config)) {
             Ok(s) => s,
             Err(e) => return warn!("tls: {e}"),
         };

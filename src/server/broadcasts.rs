@@ -198,7 +198,7 @@ impl Server {
                 .send_text(&frame)
                 .and_then(|()| w.link.flush(max_output));
             if let Err(e) = sent {
-                debug!("conn {key}: broadcast not written: {e}");
+                debug!(conn:% = ConnName(self.id, key); "broadcast not written: {e}");
                 self.drop_conn(key);
             }
         }

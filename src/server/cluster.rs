@@ -89,7 +89,7 @@ impl Server {
                     .is_some_and(|r| format!("{}.{}.{}", r.worker, r.key, r.gen) == conn)
         });
         if let Some(old) = target {
-            debug!("conn {old}: uaid={uaid} connected to another node");
+            debug!(conn:% = ConnName(self.id, old), uaid:%; "connected to another node");
             self.begin_close(old, CloseCode::Normal, "connected elsewhere");
         }
     }

@@ -47,8 +47,9 @@ pub struct Peers {
     pub(super) open: AtomicUsize,
     /// WebSockets in the whole process (upgraded, with or without hello), for `/metrics`.
     pub(super) websockets: AtomicUsize,
-    /// TLS for the device and endpoint listeners, when configured.
-    pub(super) tls: Option<Tls>,
+    /// TLS for the device and endpoint listeners, when configured; read at each TLS accept, so
+    /// that a reload reaches new connections only.
+    pub(super) tls: Option<Arc<Swap<TlsFiles>>>,
     /// The wake driver, when one is configured.
     pub(super) waker: Option<crate::wake::Waker>,
     /// The cluster's secret and client, when this node has a router listener.
@@ -90,7 +91,7 @@ pub(super) fn fresh_owned(id: usize, loops: usize) -> [u8; 16] {
 }
 
 /// Binds every event loop of this process: `server.workers` of them (0 = one per core).
-pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
+pub fn start(cfg: Config, live: Live) -> io::Result<Vec<Server>> {
     let loops = loops_wanted(&cfg);
     let shared = Shared::open(&cfg)?;
     let mut cfg = cfg;
@@ -101,13 +102,6 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
             .map_err(|_| io::Error::other("disk store: cannot read the broadcast table"))?;
         cfg.broadcasts.versions.extend(stored);
     }
-    let tls = match (cfg.tls.cert_file.as_str(), cfg.tls.key_file.as_str()) {
-        ("", "") => None,
-        (cert, key) => Some(
-            crate::transport::load(cert.as_ref(), key.as_ref())
-                .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("tls: {e}")))?,
-        ),
-    };
     let mut polls = Vec::new();
     let mut mail = Vec::new();
     let mut inboxes = Vec::new();
@@ -123,7 +117,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         clients: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
         open: AtomicUsize::new(0),
         websockets: AtomicUsize::new(0),
-        tls,
+        tls: live.tls,
         waker: crate::wake::Waker::start(&cfg.wake)?,
         peering: peering(&cfg, loops)?,
         mail,
@@ -132,7 +126,7 @@ pub fn start(cfg: Config, tokens: Tokens) -> io::Result<Vec<Server>> {
         turns: (0..loops).map(|_| AtomicU64::new(0)).collect(),
         epoch: Instant::now(),
     });
-    let tokens = Arc::new(tokens);
+    let tokens = live.tokens;
     let mut servers: Vec<Server> = Vec::with_capacity(loops);
     for (id, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
         let waker = peers.mail[id].1.clone();
@@ -209,7 +203,10 @@ impl Server {
             self.peers.open.fetch_sub(1, Ordering::Relaxed);
             return;
         };
-        debug!("conn {key}: hello for a UAID of loop {to}: handing the socket over");
+        debug!(
+            conn:% = ConnName(self.id, key), to;
+            "hello for a UAID of another loop: handing the socket over"
+        );
         // The adopting loop counts it again.
         self.peers.websockets.fetch_sub(1, Ordering::Relaxed);
         let _ = self.poll.registry().deregister(w.link.stream_mut());

@@ -34,6 +34,7 @@ use crate::http::{self, Head, Parsed, Response};
 use crate::metrics::{self, Command, Drop as Dropped, Event, METRICS};
 use crate::nonblocking::{would_block, write_some};
 use crate::registry::Registry;
+use crate::reload::{Live, Swap};
 use crate::router::{self, RouteRequest};
 use crate::store::disk::{self, DiskStore};
 use crate::store::memcached::{self, MemcachedStore};
@@ -43,7 +44,7 @@ use crate::store::{
     ConnRef, Delivery, Done, Job, JobRunner, Notice, PutResult, Runner, Unavailable,
 };
 use crate::token::Tokens;
-use crate::transport::{Stream, Tls};
+use crate::transport::{Stream, TlsFiles};
 use crate::webpush;
 use crate::ws::{Incoming, Link, ReadLimits};
 
@@ -76,6 +77,17 @@ const BUDGET: usize = 64;
 const DRAIN_TICK_MS: u64 = 20;
 /// Admin connections allowed past `max_connections` (within the descriptors kept at start).
 const ADMIN_EXTRA: usize = 16;
+
+/// A connection as log lines name it: its event loop and slab key (`conn=1/4711`), since keys
+/// repeat from loop to loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnName(pub usize, pub usize);
+
+impl std::fmt::Display for ConnName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
 
 /// A shutdown's sockets, closed a share at a time.
 struct Drain {
@@ -194,7 +206,9 @@ pub struct Server {
     registry: Registry,
     store: Runner,
     cluster: Option<Cluster>,
-    tokens: Arc<Tokens>,
+    /// The endpoint keys; read once per request or registration, so that a reload's keys apply
+    /// from the next one.
+    tokens: Arc<Swap<Tokens>>,
     cfg: Config,
     public_url: String,
     /// The origin of `public_url`: what VAPID tokens must name as `aud`.
@@ -282,7 +296,7 @@ impl Server {
     #[allow(clippy::too_many_arguments)]
     fn bind(
         cfg: Config,
-        tokens: Arc<Tokens>,
+        tokens: Arc<Swap<Tokens>>,
         id: usize,
         peers: Arc<Peers>,
         inbox: Receiver<Cross>,
@@ -700,19 +714,19 @@ impl Server {
         };
         match &conn.state {
             State::Ws(w) if !w.closing && w.bound.is_none() => {
-                debug!("conn {key}: no hello in time");
+                debug!(conn:% = ConnName(self.id, key); "no hello in time");
                 self.begin_close(key, CloseCode::Policy, "hello timeout");
             }
             State::Ws(w) if !w.closing => match w.watch {
                 Watch::Partial => {
-                    debug!("conn {key}: a frame left incomplete too long");
+                    debug!(conn:% = ConnName(self.id, key); "a frame left incomplete too long");
                     self.begin_close(key, CloseCode::Policy, "incomplete frame");
                 }
                 Watch::Idle => self.ping(key),
                 Watch::Pinged => self.ping_unanswered(key),
             },
             _ => {
-                debug!("conn {key}: timed out");
+                debug!(conn:% = ConnName(self.id, key); "timed out");
                 self.drop_conn(key);
             }
         }

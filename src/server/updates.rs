@@ -25,7 +25,7 @@ impl Server {
             body,
             wall_secs(),
             self.cfg.endpoint.max_data_len,
-            &self.tokens,
+            &self.tokens.get(),
         );
         let (uaid, channel, upd) = match parsed {
             Ok(p) => p,
@@ -59,8 +59,9 @@ impl Server {
         token: &str,
         body: &[u8],
     ) -> Option<Response> {
+        let tokens = self.tokens.get();
         let cx = webpush::PushContext {
-            tokens: &self.tokens,
+            tokens: &tokens,
             origin: &self.origin,
             max_ttl: self.cfg.webpush.max_ttl_secs,
             now: wall_secs(),
@@ -87,7 +88,7 @@ impl Server {
 
     /// Starts removing a waiting message (`DELETE /m/<id>`); `Some` is an immediate answer.
     pub(super) fn delete_message(&mut self, key: usize, head: &Head, id: &str) -> Option<Response> {
-        let (uaid, channel) = match webpush::parse_delete(head, id, &self.tokens) {
+        let (uaid, channel) = match webpush::parse_delete(head, id, &self.tokens.get()) {
             Ok(ids) => ids,
             Err(e) => return Some(webpush::error(&e)),
         };
@@ -249,8 +250,8 @@ impl Server {
         for d in versions.chain(messages) {
             let outcome = self.deliver(&d);
             debug!(
-                "stored before the bind: uaid={uaid} {} -> {outcome:?}",
-                d.label()
+                uaid:%, channel:% = d.channel, version:% = d.label(), outcome:?;
+                "stored before the bind"
             );
         }
     }
@@ -298,11 +299,8 @@ impl Server {
             self.remember_channel(&d.uaid, &d.channel);
         }
         debug!(
-            "update uaid={} channel={} version={} -> {:?}",
-            d.uaid,
-            d.channel,
-            d.label(),
-            outcome
+            uaid:% = d.uaid, channel:% = d.channel, version:% = d.label(), outcome:?;
+            "update"
         );
         let remote = match (&self.cluster, node.as_deref().map(node_url)) {
             (Some(c), Some(url)) if outcome == Outcome::Stored && url != c.url => {
@@ -335,9 +333,8 @@ impl Server {
                 w.wake(d.uaid, wake);
             }
             debug!(
-                "forwarded uaid={} version={} to {node}: delivered={delivered}",
-                d.uaid,
-                d.label()
+                uaid:% = d.uaid, version:% = d.label(), node:%, delivered;
+                "forwarded"
             );
             Done::Forwarded {
                 conn,
@@ -459,12 +456,13 @@ impl Server {
         kind: &EndpointKind,
     ) -> Option<String> {
         let base = &self.public_url;
+        let tokens = self.tokens.get();
         Some(match kind {
             EndpointKind::SimplePush => {
-                format!("{base}/update/{}", self.tokens.seal(uaid, channel)?)
+                format!("{base}/update/{}", tokens.seal(uaid, channel)?)
             }
             EndpointKind::WebPush(key) => {
-                let token = self.tokens.seal_webpush(uaid, channel, key.as_deref())?;
+                let token = tokens.seal_webpush(uaid, channel, key.as_deref())?;
                 let v = if key.is_some() { 2 } else { 1 };
                 format!("{base}/wpush/v{v}/{token}")
             }
@@ -513,7 +511,7 @@ impl Server {
                 Outcome::Delivered
             }
             Err(e) => {
-                debug!("conn {key}: live delivery failed: {e}");
+                debug!(conn:% = ConnName(self.id, key); "live delivery failed: {e}");
                 self.drop_conn(key);
                 Outcome::Stored
             }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn log_request(key: usize, uaid: Option<Uaid>, kind: &Inbound) {
+pub(super) fn log_request(conn: ConnName, uaid: Option<Uaid>, kind: &Inbound) {
     count_request(kind);
     if let (Inbound::Ack(items), Some(u)) = (kind, uaid) {
         for i in items {
@@ -12,18 +12,53 @@ pub(super) fn log_request(key: usize, uaid: Option<Uaid>, kind: &Inbound) {
     if !log::log_enabled!(log::Level::Debug) {
         return;
     }
-    let who = uaid.map_or_else(|| "-".to_string(), |u| u.to_string());
+    // Ids as the client spelled them; "-" before hello.
+    let uaid = uaid.map_or_else(|| "-".to_string(), |u| u.to_string());
     match kind {
         Inbound::Ack(items) => {
             for i in items {
                 let code = i.code.map_or_else(|| "-".to_string(), |c| c.to_string());
                 debug!(
-                    "conn {key}: ack uaid={who} channel={} version={} code={code}",
-                    i.channel_id, i.version
+                    conn:%, uaid:%, channel:% = i.channel_id, version:% = i.version, code:%;
+                    "ack"
                 );
             }
         }
-        other => debug!("conn {key}: uaid={who} {other:?}"),
+        Inbound::Hello(h) => {
+            let offered = match &h.uaid {
+                HelloUaid::Valid(u) => u.to_string(),
+                HelloUaid::Empty => String::new(),
+                HelloUaid::Invalid => "invalid".into(),
+            };
+            let channels = h.channels.len();
+            debug!(conn:%, uaid:%, offered:%, channels, webpush = h.use_webpush; "hello received");
+        }
+        Inbound::Register { channel, key } => {
+            let key = match key {
+                sm::message::RegisterKey::None => "none",
+                sm::message::RegisterKey::Valid(_) => "valid",
+                sm::message::RegisterKey::Invalid => "invalid",
+            };
+            debug!(conn:%, uaid:%, channel:%, key; "register");
+        }
+        Inbound::Unregister { id, .. } => {
+            let channel = id.map_or_else(|| "invalid".to_string(), |c| c.to_string());
+            debug!(conn:%, uaid:%, channel:%; "unregister");
+        }
+        other => debug!(conn:%, uaid:%; "{}", command_name(other)),
+    }
+}
+
+fn command_name(kind: &Inbound) -> &'static str {
+    match kind {
+        Inbound::Ping => "ping",
+        Inbound::Purge => "purge",
+        Inbound::Hello(_) => "hello",
+        Inbound::Register { .. } => "register",
+        Inbound::Unregister { .. } => "unregister",
+        Inbound::Ack(_) => "ack",
+        Inbound::BroadcastSubscribe(_) => "broadcast_subscribe",
+        Inbound::Nack => "nack",
     }
 }
 
@@ -139,7 +174,7 @@ impl Server {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    debug!("conn {key}: {e}");
+                    debug!(conn:% = ConnName(self.id, key); "{e}");
                     match e.close_code() {
                         Some(code) => self.begin_close(key, code, "protocol error"),
                         None => return self.drop_conn(key),
@@ -206,7 +241,7 @@ impl Server {
         };
         w.watch = Watch::Pinged;
         if let Err(e) = w.link.send_ping() {
-            debug!("conn {key}: ping failed: {e}");
+            debug!(conn:% = ConnName(self.id, key); "ping failed: {e}");
             return self.drop_conn(key);
         }
         self.set_deadline(key, at);
@@ -229,7 +264,7 @@ impl Server {
             let at = self.now_ms() + self.cfg.server.request_timeout_ms;
             return self.set_deadline(key, at);
         }
-        debug!("conn {key}: no answer to a ping: dead socket closed");
+        debug!(conn:% = ConnName(self.id, key); "no answer to a ping: dead socket closed");
         METRICS.dead_socket();
         // For a peer that is merely slow, a reason; it costs nothing if nobody reads it.
         let _ = w.link.send_close(CloseCode::Away, "ping timeout");
@@ -319,14 +354,14 @@ impl Server {
                         }
                     }
                 }
-                log_request(key, w.session.uaid(), &req.kind);
+                log_request(ConnName(id, key), w.session.uaid(), &req.kind);
                 w.session
                     .handle_with(req, &self.limits, &self.broadcasts, now, &mut || {
                         fresh_owned(id, loops)
                     })
             }
             Err(refused) => {
-                debug!("conn {key}: refused message: {:?}", refused.rejection);
+                debug!(conn:% = ConnName(id, key), rejection:? = refused.rejection; "refused message");
                 w.session.refused(refused)
             }
         };
@@ -348,7 +383,7 @@ impl Server {
                         return;
                     };
                     if let Err(e) = w.link.send_text(&text) {
-                        debug!("conn {key}: write failed: {e}");
+                        debug!(conn:% = ConnName(self.id, key); "write failed: {e}");
                         return self.drop_conn(key);
                     }
                 }
@@ -380,7 +415,7 @@ impl Server {
                     });
                 }
                 Effect::Bind(uaid) => {
-                    debug!("conn {key}: hello uaid={uaid}");
+                    debug!(conn:% = ConnName(self.id, key), uaid:%; "hello");
                     // The hello timeout gives way to the ping timer (or to none).
                     let idle = self.idle_deadline(self.now_ms());
                     self.set_deadline(key, idle);
@@ -396,7 +431,10 @@ impl Server {
                     self.peers.clients[self.id].store(self.registry.len(), Ordering::Relaxed);
                     if let Some(old) = replaced {
                         if self.bound_to(old) == Some(uaid) {
-                            debug!("conn {old}: replaced by conn {key} for uaid={uaid}");
+                            debug!(
+                                conn:% = ConnName(self.id, old), by:% = ConnName(self.id, key), uaid:%;
+                                "replaced by a newer connection"
+                            );
                             self.begin_close(
                                 old,
                                 CloseCode::Normal,

@@ -218,6 +218,16 @@ impl Server {
         None
     }
 
+    /// Sends a signal (`1` for SIGHUP) to the server process.
+    pub fn signal(&self, sig: i32) {
+        unsafe_kill(self.child.id(), sig);
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + limit;
