@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod env;
+mod rate_limit;
 mod source;
 
+pub use rate_limit::RateLimitConfig;
 use source::Source;
 
 /// Everything the server can be told.
@@ -36,6 +38,8 @@ pub struct Config {
     pub broadcasts: BroadcastsConfig,
     /// Waking offline devices.
     pub wake: WakeConfig,
+    /// Per-source limits on new UAIDs and registrations.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[server]`
@@ -640,6 +644,7 @@ impl Config {
             return bad("webpush.max_messages", "must be 1 to 1000");
         }
         self.validate_storage()?;
+        self.rate_limit.validate()?;
         self.validate_cluster()
     }
 

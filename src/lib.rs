@@ -15,6 +15,7 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod share;
+pub mod sources;
 pub mod store;
 pub mod token;
 pub mod transport;
