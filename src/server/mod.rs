@@ -35,6 +35,7 @@ use crate::metrics::{self, Command, Drop as Dropped, Event, METRICS};
 use crate::nonblocking::{would_block, write_some};
 use crate::registry::Registry;
 use crate::router::{self, RouteRequest};
+use crate::sources::{Limiter, Source, What};
 use crate::store::disk::{self, DiskStore};
 use crate::store::memcached::{self, MemcachedStore};
 use crate::store::memory::MemoryStore;
@@ -142,6 +143,11 @@ struct WsConn {
     /// What the connection's deadline means once hello is done (before it, the hello timeout;
     /// while closing, the close timeout).
     watch: Watch,
+    /// Who the socket counts against for the rate limits (four bytes, in what was padding).
+    source: Source,
+    /// Its hello got a UAID the store did not know: the first registration creates it there,
+    /// which takes a new-UAID token from the source too.
+    fresh: bool,
 }
 
 /// The timer of a WebSocket after hello. One deadline per connection serves them all, so that an
