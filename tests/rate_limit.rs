@@ -148,3 +148,42 @@ fn forwarded_for_names_the_source_only_from_a_trusted_proxy() {
     );
     assert_eq!(new_devices(&s, PROXY, forged, NEW_UAIDS), NEW_UAIDS - 1);
 }
+
+#[test]
+fn the_issues_attack_gets_a_burst_at_the_default_limits_not_a_thousand() {
+    // The defaults, stated (the harness turns the limits off).
+    let defaults = [
+        ("SIMPLEPUSH_RATE_LIMIT_NEW_UAIDS_PER_MINUTE", "60"),
+        ("SIMPLEPUSH_RATE_LIMIT_REGISTERS_PER_MINUTE", "600"),
+    ];
+    let s = Server::start_env("", "", &defaults);
+    let rss_before = s.rss();
+    let started = std::time::Instant::now();
+    // Issue 13: 1,000 throwaway WebPush subscriptions from one address (hello, register, close).
+    let attempts = 1000;
+    let got = (0..attempts)
+        .filter(|n| {
+            let mut c = connect_from(s.addr, "127.0.0.2", None);
+            c.webpush_hello("");
+            let ok = try_register(&mut c, &chid(*n));
+            c.close();
+            ok
+        })
+        .count();
+    let secs = started.elapsed().as_secs_f64();
+    // The burst of 100, and one more a second while the attack lasts.
+    assert!(
+        got >= 100 && got as f64 <= 101.0 + secs,
+        "{got} in {secs:.1} s"
+    );
+    // A device elsewhere still subscribes.
+    let mut victim = connect_from(s.addr, "127.0.0.3", None);
+    victim.webpush_hello("");
+    assert!(try_register(&mut victim, &chid(1)));
+    println!(
+        "rate limits: {got} of {attempts} throwaway subscriptions from one address in {secs:.1} s \
+         (server RSS {} -> {} KiB); another address still subscribes",
+        rss_before / 1024,
+        s.rss() / 1024
+    );
+}
