@@ -23,7 +23,7 @@ lint:
 # The integration suites run three times: on the memory store, on the disk store (a data directory
 # per test) and on a real memcached that each test starts for itself (tests/memcached*.rs and
 # tests/cluster.rs always use memcached, tests/disk.rs the disk store).
-SUITES = --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts --test wake
+SUITES = --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts --test wake --test rate_limit
 unit:
 	$(CARGO) test --workspace
 	PUSH_TEST_BACKEND=disk $(CARGO) test $(SUITES)

@@ -11,7 +11,8 @@ free_port_from() {
 }
 
 # A benchmark server's configuration on stdout: listen PORT, WORKERS event loops, token key KEY,
-# then any more TOML ($4). No ping limit (testers ping freely) and no admin listener: its default
+# then any more TOML ($4). No ping limit (testers ping freely), no per-source rate limits (the
+# tester makes thousands of devices a second from 127.0.0.1) and no admin listener: its default
 # port would be shared by every server a run starts.
 server_config() {
     cat <<CONF
@@ -22,6 +23,10 @@ workers = $2
 
 [websocket]
 min_ping_interval_ms = 0
+
+[rate_limit]
+new_uaids_per_minute = 0
+registers_per_minute = 0
 
 [endpoint]
 token_keys = ["$3"]

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 pub use crate::wake::WakeConfig;
 
 mod env;
+mod rate_limit;
 mod source;
 
+pub use rate_limit::RateLimitConfig;
 use source::Source;
 
 /// Everything the server can be told.
@@ -40,6 +42,8 @@ pub struct Config {
     pub wake: WakeConfig,
     /// Log level and format.
     pub log: LogConfig,
+    /// Per-source limits on new UAIDs and registrations.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[log]`
@@ -634,6 +638,7 @@ impl Config {
         }
         self.validate_storage()?;
         self.validate_log()?;
+        self.rate_limit.validate()?;
         self.validate_cluster()
     }
 

@@ -24,6 +24,8 @@ pub struct Upgrade {
     pub key: String,
     /// The client offered the `push-notification` subprotocol.
     pub push_protocol: bool,
+    /// Every `X-Forwarded-For` line, joined as one list (read only from a trusted proxy).
+    pub forwarded_for: Option<String>,
 }
 
 /// A parsed request head.
@@ -312,6 +314,16 @@ struct Fields {
     ws_key: Option<String>,
     ws_version: Option<String>,
     push_protocol: bool,
+    /// Every `X-Forwarded-For` line, joined as one list.
+    forwarded_for: Option<String>,
+}
+
+/// `list` with `more` appended, for a header that may come in several lines.
+fn joined(list: Option<String>, more: &str) -> String {
+    match list {
+        Some(before) => format!("{before}, {more}"),
+        None => more.to_string(),
+    }
 }
 
 impl Fields {
@@ -340,11 +352,9 @@ impl Fields {
         } else if is("connection") {
             self.connection = Some(value.to_string());
         } else if is("transfer-encoding") {
-            let all = match self.transfer_encoding.take() {
-                Some(before) => format!("{before}, {value}"),
-                None => value.to_string(),
-            };
-            self.transfer_encoding = Some(all);
+            self.transfer_encoding = Some(joined(self.transfer_encoding.take(), value));
+        } else if is("x-forwarded-for") {
+            self.forwarded_for = Some(joined(self.forwarded_for.take(), value));
         } else if is("upgrade") {
             self.upgrade_websocket = has_token(value, "websocket");
         } else if is("sec-websocket-key") {
@@ -396,6 +406,7 @@ impl Fields {
         Ok(Upgrade {
             key,
             push_protocol: self.push_protocol,
+            forwarded_for: self.forwarded_for.clone(),
         })
     }
 }
@@ -515,6 +526,16 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_lines_are_joined_in_order() {
+        let h = complete("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: x\r\nX-Forwarded-For: 6.6.6.6\r\nx-forwarded-for: 203.0.113.7, 10.0.0.9\r\n\r\n");
+        let up = h.upgrade.unwrap().unwrap();
+        assert_eq!(
+            up.forwarded_for.as_deref(),
+            Some("6.6.6.6, 203.0.113.7, 10.0.0.9")
+        );
+    }
+
+    #[test]
     fn keep_alive_rules() {
         assert!(!complete("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(complete("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
@@ -526,6 +547,7 @@ mod tests {
         let h = complete("GET /any/path HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: push-notification\r\n\r\n");
         let up = h.upgrade.unwrap().unwrap();
         assert!(up.push_protocol);
+        assert_eq!(up.forwarded_for, None);
         let resp = String::from_utf8(switching_protocols(&up)).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: push-notification\r\n"));

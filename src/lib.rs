@@ -17,6 +17,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod share;
+pub mod sources;
 pub mod store;
 pub mod token;
 pub mod transport;

@@ -35,6 +35,9 @@ GET /__lbheartbeat__ (liveness), /__heartbeat__ (readiness: storage, draining), 
 Dead sockets: a device silent for websocket.auto_ping_interval_secs (300) gets a WebSocket
 ping and is closed unless it answers within websocket.auto_ping_timeout_secs (30); device
 connections carry TCP keepalive (server.tcp_keepalive_secs, 300).
+Rate limits per source address on registers (600/min, bursts of 1000) and the new UAIDs
+they create (60/min, bursts of 100), see [rate_limit]; behind a proxy, list it in
+rate_limit.trusted_proxies so that its X-Forwarded-For names the source.
 SIGTERM/SIGINT: stop accepting, close device sockets over server.drain_ms, exit.
 SIGHUP: re-read the config file for the TLS certificate and key, endpoint.token_keys (the
 first seals, all open) and [log]; sockets stay up, a bad file keeps the old settings.

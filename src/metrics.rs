@@ -426,6 +426,7 @@ pub fn render(g: &Gauges) -> String {
         "gauge",
     );
     let _ = writeln!(out, "{name} {}", crate::ws::partial_bytes());
+    crate::sources::render_metrics(&mut out);
     let labelled = [
         (
             "simplepush_commands_total",
@@ -835,6 +836,8 @@ mod tests {
             "simplepush_router_errors_total",
             "simplepush_router_refused_total",
             "simplepush_dead_sockets_total",
+            "simplepush_rate_limited_total",
+            "simplepush_rate_limit_sources",
             "simplepush_store_seconds",
             "simplepush_delivery_seconds",
             "process_resident_memory_bytes",

@@ -92,6 +92,14 @@ impl Stream {
         }
     }
 
+    /// The peer's address, if the socket still has one.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.peer_addr().ok(),
+            Stream::Tls(t) => t.sock.peer_addr().ok(),
+        }
+    }
+
     /// Sends TLS records rustls holds (handshake, alerts, encrypted output) as far as the socket
     /// takes them. Plain streams have nothing held.
     pub fn flush_tls(&mut self) -> io::Result<()> {

@@ -211,6 +211,11 @@ impl Link {
         self.stream.socket()
     }
 
+    /// The peer's address, if the socket still has one.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+
     /// The byte stream (plain or TLS).
     pub fn transport(&mut self) -> &mut Stream {
         &mut self.stream

@@ -351,7 +351,7 @@ fn a_webhook_whose_name_lookup_hangs_is_given_up_on_in_time() {
     let Some(fifo) = hanging_lookup() else {
         return;
     };
-    let s = Server::start_with_env(
+    let s = Server::start_env(
         "",
         &format!(
             "[wake]\ndriver = \"webhook\"\nwebhook_url = \"http://{SLOW_NAME}:9/\"\ntimeout_ms = 300\n"

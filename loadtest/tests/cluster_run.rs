@@ -78,6 +78,7 @@ fn node(dir: &Path, i: usize, mc: SocketAddr) -> Node {
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [endpoint]\ntoken_keys = [\"{KEY}\"]\n\
+         [rate_limit]\nnew_uaids_per_minute = 0\nregisters_per_minute = 0\n\
          [storage]\nbackend = \"memcached\"\nservers = [\"{mc}\"]\n\
          [cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\n"
     );

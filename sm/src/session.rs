@@ -15,6 +15,8 @@ use crate::reply::{self, ErrorStatus};
 use crate::wake::Wake;
 use crate::webpush::{AppKey, Message};
 
+mod throttle;
+
 /// Protocol limits the session enforces.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -366,3 +366,43 @@ fn errors_name_the_key() {
         .to_string();
     assert!(e.contains("/nonexistent/x.toml"), "{e}");
 }
+
+#[test]
+fn rate_limits_have_generous_defaults_and_bounds() {
+    let c = Config::load(None, env(&[])).unwrap().config;
+    let r = &c.rate_limit;
+    assert_eq!((r.new_uaids_per_minute, r.new_uaid_burst), (60, 100));
+    assert_eq!((r.registers_per_minute, r.register_burst), (600, 1000));
+    assert!(
+        r.trusted_proxies.is_empty(),
+        "no proxy is trusted unless configured"
+    );
+    let c = Config::load(
+        None,
+        env(&[
+            ("SIMPLEPUSH_RATE_LIMIT_NEW_UAIDS_PER_MINUTE", "0"),
+            (
+                "SIMPLEPUSH_RATE_LIMIT_TRUSTED_PROXIES",
+                "10.0.0.0/8, fd00::1",
+            ),
+        ]),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.rate_limit.new_uaids_per_minute, 0);
+    assert_eq!(c.rate_limit.trusted_proxies, vec!["10.0.0.0/8", "fd00::1"]);
+    for (var, bad) in [
+        ("SIMPLEPUSH_RATE_LIMIT_NEW_UAID_BURST", "0"),
+        ("SIMPLEPUSH_RATE_LIMIT_REGISTER_BURST", "1000001"),
+        ("SIMPLEPUSH_RATE_LIMIT_REGISTERS_PER_MINUTE", "60000001"),
+        ("SIMPLEPUSH_RATE_LIMIT_IPV6_PREFIX", "65"),
+        ("SIMPLEPUSH_RATE_LIMIT_MAX_SOURCES", "10"),
+        ("SIMPLEPUSH_RATE_LIMIT_TRUSTED_PROXIES", "10.0.0.0/33"),
+    ] {
+        let e = Config::load(None, env(&[(var, bad)])).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Env { name, .. } if name == var),
+            "{var}={bad}: {e}"
+        );
+    }
+}

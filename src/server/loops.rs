@@ -7,6 +7,8 @@ use super::*;
 pub struct Adopted {
     pub(super) link: Link,
     pub(super) session: Session,
+    /// Who the socket counts against for the rate limits.
+    pub(super) source: Source,
     /// The hello that named the UAID, to be handled by the new owner.
     pub(super) payload: Vec<u8>,
 }
@@ -38,7 +40,8 @@ pub enum Cross {
     Broadcasts(Arc<std::collections::BTreeMap<String, String>>),
 }
 
-/// What the event loops of one process share: mailboxes and counters, no locks.
+/// What the event loops of one process share: mailboxes and counters, and one lock, the rate
+/// limiter's, taken only for a register.
 pub struct Peers {
     pub(super) mail: Vec<(Sender<Cross>, Arc<mio::Waker>)>,
     /// Live UAIDs per loop, for `/status`.
@@ -61,6 +64,8 @@ pub struct Peers {
     pub(super) turns: Vec<AtomicU64>,
     /// The origin of `turns`.
     pub(super) epoch: Instant,
+    /// The per-source limits on new UAIDs and registrations, one table for every loop.
+    pub(super) limiter: Limiter,
 }
 
 impl Peers {
@@ -125,6 +130,7 @@ pub fn start(cfg: Config, live: Live) -> io::Result<Vec<Server>> {
         // Every loop counts as having turned at start; a loop that never runs goes stale.
         turns: (0..loops).map(|_| AtomicU64::new(0)).collect(),
         epoch: Instant::now(),
+        limiter: Limiter::new(&cfg.rate_limit),
     });
     let tokens = live.tokens;
     let mut servers: Vec<Server> = Vec::with_capacity(loops);
@@ -213,6 +219,7 @@ impl Server {
         let adopted = Adopted {
             link: w.link,
             session: w.session,
+            source: w.source,
             payload,
         };
         if self
@@ -230,6 +237,7 @@ impl Server {
         let Adopted {
             mut link,
             session,
+            source,
             payload,
         } = a;
         let entry = self.conns.vacant_entry();
@@ -257,7 +265,7 @@ impl Server {
             },
             state: State::Moving,
         });
-        if !self.open_ws(key, link, session) {
+        if !self.open_ws(key, link, session, source) {
             return self.flush_ws(key);
         }
         let outer = self.reading.replace(key);

@@ -36,6 +36,7 @@ use crate::nonblocking::{would_block, write_some};
 use crate::registry::Registry;
 use crate::reload::{Live, Swap};
 use crate::router::{self, RouteRequest};
+use crate::sources::{Limiter, Source, What};
 use crate::store::disk::{self, DiskStore};
 use crate::store::memcached::{self, MemcachedStore};
 use crate::store::memory::MemoryStore;
@@ -157,6 +158,11 @@ struct WsConn {
     watch: Watch,
     /// Channels known to be registered: their updates go to the socket before the store answers.
     known: known_channels::KnownChannels,
+    /// Who the socket counts against for the rate limits (four bytes, in what was padding).
+    source: Source,
+    /// Its hello got a UAID the store did not know: the first registration creates it there,
+    /// which takes a new-UAID token from the source too.
+    fresh: bool,
 }
 
 /// The timer of a WebSocket after hello. One deadline per connection serves them all, so that an

@@ -10,6 +10,27 @@ fn count_unsent(d: &Delivery) {
     }
 }
 
+/// Tracks what a hello's answer flushes, by the dialect the socket reads (unless the UAID is
+/// reset).
+fn track_flushed(session: &Session, op: &StoreOp, reply: &StoreReply) {
+    let StoreReply::Hello {
+        pending, messages, ..
+    } = reply
+    else {
+        return;
+    };
+    let uaid = op.uaid();
+    if session.is_webpush() {
+        for m in messages {
+            track(Event::DeliveredStored, &uaid, &m.channel, &m.id);
+        }
+    } else {
+        for (channel, version) in pending {
+            track(Event::DeliveredStored, &uaid, channel, version);
+        }
+    }
+}
+
 impl Server {
     /// Starts storing an update; `Some` is an immediate answer, `None` means the answer will follow.
     pub(super) fn update(
@@ -417,25 +438,21 @@ impl Server {
         else {
             return;
         };
-        if let StoreReply::Hello {
-            pending, messages, ..
-        } = &reply
-        {
-            // What the hello flushes, by the dialect the socket reads (unless the UAID is reset).
-            let uaid = op.uaid();
-            if w.session.is_webpush() {
-                for m in messages {
-                    track(Event::DeliveredStored, &uaid, &m.channel, &m.id);
-                }
-            } else {
-                for (channel, version) in pending {
-                    track(Event::DeliveredStored, &uaid, channel, version);
-                }
+        // A first hello whose UAID the store does not know gets a fresh one, or keeps the unknown
+        // one it named: either way the UAID's first registration creates it in the store.
+        match (op, &reply) {
+            (StoreOp::Hello { forget, .. }, StoreReply::Hello { known, .. })
+                if w.session.uaid().is_none() =>
+            {
+                w.fresh = *forget || !*known;
             }
+            (StoreOp::Register { .. }, StoreReply::Registered { .. }) => w.fresh = false,
+            _ => {}
         }
         if let (StoreOp::Register { channel, .. }, StoreReply::Registered { .. }) = (op, &reply) {
             w.known.add(channel);
         }
+        track_flushed(&w.session, op, &reply);
         let effects = w.session.on_store(reply);
         self.apply(conn.key, effects, claimed);
         if let Some(uaid) = claimed {

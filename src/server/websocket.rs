@@ -74,6 +74,31 @@ fn count_request(kind: &Inbound) {
     }
 }
 
+/// Takes the tokens a register needs from the socket's source: one for the registration, and
+/// one for a new UAID when the socket's UAID is not in the store yet (its first registration
+/// creates it there); `false` when the source is over a limit. Anything else needs none.
+fn may_create(limiter: &Limiter, w: &WsConn, req: &sm::Request) -> bool {
+    match &req.kind {
+        Inbound::Register { .. } if w.session.uaid().is_some() => {
+            let wanted: &[What] = match w.fresh {
+                true => &[What::Register, What::Uaid],
+                false => &[What::Register],
+            };
+            allow(limiter, w, wanted)
+        }
+        _ => true,
+    }
+}
+
+/// Takes a token for each of `wanted` from the socket's source, or none; `false` (counted, and
+/// logged now and then with the socket's peer) when the source is over a limit.
+fn allow(limiter: &Limiter, w: &WsConn, wanted: &[What]) -> bool {
+    limiter.allow(w.source, wanted, || match w.link.peer_addr() {
+        Some(peer) => format!("the source of {peer}"),
+        None => "a source".to_string(),
+    })
+}
+
 impl Server {
     /// Turns the HTTP connection into a WebSocket. The 101 response goes out with the replies to
     /// whatever the client sent right behind its upgrade request, in one write.
@@ -81,9 +106,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
+        let State::Http(mut h) = std::mem::replace(&mut conn.state, State::Moving) else {
             return self.drop_conn(key);
         };
+        let source = self.source_of(h.stream.socket(), up);
         let leftover = h
             .buf
             .get(head.head_len..)
@@ -92,13 +118,33 @@ impl Server {
         let mut link = Link::new(h.stream, leftover);
         link.cork();
         link.queue_raw(http::switching_protocols(up));
-        self.open_ws(key, link, Session::new());
+        self.open_ws(key, link, Session::new(), source);
         self.ws_event(key);
+    }
+
+    /// Who a new WebSocket counts against for the rate limits: its peer, or the client a trusted
+    /// proxy names in the upgrade request. Looked up once, and only with a limit on.
+    fn source_of(&self, socket: &TcpStream, up: &http::Upgrade) -> Source {
+        let limiter = &self.peers.limiter;
+        if !limiter.enabled() {
+            return Source::default();
+        }
+        match socket.peer_addr() {
+            Ok(peer) => limiter.source(peer, up.forwarded_for.as_deref()),
+            // The peer is gone already: its socket fails at the next read.
+            Err(_) => Source::default(),
+        }
     }
 
     /// Makes connection `key` a WebSocket waiting for its hello (the hello timeout runs). While the
     /// server stops it is closed at once with "going away"; `false` then.
-    pub(super) fn open_ws(&mut self, key: usize, link: Link, session: Session) -> bool {
+    pub(super) fn open_ws(
+        &mut self,
+        key: usize,
+        link: Link,
+        session: Session,
+        source: Source,
+    ) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
@@ -110,6 +156,8 @@ impl Server {
             closing: false,
             watch: Watch::Idle,
             known: Default::default(),
+            source,
+            fresh: false,
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
@@ -355,6 +403,15 @@ impl Server {
                     }
                 }
                 log_request(ConnName(id, key), w.session.uaid(), &req.kind);
+                if !may_create(&self.peers.limiter, w, &req) {
+                    return self.throttled(key, req);
+                }
+                // A first hello without a UAID gets a fresh one, which no store knows yet.
+                if matches!(&req.kind, Inbound::Hello(h) if h.uaid == HelloUaid::Empty)
+                    && w.session.uaid().is_none()
+                {
+                    w.fresh = true;
+                }
                 w.session
                     .handle_with(req, &self.limits, &self.broadcasts, now, &mut || {
                         fresh_owned(id, loops)
@@ -365,6 +422,20 @@ impl Server {
                 w.session.refused(refused)
             }
         };
+        self.apply(key, effects, None);
+    }
+
+    /// Answers a hello or register the socket's source may not make now.
+    fn throttled(&mut self, key: usize, req: sm::Request) {
+        let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        debug!("conn {key}: rate limited: {:?}", req.kind);
+        let effects = w.session.throttled(req);
         self.apply(key, effects, None);
     }
 

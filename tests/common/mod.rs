@@ -54,11 +54,12 @@ impl Server {
 
     /// Starts with extra `[server]` keys and extra sections appended.
     pub fn start_with(server_keys: &str, sections: &str) -> Server {
-        Server::start_with_env(server_keys, sections, &[])
+        Server::start_env(server_keys, sections, &[])
     }
 
-    /// As `start_with`, with these environment variables too.
-    pub fn start_with_env(server_keys: &str, sections: &str, env: &[(&str, &str)]) -> Server {
+    /// [`Server::start_with`], with environment variables too (they win over the file, and over
+    /// the harness's own: `SIMPLEPUSH_RATE_LIMIT_*` turn the rate limits back on).
+    pub fn start_env(server_keys: &str, sections: &str, env: &[(&str, &str)]) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "sp-test-{}-{}",
             std::process::id(),
@@ -98,6 +99,10 @@ impl Server {
         let mut cmd = Command::new(program);
         // Tests run in parallel: the admin listener's default port would be shared by all.
         cmd.env("SIMPLEPUSH_ADMIN_LISTEN", "127.0.0.1:0");
+        // Tests make devices by the hundred a second, all from 127.0.0.1: no per-source limits
+        // (tests/rate_limit.rs sets its own, which win, being set after these).
+        cmd.env("SIMPLEPUSH_RATE_LIMIT_NEW_UAIDS_PER_MINUTE", "0");
+        cmd.env("SIMPLEPUSH_RATE_LIMIT_REGISTERS_PER_MINUTE", "0");
         cmd.args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
