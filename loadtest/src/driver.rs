@@ -21,8 +21,13 @@ use crate::progress::{Printer, Snapshot};
 use crate::rng::Rng;
 use crate::rsslog::RssLog;
 use crate::tally::{Hist, Tally, TargetTally};
-use crate::target::{Endpoint, EndpointBase, WsTarget};
-use crate::tracker::{Matched, Tracker};
+use crate::target::{Endpoint, EndpointBase, Origin, WsTarget};
+use crate::tls::TlsSettings;
+use crate::tracker::{self, Matched, Tracker};
+
+mod wp;
+
+pub use wp::WebPushState;
 
 /// Tokens: clients use their index; HTTP pool p connection i uses HTTP_BASE + p * POOL_SPAN + i.
 const HTTP_BASE: usize = 1 << 40;
@@ -85,7 +90,13 @@ pub struct Driver {
     per_target: Vec<TargetTally>,
     src: SourceCycle,
     pools: Vec<Pool>,
-    pool_keys: HashMap<String, u16>,
+    /// Pool by endpoint origin (each distinct origin is resolved once, when first seen).
+    pool_keys: HashMap<Origin, u16>,
+    /// Origins that could not be resolved or are refused: not looked up again.
+    bad_origins: HashMap<Origin, String>,
+    tls: TlsSettings,
+    /// The webpush scenario: the app server's key and the delivery book.
+    wp: Option<WebPushState>,
     endpoint_bases: Vec<EndpointBase>,
     endpoint_error_shown: bool,
     pub tracker: Tracker,
@@ -121,24 +132,39 @@ impl Driver {
     pub fn new(cfg: Config, control: Control, slots: usize) -> io::Result<Self> {
         let now = Instant::now();
         let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-        let targets = cfg
+        let parsed = cfg
             .ws_urls
             .iter()
-            .map(|u| WsTarget::parse(u).map(|t| t.addr))
+            .map(|u| WsTarget::parse(u, cfg.allow_remote))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
+        let mut tls = TlsSettings::new(cfg.ca.as_deref(), cfg.insecure);
+        let ws_tls = parsed
+            .iter()
+            .map(|t| tls.target(&t.origin))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let targets: Vec<SocketAddr> = parsed.iter().map(|t| t.addr).collect();
         let endpoint_bases = cfg
             .endpoint_bases
             .iter()
-            .map(|u| EndpointBase::parse(u))
+            .map(|u| EndpointBase::parse(u, cfg.allow_remote))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         let addrs = cfg
             .source_addrs
             .as_deref()
-            .map(SourceAddrs::parse)
+            .map(|s| SourceAddrs::parse(s, cfg.allow_remote))
             .transpose()
             .map_err(bad)?;
+        let mut rng = Rng::seeded();
+        let wp = match cfg.scenario {
+            crate::config::Scenario::Webpush => Some(
+                WebPushState::new(&mut rng, &cfg.payload_sizes)
+                    .map_err(|e| bad(format!("VAPID key: {e:?}")))?,
+            ),
+            _ => None,
+        };
         let poll = Poll::new()?;
         let mut control = control;
         if let Control::Child(_) = control {
@@ -152,6 +178,8 @@ impl Driver {
             cfg.channels,
             Duration::from_secs_f64(cfg.timeout),
             (cfg.end_wait(PING_TIMEOUT), cfg.end_wait(CLOSE_TIMEOUT)),
+            ws_tls,
+            wp.as_ref().map(WebPushState::shared),
         );
         let printer = Printer::new(cfg.progress && matches!(control, Control::Solo(_)));
         let rss_log = match (&control, &cfg.rss_csv, cfg.server_pid) {
@@ -182,10 +210,13 @@ impl Driver {
             src: SourceCycle::new(addrs),
             pools: Vec::new(),
             pool_keys: HashMap::new(),
+            bad_origins: HashMap::new(),
+            tls,
+            wp,
             endpoint_bases,
             endpoint_error_shown: false,
             tracker: Tracker::new(),
-            rng: Rng::seeded(),
+            rng,
             control,
             printer,
             tally: Tally::default(),
@@ -348,6 +379,7 @@ impl Driver {
                 Tally::count(&mut self.tally.failures, &format!("rotate: {kind}"));
             }
             Out::Notification(updates) => self.on_notification(idx, &updates, now),
+            Out::Message { chan, got } => self.on_message(idx, chan, got, now),
             Out::Pong => {
                 self.tally.ping_ok += 1;
                 self.target_tally(idx).ping_ok += 1;
@@ -437,8 +469,9 @@ impl Driver {
             Ok(e) => e,
             Err(e) => return self.bad_endpoint(&e),
         };
-        let Some(pool) = self.pool_for(&endpoint) else {
-            return self.bad_endpoint("too many distinct endpoint addresses");
+        let pool = match self.pool_for(&endpoint) {
+            Ok(p) => p,
+            Err(e) => return self.bad_endpoint(&e),
         };
         if let Some(ch) = self.clients[idx].channels.get_mut(chan) {
             ch.endpoint = Some(EndpointRef {
@@ -467,22 +500,46 @@ impl Driver {
         }
     }
 
-    fn pool_for(&mut self, e: &Endpoint) -> Option<u16> {
-        let key = format!("{}|{}", e.authority, e.addr);
-        if let Some(&p) = self.pool_keys.get(&key) {
-            return Some(p);
+    /// The pool for an endpoint's origin, made when the origin is first seen: its name is
+    /// resolved and checked then (once; a refusal is remembered).
+    fn pool_for(&mut self, e: &Endpoint) -> Result<u16, String> {
+        if let Some(&p) = self.pool_keys.get(&e.origin) {
+            return Ok(p);
+        }
+        if let Some(why) = self.bad_origins.get(&e.origin) {
+            return Err(why.clone());
         }
         if self.pools.len() >= MAX_POOLS {
-            return None;
+            return Err("too many distinct endpoint addresses".into());
         }
+        let made = self.origin_target(&e.origin);
+        let (addr, tls) = match made {
+            Ok(x) => x,
+            Err(why) => {
+                self.bad_origins.insert(e.origin.clone(), why.clone());
+                return Err(why);
+            }
+        };
         let p = self.pools.len();
         let base = HTTP_BASE + p * POOL_SPAN;
-        let (size, depth) = (self.cfg.http_conns as usize, self.cfg.pipeline as usize);
+        let shape = (self.cfg.http_conns as usize, self.cfg.pipeline as usize);
         self.pools
-            .push(Pool::new(&e.authority, e.addr, size, depth, base));
-        self.pool_keys.insert(key, p as u16);
+            .push(Pool::new(&e.origin.authority, addr, tls, shape, base));
+        self.pool_keys.insert(e.origin.clone(), p as u16);
         self.maintain_pools();
-        Some(p as u16)
+        Ok(p as u16)
+    }
+
+    fn origin_target(
+        &mut self,
+        origin: &Origin,
+    ) -> Result<(SocketAddr, Option<crate::stream::TlsTarget>), String> {
+        let base = self.endpoint_bases.iter().find(|b| &b.origin == origin);
+        let addr = match base {
+            Some(b) => b.addr,
+            None => origin.resolve(self.cfg.allow_remote)?,
+        };
+        Ok((addr, self.tls.target(origin)?))
     }
 
     fn maintain_pools(&mut self) {
@@ -508,6 +565,7 @@ impl Driver {
                 Matched::Put {
                     sent_at,
                     right_client,
+                    ..
                 } => {
                     self.tally.received += 1;
                     if !right_client {
@@ -530,9 +588,12 @@ impl Driver {
             match out {
                 HttpOut::Answer(version, status) => {
                     Tally::count(&mut self.tally.statuses, &status.to_string());
-                    if let Some((c, chan)) = self.tracker.answered(version, status) {
-                        let accepted = status == 200 || status == 202;
-                        self.settle(c, chan);
+                    if let Some((c, chan, done)) = self.tracker.answered(version, status) {
+                        let accepted = tracker::accepted(status);
+                        // A WebPush message is complete when delivered, not when accepted.
+                        if self.wp.is_none() || done {
+                            self.settle(c, chan);
+                        }
                         self.book(c, chan, |ch| {
                             if accepted {
                                 ch.acked = ch.acked.max(version);
@@ -565,6 +626,7 @@ impl Driver {
     fn settle(&mut self, c: u32, chan: u16) {
         if let Some(ch) = self.channel_mut(c, chan) {
             ch.inflight = false;
+            ch.outstanding = 0;
         }
     }
 
@@ -685,8 +747,11 @@ impl Driver {
         self.with_client(idx, Instant::now(), |c, ctx| c.ping(ctx));
     }
 
-    /// PUTs a fresh version to channel `chan` of client `idx`.
+    /// PUTs a fresh version to channel `chan` of client `idx` (webpush: POSTs a message).
     pub fn put(&mut self, idx: usize, chan: usize) -> PutResult {
+        if self.wp.is_some() {
+            return self.post_message(idx, chan);
+        }
         let Some(ep) = self.clients[idx]
             .channels
             .get(chan)
@@ -772,8 +837,11 @@ impl Driver {
 
     pub fn progress(&mut self) {
         let snap = self.snapshot();
-        match &self.control {
-            Control::Solo(_) => self.printer.print(&snap),
+        match &mut self.control {
+            Control::Solo(samples) => {
+                self.printer.print(&snap);
+                samples.timeline.record(&snap);
+            }
             Control::Child(_) => {
                 if control::send(&ChildMsg::Progress { snap }).is_err() {
                     self.stop = true;
@@ -784,6 +852,10 @@ impl Driver {
 
     /// Ends the run: closes everything at once and returns what was measured.
     pub fn finish(mut self) -> (Tally, Control) {
+        let last = self.snapshot();
+        if let Control::Solo(samples) = &mut self.control {
+            samples.timeline.record(&last);
+        }
         self.printer.done();
         for pool in &mut self.pools {
             pool.shutdown(&mut self.http_outs);

@@ -1,4 +1,4 @@
-//! The four scenarios, and the phases they share: connecting a set of devices, closing them.
+//! The scenarios, and the phases they share: connecting a set of devices, closing them.
 
 mod churn;
 mod connect;
@@ -31,7 +31,8 @@ pub fn run(cfg: Config, control: Control) -> io::Result<(Tally, Control)> {
     let mut d = Driver::new(cfg, control, slots)?;
     match scenario {
         Scenario::Connect => connect::run(&mut d),
-        Scenario::Notify => notify::run(&mut d),
+        // The same phases; the driver pushes WebPush messages instead of PUTs.
+        Scenario::Notify | Scenario::Webpush => notify::run(&mut d),
         Scenario::Churn if d.cfg.devices > 0 => soak::run(&mut d),
         Scenario::Churn => churn::run(&mut d),
         Scenario::Offline => offline::run(&mut d),
