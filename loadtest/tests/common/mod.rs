@@ -26,6 +26,20 @@ impl Drop for Proc {
     }
 }
 
+/// Kills the process group led by a child we started (and everything it spawned) on drop.
+pub struct GroupGuard(pub u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0) {
+            // SAFETY: kill(2) on the group of our own child; a group already gone is ESRCH.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// A fresh directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lt-{name}-{}", std::process::id()));
