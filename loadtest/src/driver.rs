@@ -59,6 +59,17 @@ pub enum OnUp {
     Report,
 }
 
+/// How far the current phase is, for the progress bar.
+#[derive(Clone, Copy)]
+pub enum Step {
+    /// No measurable end (waiting for answers).
+    Open,
+    /// `total` devices to set up; `base` = ok + failed when the phase began.
+    Devices { base: u64, total: u64 },
+    /// A timed phase of `secs` from `start`.
+    Timed { start: Instant, secs: f64 },
+}
+
 /// A client's phase and deadline, kept apart from the (large) clients so that sweeping and
 /// counting thousands of them touches a few hundred kilobytes, not megabytes: a full scan of the
 /// clients themselves stalls the loop for milliseconds and shows up in the latency tail.
@@ -107,6 +118,8 @@ pub struct Driver {
     connect_hist: Hist,
     latency_hist: Hist,
     pub phase: &'static str,
+    /// How far `phase` is (the progress bar).
+    pub step: Step,
     started: Instant,
     pub hard_deadline: Instant,
     /// Devices between connect and set up.
@@ -223,6 +236,7 @@ impl Driver {
             connect_hist: Hist::new(),
             latency_hist: Hist::new(),
             phase: "start",
+            step: Step::Open,
             started: now,
             setting_up: 0,
             latency_ref: LatencyRef::PutSent,
@@ -832,7 +846,32 @@ impl Driver {
         s.sent = self.tally.sent;
         s.received = self.tally.received;
         s.cycles = self.tally.cycles_ok;
+        (s.done, s.total) = match self.step {
+            Step::Open => (0, 0),
+            Step::Devices { base, total } => ((s.ok + s.failed).saturating_sub(base), total),
+            Step::Timed { start, secs } => (
+                start.elapsed().as_millis() as u64,
+                (secs * 1000.0).max(1.0) as u64,
+            ),
+        };
         s
+    }
+
+    /// Starts a phase: its name and how its progress is measured.
+    pub fn begin(&mut self, phase: &'static str, step: Step) {
+        self.phase = phase;
+        self.step = step;
+    }
+
+    /// A phase of `total` devices being set up.
+    pub fn devices_step(&self, total: usize) -> Step {
+        Step::Devices {
+            base: self.tally.conn_ok
+                + self.tally.reconnect_ok
+                + self.tally.conn_failed
+                + self.tally.reconnect_failed,
+            total: total as u64,
+        }
     }
 
     pub fn progress(&mut self) {
