@@ -7,7 +7,9 @@
 #   5. offline: 2,000 devices closed, one PUT each (202), reconnect, time to the flushed version
 # It builds the server and the tester in release mode, starts a fresh server for each scenario
 # (memory store, RUST_LOG=warn) and always stops it (trap). Each tester run prints its summary;
-# a markdown section (commands, machine, figures) is appended to FILE.
+# a markdown section (commands, machine, figures) is appended to FILE, and each run writes an HTML
+# report with charts (latency, connections and rates, server RSS and CPU over time) to
+# loadtest/reports/<date>-<run>.html (BENCH_REPORTS names another directory), listed in the section.
 #
 # Usage: loadtest/bench.sh [FILE]      FILE defaults to BENCHMARKS.md in the repository root.
 # Environment: BENCH_PORT (first port tried, default 18480), BENCH_SRC (source addresses for the
@@ -166,7 +168,7 @@ run() {
     shift
     start_server
     local cmd=("$TESTER_BIN" "$@" --ws-url "$WS" --source-addrs "$SRC" --server-pid "$SERVER_PID"
-        --max-seconds "${MAX_SECONDS:-150}" --json "$WORK/$name.json")
+        --max-seconds "${MAX_SECONDS:-150}" --json "$WORK/$name.json" --html "$REPORTS/$STAMP-$name.html")
     local shown="simplepush-loadtest $* --ws-url $WS --source-addrs $SRC --server-pid \$PID --json $name.json"
     echo "$shown" >"$WORK/$name.cmd"
     echo
@@ -202,6 +204,9 @@ run() {
 }
 
 STARTED=$(date +%s)
+STAMP="$(date -u '+%Y-%m-%d-%H%M')"
+REPORTS="${BENCH_REPORTS:-$ROOT/loadtest/reports}"
+mkdir -p "$REPORTS"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Processes using >= 5% CPU right now (over one second): they compete with the server and tester.
 BUSY_BEFORE="$(top -b -n2 -d1 -w512 | awk '/^top -/ { n++ } n == 2 && $1 ~ /^[0-9]+$/ && $9 + 0 >= 5 { printf "%s%s (pid %s) %s%% CPU", sep, $12, $1, $9; sep = "; " }')"
@@ -324,6 +329,8 @@ done
     echo '```toml'
     sed 's/^token_keys = .*/token_keys = ["<random per bench run>"]/' "$CONFIG"
     echo '```'
+    echo
+    echo "Reports with charts (\`--html\`): $(for f in "$REPORTS/$STAMP"-*.html; do [ -e "$f" ] && printf '[%s](%s) ' "$(basename "$f" .html | sed "s/^$STAMP-//")" "$(realpath --relative-to="$(dirname "$OUT")" "$f")"; done)"
     echo
     echo "### 1. connect: $DEVICES devices × 1 channel, held 10 s"
     echo

@@ -1,5 +1,6 @@
-//! `--source-addrs`: a range of loopback source addresses that outgoing sockets are bound to,
-//! round-robin, so more than ~28k connections reach one server address:port.
+//! `--source-addrs`: a range of source addresses that outgoing sockets are bound to, round-robin,
+//! so more than ~28k connections reach one server address:port. Loopback addresses only, unless
+//! `--allow-remote` (then any address of this host's interfaces).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -14,13 +15,19 @@ pub struct SourceAddrs {
 }
 
 impl SourceAddrs {
-    /// `127.0.0.2-127.0.0.50`, `127.0.0.2-50`, or one address (IPv4 or `::1`).
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    /// `127.0.0.2-127.0.0.50`, `127.0.0.2-50`, or one address (IPv4 or `::1`; any IPv6 address
+    /// with `allow_remote`).
+    pub fn parse(spec: &str, allow_remote: bool) -> Result<Self, String> {
         let bad = |why: &str| format!("--source-addrs {spec:?}: {why}");
         let addrs = match spec.split_once('-') {
             None => vec![single(spec.trim()).map_err(|e| bad(&e))?],
             Some((a, b)) => v4_range(a.trim(), b.trim()).map_err(|e| bad(&e))?,
         };
+        if !allow_remote && !addrs.iter().all(|ip| is_loopback(*ip)) {
+            return Err(bad(
+                "every address must be in 127.0.0.0/8 or ::1 (unless --allow-remote)",
+            ));
+        }
         Ok(Self { addrs })
     }
 
@@ -63,13 +70,7 @@ impl SourceAddrs {
 }
 
 fn single(s: &str) -> Result<IpAddr, String> {
-    let ip: IpAddr = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IP address"))?;
-    if !is_loopback(ip) {
-        return Err(format!("{ip} is not a loopback address"));
-    }
-    Ok(ip)
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
 }
 
 fn v4_range(a: &str, b: &str) -> Result<Vec<IpAddr>, String> {
@@ -94,11 +95,7 @@ fn v4_range(a: &str, b: &str) -> Result<Vec<IpAddr>, String> {
     if hi - lo >= MAX_ADDRS {
         return Err(format!("more than {MAX_ADDRS} addresses"));
     }
-    let addrs: Vec<IpAddr> = (lo..=hi).map(|n| IpAddr::V4(Ipv4Addr::from(n))).collect();
-    if !addrs.iter().all(|ip| is_loopback(*ip)) {
-        return Err("every address must be in 127.0.0.0/8".into());
-    }
-    Ok(addrs)
+    Ok((lo..=hi).map(|n| IpAddr::V4(Ipv4Addr::from(n))).collect())
 }
 
 /// Hands out source addresses round-robin (none configured: the kernel chooses).
@@ -126,23 +123,25 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let r = SourceAddrs::parse("127.0.0.2-127.0.0.20").unwrap();
+        let parse = |s| SourceAddrs::parse(s, false);
+        let r = parse("127.0.0.2-127.0.0.20").unwrap();
         assert_eq!(r.count(), 19);
-        assert_eq!(SourceAddrs::parse("127.0.0.2-20").unwrap(), r);
-        assert_eq!(SourceAddrs::parse("127.0.0.5").unwrap().count(), 1);
-        assert_eq!(SourceAddrs::parse("::1").unwrap().count(), 1);
-        assert!(SourceAddrs::parse("10.0.0.1").is_err());
-        assert!(SourceAddrs::parse("127.255.255.250-128.0.0.3").is_err());
-        assert!(SourceAddrs::parse("127.0.0.9-127.0.0.3").is_err());
+        assert_eq!(parse("127.0.0.2-20").unwrap(), r);
+        assert_eq!(parse("127.0.0.5").unwrap().count(), 1);
+        assert_eq!(parse("::1").unwrap().count(), 1);
+        assert!(parse("10.0.0.1").is_err());
+        assert!(parse("127.255.255.250-128.0.0.3").is_err());
+        assert!(parse("127.0.0.9-127.0.0.3").is_err());
+        assert_eq!(SourceAddrs::parse("10.0.0.1-3", true).unwrap().count(), 3);
     }
 
     #[test]
     fn slices_cover_the_range() {
-        let r = SourceAddrs::parse("127.0.0.2-127.0.0.20").unwrap();
+        let r = SourceAddrs::parse("127.0.0.2-127.0.0.20", false).unwrap();
         let total: usize = (0..4).map(|i| r.slice(i, 4).count()).sum();
         assert_eq!(total, 19);
         assert_eq!(r.slice(0, 4).spec(), "127.0.0.2-127.0.0.5");
-        let one = SourceAddrs::parse("127.0.0.2-127.0.0.3").unwrap();
+        let one = SourceAddrs::parse("127.0.0.2-127.0.0.3", false).unwrap();
         assert_eq!(one.slice(2, 3).spec(), "127.0.0.2");
     }
 }

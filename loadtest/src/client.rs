@@ -1,6 +1,7 @@
-//! One simulated device: a non-blocking WebSocket (tungstenite framing on a mio socket) walked
-//! through connect -> upgrade -> hello -> register -> ready -> close. Every event is drained until
-//! the socket would block (mio is edge-triggered); what happened is reported as [`Out`]s.
+//! One simulated device: a non-blocking WebSocket (tungstenite framing on a mio socket, in TLS
+//! for wss://) walked through connect -> upgrade -> hello -> register -> ready -> close, in
+//! SimplePush or (webpush scenario) WebPush. Every event is drained until the socket would block
+//! (mio is edge-triggered); what happened is reported as [`Out`]s.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use tungstenite::{ClientHandshake, Error as WsError, HandshakeError, Message, We
 
 use crate::net;
 use crate::rng::Rng;
+use crate::stream::{Stream, TlsTarget};
+use crate::webpush::{self, Received, SubKeys};
 
 /// Messages read per readiness event before yielding to other sockets (the socket is re-armed).
 const READ_BUDGET: usize = 256;
@@ -92,6 +95,11 @@ pub struct Channel {
     pub inflight: bool,
     /// Being unregistered: no PUTs to it.
     pub retiring: bool,
+    /// WebPush: the subscription's keys (p256dh and auth for the app server, the private key
+    /// for the device).
+    pub keys: Option<Box<SubKeys>>,
+    /// WebPush: the number of the message waiting for this channel's notification (0 = none).
+    pub outstanding: u64,
 }
 
 impl Channel {
@@ -103,6 +111,8 @@ impl Channel {
             received: 0,
             inflight: false,
             retiring: false,
+            keys: None,
+            outstanding: 0,
         }
     }
 
@@ -136,6 +146,11 @@ pub enum Out {
     RotateFailed(String),
     /// A notification's updates (channelID, version); already acked.
     Notification(Vec<(String, u64)>),
+    /// A WebPush message on channel `chan`, opened and checked; already acked.
+    Message {
+        chan: usize,
+        got: Received,
+    },
     Pong,
     PingLost,
     /// Our close completed (clean) or broke/timed out.
@@ -155,6 +170,18 @@ pub struct Shared {
     pub setup_timeout: Duration,
     pub close_timeout: Duration,
     pub ping_timeout: Duration,
+    /// Per URL: its TLS settings (wss://) or None.
+    pub tls: Vec<Option<TlsTarget>>,
+    /// The webpush scenario's settings (None: SimplePush).
+    pub webpush: Option<WebPushShared>,
+}
+
+/// What WebPush devices share.
+pub struct WebPushShared {
+    /// The app server's VAPID public key, sent as each register's `key`.
+    pub application_server_key: String,
+    /// --payload-size: what each message's size must be.
+    pub sizes: Vec<usize>,
 }
 
 impl Shared {
@@ -164,6 +191,8 @@ impl Shared {
         channels: u32,
         setup_timeout: Duration,
         waits: (Duration, Duration),
+        tls: Vec<Option<TlsTarget>>,
+        webpush: Option<WebPushShared>,
     ) -> Self {
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(2048)
@@ -177,6 +206,8 @@ impl Shared {
             setup_timeout,
             ping_timeout: waits.0,
             close_timeout: waits.1,
+            tls,
+            webpush,
         }
     }
 }
@@ -195,8 +226,8 @@ pub struct Ctx<'a> {
 enum Conn {
     None,
     Tcp(TcpStream),
-    Mid(Box<MidHandshake<ClientHandshake<TcpStream>>>),
-    Ws(Box<WebSocket<TcpStream>>),
+    Mid(Box<MidHandshake<ClientHandshake<Stream>>>),
+    Ws(Box<WebSocket<Stream>>),
 }
 
 pub struct Client {
@@ -360,8 +391,12 @@ impl Client {
         match net::connect_result(stream) {
             Ok(false) => {}
             Ok(true) => {
-                if let Conn::Tcp(stream) = std::mem::replace(&mut self.conn, Conn::None) {
+                if let Conn::Tcp(sock) = std::mem::replace(&mut self.conn, Conn::None) {
                     self.phase = Phase::Upgrading;
+                    let stream = match Stream::new(sock, ctx.shared.tls[ctx.target].as_ref()) {
+                        Ok(s) => s,
+                        Err(e) => return self.fail(ctx, format!("tls: {e}")),
+                    };
                     let res = client_with_config(
                         ctx.shared.urls[ctx.target].as_str(),
                         stream,
@@ -382,7 +417,7 @@ impl Client {
 
     fn on_handshake<R>(
         &mut self,
-        res: Result<(WebSocket<TcpStream>, R), HandshakeError<ClientHandshake<TcpStream>>>,
+        res: Result<(WebSocket<Stream>, R), HandshakeError<ClientHandshake<Stream>>>,
         ctx: &mut Ctx,
     ) {
         match res {
@@ -392,11 +427,15 @@ impl Client {
         }
     }
 
-    fn opened(&mut self, ws: WebSocket<TcpStream>, ctx: &mut Ctx) {
+    fn opened(&mut self, ws: WebSocket<Stream>, ctx: &mut Ctx) {
         self.conn = Conn::Ws(Box::new(ws));
         self.phase = Phase::Hello;
         self.hello_at = ctx.now;
         let hello = match self.mode {
+            // As Firefox says it: no channelIDs.
+            Mode::Fresh if ctx.shared.webpush.is_some() => {
+                json!({"messageType": "hello", "use_webpush": true, "broadcasts": {}})
+            }
             Mode::Fresh => json!({"messageType": "hello", "uaid": "", "channelIDs": []}),
             Mode::Resume => {
                 let ids: Vec<&str> = self.channels.iter().map(|c| c.chid.as_str()).collect();
@@ -443,7 +482,7 @@ impl Client {
         self.flush(ctx);
         if let Conn::Ws(ws) = &mut self.conn {
             let _ = ctx.registry.reregister(
-                ws.get_mut(),
+                ws.get_mut().tcp_mut(),
                 token,
                 Interest::READABLE | Interest::WRITABLE,
             );
@@ -513,7 +552,14 @@ impl Client {
         self.awaiting = k;
         self.phase = Phase::Registering;
         for i in 0..k {
-            let msg = json!({"messageType": "register", "channelID": self.channels[i].chid});
+            let mut msg = json!({"messageType": "register", "channelID": self.channels[i].chid});
+            if let Some(wp) = &ctx.shared.webpush {
+                match SubKeys::generate(ctx.rng) {
+                    Ok(keys) => self.channels[i].keys = Some(Box::new(keys)),
+                    Err(e) => return self.fail(ctx, format!("subscription_keys: {e:?}")),
+                }
+                msg["key"] = wp.application_server_key.as_str().into();
+            }
             self.send(ctx, msg.to_string());
         }
     }
@@ -595,6 +641,9 @@ impl Client {
     }
 
     fn on_notification(&mut self, v: &Value, ctx: &mut Ctx) {
+        if ctx.shared.webpush.is_some() {
+            return self.on_message(v, ctx);
+        }
         let Some(list) = v.get("updates").and_then(Value::as_array) else {
             return;
         };
@@ -619,6 +668,41 @@ impl Client {
             );
         }
         ctx.out.push(Out::Notification(updates));
+    }
+
+    /// A WebPush notification: opened with its channel's keys, checked, acked by version
+    /// (code 100 delivered, 101 not decryptable, as Firefox answers).
+    fn on_message(&mut self, v: &Value, ctx: &mut Ctx) {
+        let chid = v.get("channelID").and_then(Value::as_str).unwrap_or("");
+        let version = v.get("version").and_then(Value::as_str).unwrap_or("");
+        let Some(chan) = self
+            .channels
+            .iter()
+            .position(|c| c.chid.eq_ignore_ascii_case(chid))
+        else {
+            return;
+        };
+        let sizes = ctx.shared.webpush.as_ref().map_or(&[][..], |w| &w.sizes);
+        let aes128gcm = v
+            .pointer("/headers/encoding")
+            .and_then(Value::as_str)
+            .is_some_and(|e| e.eq_ignore_ascii_case("aes128gcm"));
+        let data = v.get("data").and_then(Value::as_str).filter(|_| aes128gcm);
+        let got = match &self.channels[chan].keys {
+            Some(keys) => webpush::receive(keys, data, sizes),
+            None => Received::Unreadable,
+        };
+        let code = if matches!(got, Received::Unreadable) {
+            101
+        } else {
+            100
+        };
+        if !matches!(self.phase, Phase::Closing) && !version.is_empty() {
+            let ack = json!({"messageType": "ack",
+                "updates": [{"channelID": chid, "version": version, "code": code}]});
+            self.send(ctx, ack.to_string());
+        }
+        ctx.out.push(Out::Message { chan, got });
     }
 
     fn fail(&mut self, ctx: &mut Ctx, kind: String) {
@@ -662,6 +746,8 @@ pub fn io_kind(e: &io::Error) -> String {
         Some(libc::ETIMEDOUT) => "timed_out".into(),
         Some(libc::EPIPE) => "broken_pipe".into(),
         Some(n) => format!("errno_{n}"),
+        // What rustls refused (a certificate, a protocol error): its own words.
+        None if e.kind() == io::ErrorKind::InvalidData => format!("tls: {e}"),
         None => format!("{:?}", e.kind()).to_lowercase(),
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::procstat::{self, Sample};
 use crate::progress::Snapshot;
 use crate::tally::Tally;
+use crate::timeline::Timeline;
 
 /// Where the server is sampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +41,7 @@ impl Point {
 }
 
 /// Server readings at the barriers.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ServerSamples {
     pub pid: Option<u32>,
     pub start: Option<Sample>,
@@ -49,12 +50,21 @@ pub struct ServerSamples {
     /// After each round (churn with --devices), in order.
     pub rounds: Vec<Sample>,
     pub errors: Vec<String>,
+    /// The run second by second (with --html).
+    #[serde(skip)]
+    pub timeline: Timeline,
 }
 
 impl ServerSamples {
-    pub fn new(pid: Option<u32>) -> Self {
+    /// Samples of `pid` at the barriers, and once a second if `timeline` (for --html).
+    pub fn new(pid: Option<u32>, timeline: bool) -> Self {
         Self {
             pid,
+            timeline: if timeline {
+                Timeline::recording(pid)
+            } else {
+                Timeline::default()
+            },
             ..Self::default()
         }
     }

@@ -12,7 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::addrs::{SourceAddrs, SourceCycle};
 use crate::cli::Config;
-use crate::client::{io_kind, Channel, Client, Ctx, EndpointRef, Mode, Out, Phase, Shared};
+use crate::client::{io_kind, Channel, Client, Ctx, Mode, Out, Phase, Shared};
 use crate::control::{self, ChildLink, ChildMsg, Control, Point};
 use crate::http::{HttpOut, Pool};
 use crate::net;
@@ -21,8 +21,14 @@ use crate::progress::{Printer, Snapshot};
 use crate::rng::Rng;
 use crate::rsslog::RssLog;
 use crate::tally::{Hist, Tally, TargetTally};
-use crate::target::{Endpoint, EndpointBase, WsTarget};
-use crate::tracker::{Matched, Tracker};
+use crate::target::{EndpointBase, Origin, WsTarget};
+use crate::tls::TlsSettings;
+use crate::tracker::Tracker;
+
+mod push;
+mod wp;
+
+pub use wp::WebPushState;
 
 /// Tokens: clients use their index; HTTP pool p connection i uses HTTP_BASE + p * POOL_SPAN + i.
 const HTTP_BASE: usize = 1 << 40;
@@ -52,6 +58,17 @@ pub enum OnUp {
     /// Report it in `came_up` (churn with --devices decides how long it stays): a close or a
     /// failed setup ends a cycle; the connect latency of a resumed hello is recorded.
     Report,
+}
+
+/// How far the current phase is, for the progress bar.
+#[derive(Clone, Copy)]
+pub enum Step {
+    /// No measurable end (waiting for answers).
+    Open,
+    /// `total` devices to set up; `base` = ok + failed when the phase began.
+    Devices { base: u64, total: u64 },
+    /// A timed phase of `secs` from `start`.
+    Timed { start: Instant, secs: f64 },
 }
 
 /// A client's phase and deadline, kept apart from the (large) clients so that sweeping and
@@ -85,7 +102,13 @@ pub struct Driver {
     per_target: Vec<TargetTally>,
     src: SourceCycle,
     pools: Vec<Pool>,
-    pool_keys: HashMap<String, u16>,
+    /// Pool by endpoint origin (each distinct origin is resolved once, when first seen).
+    pool_keys: HashMap<Origin, u16>,
+    /// Origins that could not be resolved or are refused: not looked up again.
+    bad_origins: HashMap<Origin, String>,
+    tls: TlsSettings,
+    /// The webpush scenario: the app server's key and the delivery book.
+    wp: Option<WebPushState>,
     endpoint_bases: Vec<EndpointBase>,
     endpoint_error_shown: bool,
     pub tracker: Tracker,
@@ -96,6 +119,8 @@ pub struct Driver {
     connect_hist: Hist,
     latency_hist: Hist,
     pub phase: &'static str,
+    /// How far `phase` is (the progress bar).
+    pub step: Step,
     started: Instant,
     pub hard_deadline: Instant,
     /// Devices between connect and set up.
@@ -121,24 +146,39 @@ impl Driver {
     pub fn new(cfg: Config, control: Control, slots: usize) -> io::Result<Self> {
         let now = Instant::now();
         let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-        let targets = cfg
+        let parsed = cfg
             .ws_urls
             .iter()
-            .map(|u| WsTarget::parse(u).map(|t| t.addr))
+            .map(|u| WsTarget::parse(u, cfg.allow_remote))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
+        let mut tls = TlsSettings::new(cfg.ca.as_deref(), cfg.insecure);
+        let ws_tls = parsed
+            .iter()
+            .map(|t| tls.target(&t.origin))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let targets: Vec<SocketAddr> = parsed.iter().map(|t| t.addr).collect();
         let endpoint_bases = cfg
             .endpoint_bases
             .iter()
-            .map(|u| EndpointBase::parse(u))
+            .map(|u| EndpointBase::parse(u, cfg.allow_remote))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         let addrs = cfg
             .source_addrs
             .as_deref()
-            .map(SourceAddrs::parse)
+            .map(|s| SourceAddrs::parse(s, cfg.allow_remote))
             .transpose()
             .map_err(bad)?;
+        let mut rng = Rng::seeded();
+        let wp = match cfg.scenario {
+            crate::config::Scenario::Webpush => Some(
+                WebPushState::new(&mut rng, &cfg.payload_sizes)
+                    .map_err(|e| bad(format!("VAPID key: {e:?}")))?,
+            ),
+            _ => None,
+        };
         let poll = Poll::new()?;
         let mut control = control;
         if let Control::Child(_) = control {
@@ -152,6 +192,8 @@ impl Driver {
             cfg.channels,
             Duration::from_secs_f64(cfg.timeout),
             (cfg.end_wait(PING_TIMEOUT), cfg.end_wait(CLOSE_TIMEOUT)),
+            ws_tls,
+            wp.as_ref().map(WebPushState::shared),
         );
         let printer = Printer::new(cfg.progress && matches!(control, Control::Solo(_)));
         let rss_log = match (&control, &cfg.rss_csv, cfg.server_pid) {
@@ -182,16 +224,20 @@ impl Driver {
             src: SourceCycle::new(addrs),
             pools: Vec::new(),
             pool_keys: HashMap::new(),
+            bad_origins: HashMap::new(),
+            tls,
+            wp,
             endpoint_bases,
             endpoint_error_shown: false,
             tracker: Tracker::new(),
-            rng: Rng::seeded(),
+            rng,
             control,
             printer,
             tally: Tally::default(),
             connect_hist: Hist::new(),
             latency_hist: Hist::new(),
             phase: "start",
+            step: Step::Open,
             started: now,
             setting_up: 0,
             latency_ref: LatencyRef::PutSent,
@@ -348,6 +394,7 @@ impl Driver {
                 Tally::count(&mut self.tally.failures, &format!("rotate: {kind}"));
             }
             Out::Notification(updates) => self.on_notification(idx, &updates, now),
+            Out::Message { chan, got } => self.on_message(idx, chan, got, now),
             Out::Pong => {
                 self.tally.ping_ok += 1;
                 self.target_tally(idx).ping_ok += 1;
@@ -430,159 +477,6 @@ impl Driver {
             }
         }
         self.finished.push(idx);
-    }
-
-    fn on_endpoint(&mut self, idx: usize, chan: usize, url: &str) {
-        let endpoint = match Endpoint::parse(url, self.endpoint_base_of(idx)) {
-            Ok(e) => e,
-            Err(e) => return self.bad_endpoint(&e),
-        };
-        let Some(pool) = self.pool_for(&endpoint) else {
-            return self.bad_endpoint("too many distinct endpoint addresses");
-        };
-        if let Some(ch) = self.clients[idx].channels.get_mut(chan) {
-            ch.endpoint = Some(EndpointRef {
-                pool,
-                path: endpoint.path.into_boxed_str(),
-            });
-        }
-    }
-
-    /// The --endpoint-base client `idx`'s PUTs go to: the one after its --ws-url's, so that
-    /// with both lists naming the same nodes every push crosses to another node.
-    fn endpoint_base_of(&self, idx: usize) -> Option<&EndpointBase> {
-        let n = self.endpoint_bases.len();
-        if n == 0 {
-            return None;
-        }
-        let device = self.cfg.first_device as usize + idx;
-        self.endpoint_bases.get((device + 1) % n)
-    }
-
-    fn bad_endpoint(&mut self, why: &str) {
-        Tally::count(&mut self.tally.failures, "bad_push_endpoint");
-        if !self.endpoint_error_shown {
-            self.endpoint_error_shown = true;
-            eprintln!("simplepush-loadtest: unusable pushEndpoint (not PUT to): {why}");
-        }
-    }
-
-    fn pool_for(&mut self, e: &Endpoint) -> Option<u16> {
-        let key = format!("{}|{}", e.authority, e.addr);
-        if let Some(&p) = self.pool_keys.get(&key) {
-            return Some(p);
-        }
-        if self.pools.len() >= MAX_POOLS {
-            return None;
-        }
-        let p = self.pools.len();
-        let base = HTTP_BASE + p * POOL_SPAN;
-        let (size, depth) = (self.cfg.http_conns as usize, self.cfg.pipeline as usize);
-        self.pools
-            .push(Pool::new(&e.authority, e.addr, size, depth, base));
-        self.pool_keys.insert(key, p as u16);
-        self.maintain_pools();
-        Some(p as u16)
-    }
-
-    fn maintain_pools(&mut self) {
-        let registry = self.poll.registry();
-        let src = &mut self.src;
-        for pool in &mut self.pools {
-            pool.maintain(registry, &mut || src.next_addr(), &mut self.http_outs);
-        }
-        self.drain_http();
-    }
-
-    fn on_notification(&mut self, idx: usize, updates: &[(String, u64)], now: Instant) {
-        if self.books {
-            let chans = &mut self.clients[idx].channels;
-            for (chid, version) in updates {
-                if let Some(ch) = chans.iter_mut().find(|c| c.chid.eq_ignore_ascii_case(chid)) {
-                    ch.received = ch.received.max(*version);
-                }
-            }
-        }
-        for &(_, version) in updates {
-            match self.tracker.delivered(version, idx as u32) {
-                Matched::Put {
-                    sent_at,
-                    right_client,
-                } => {
-                    self.tally.received += 1;
-                    if !right_client {
-                        self.tally.misrouted += 1;
-                    }
-                    let from = match self.latency_ref {
-                        LatencyRef::PutSent => sent_at,
-                        LatencyRef::HelloSent => self.clients[idx].hello_at,
-                    };
-                    self.latency_hist
-                        .record_us(now.saturating_duration_since(from).as_micros() as u64);
-                }
-                Matched::Unexpected => self.tally.unexpected += 1,
-            }
-        }
-    }
-
-    fn drain_http(&mut self) {
-        for out in std::mem::take(&mut self.http_outs) {
-            match out {
-                HttpOut::Answer(version, status) => {
-                    Tally::count(&mut self.tally.statuses, &status.to_string());
-                    if let Some((c, chan)) = self.tracker.answered(version, status) {
-                        let accepted = status == 200 || status == 202;
-                        self.settle(c, chan);
-                        self.book(c, chan, |ch| {
-                            if accepted {
-                                ch.acked = ch.acked.max(version);
-                            }
-                        });
-                    }
-                }
-                HttpOut::Lost(version) => {
-                    self.tally.unanswered += 1;
-                    if let Some((c, chan)) = self.tracker.abandoned(version) {
-                        self.settle(c, chan);
-                    }
-                }
-                HttpOut::Reopen(why) => {
-                    self.tally.http_reconnects += 1;
-                    Tally::count(&mut self.tally.http_errors, &why);
-                }
-            }
-        }
-    }
-
-    /// Updates the delivery book of channel `chan` of client `c` (churn with --devices).
-    fn channel_mut(&mut self, c: u32, chan: u16) -> Option<&mut Channel> {
-        self.clients
-            .get_mut(c as usize)
-            .and_then(|cl| cl.channels.get_mut(usize::from(chan)))
-    }
-
-    /// The PUT to channel `chan` of client `c` is answered (or given up): another may follow.
-    fn settle(&mut self, c: u32, chan: u16) {
-        if let Some(ch) = self.channel_mut(c, chan) {
-            ch.inflight = false;
-        }
-    }
-
-    /// Whether a PUT to channel `chan` of client `idx` waits for its answer.
-    pub fn put_in_flight(&self, idx: usize, chan: usize) -> bool {
-        self.clients[idx]
-            .channels
-            .get(chan)
-            .is_some_and(|c| c.inflight)
-    }
-
-    fn book(&mut self, c: u32, chan: u16, f: impl FnOnce(&mut Channel)) {
-        if !self.books {
-            return;
-        }
-        if let Some(ch) = self.channel_mut(c, chan) {
-            f(ch);
-        }
     }
 
     /// Expires clients whose deadline has passed.
@@ -685,44 +579,6 @@ impl Driver {
         self.with_client(idx, Instant::now(), |c, ctx| c.ping(ctx));
     }
 
-    /// PUTs a fresh version to channel `chan` of client `idx`.
-    pub fn put(&mut self, idx: usize, chan: usize) -> PutResult {
-        let Some(ep) = self.clients[idx]
-            .channels
-            .get(chan)
-            .and_then(|c| c.endpoint.as_ref())
-        else {
-            return PutResult::NoEndpoint;
-        };
-        let pool = &mut self.pools[ep.pool as usize];
-        if !pool.has_room() {
-            pool.activate();
-            return PutResult::NoRoom;
-        }
-        let version = self.tracker.start(idx as u32, chan as u16, Instant::now());
-        if !pool.put(&ep.path, version, version, &mut self.http_outs) {
-            self.tracker.cancel(version);
-            return PutResult::NoRoom;
-        }
-        self.clients[idx].channels[chan].inflight = true;
-        self.tally.sent += 1;
-        self.drain_http();
-        PutResult::Sent
-    }
-
-    /// Opens the HTTP connections to every endpoint seen so far and waits (at most `wait`) until
-    /// each pool has one open.
-    pub fn open_http(&mut self, wait: Duration) {
-        for pool in &mut self.pools {
-            pool.activate();
-        }
-        self.maintain_pools();
-        let until = Instant::now() + wait;
-        self.run_until(until, Duration::from_millis(1), |d| {
-            d.pools.iter().all(Pool::has_room)
-        });
-    }
-
     /// Waits at a barrier: sample the server (single process) or report to the parent and wait
     /// for its `go` (child).
     pub fn barrier(&mut self, point: Point) {
@@ -767,13 +623,41 @@ impl Driver {
         s.sent = self.tally.sent;
         s.received = self.tally.received;
         s.cycles = self.tally.cycles_ok;
+        (s.done, s.total) = match self.step {
+            Step::Open => (0, 0),
+            Step::Devices { base, total } => ((s.ok + s.failed).saturating_sub(base), total),
+            Step::Timed { start, secs } => (
+                start.elapsed().as_millis() as u64,
+                (secs * 1000.0).max(1.0) as u64,
+            ),
+        };
         s
+    }
+
+    /// Starts a phase: its name and how its progress is measured.
+    pub fn begin(&mut self, phase: &'static str, step: Step) {
+        self.phase = phase;
+        self.step = step;
+    }
+
+    /// A phase of `total` devices being set up.
+    pub fn devices_step(&self, total: usize) -> Step {
+        Step::Devices {
+            base: self.tally.conn_ok
+                + self.tally.reconnect_ok
+                + self.tally.conn_failed
+                + self.tally.reconnect_failed,
+            total: total as u64,
+        }
     }
 
     pub fn progress(&mut self) {
         let snap = self.snapshot();
-        match &self.control {
-            Control::Solo(_) => self.printer.print(&snap),
+        match &mut self.control {
+            Control::Solo(samples) => {
+                self.printer.print(&snap);
+                samples.timeline.record(&snap);
+            }
             Control::Child(_) => {
                 if control::send(&ChildMsg::Progress { snap }).is_err() {
                     self.stop = true;
@@ -784,6 +668,10 @@ impl Driver {
 
     /// Ends the run: closes everything at once and returns what was measured.
     pub fn finish(mut self) -> (Tally, Control) {
+        let last = self.snapshot();
+        if let Control::Solo(samples) = &mut self.control {
+            samples.timeline.record(&last);
+        }
         self.printer.done();
         for pool in &mut self.pools {
             pool.shutdown(&mut self.http_outs);

@@ -1,6 +1,7 @@
-//! App-server side: a small pool of keep-alive HTTP/1.1 connections to one endpoint address,
-//! on the same mio loop. PUTs are pipelined (answers come back in order) up to a depth per
-//! connection; a connection that fails is reopened after a pause, a bounded number of times.
+//! App-server side: a small pool of keep-alive HTTP/1.1 connections (https:// in TLS) to one
+//! endpoint address, on the same mio loop. Pushes (SimplePush PUTs, WebPush POSTs) are pipelined
+//! (answers come back in order) up to a depth per connection; a connection that fails is
+//! reopened after a pause, a bounded number of times.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -12,6 +13,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::client::io_kind;
 use crate::net;
+use crate::stream::{Stream, TlsTarget};
 
 /// Longest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -42,7 +44,9 @@ enum State {
 
 struct Conn {
     state: State,
-    stream: Option<TcpStream>,
+    /// The socket while connecting; the stream (TLS or not) once open.
+    sock: Option<TcpStream>,
+    stream: Option<Stream>,
     out: Vec<u8>,
     out_pos: usize,
     inbuf: Vec<u8>,
@@ -54,7 +58,10 @@ struct Conn {
 
 pub struct Pool {
     authority: String,
+    /// `scheme://authority`: the VAPID audience of pushes sent here.
+    audience: String,
     addr: SocketAddr,
+    tls: Option<TlsTarget>,
     conns: Vec<Conn>,
     depth: usize,
     /// Token of connection 0; connection i uses token_base + i.
@@ -69,14 +76,15 @@ impl Pool {
     pub fn new(
         authority: &str,
         addr: SocketAddr,
-        size: usize,
-        depth: usize,
+        tls: Option<TlsTarget>,
+        (size, depth): (usize, usize),
         token_base: usize,
     ) -> Self {
         let now = Instant::now();
         let conns = (0..size)
             .map(|_| Conn {
                 state: State::Closed,
+                sock: None,
                 stream: None,
                 out: Vec::new(),
                 out_pos: 0,
@@ -86,9 +94,12 @@ impl Pool {
                 reopens: 0,
             })
             .collect();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Self {
             authority: authority.to_string(),
+            audience: format!("{scheme}://{authority}"),
             addr,
+            tls,
             conns,
             depth,
             token_base,
@@ -131,7 +142,7 @@ impl Pool {
         c.reopens += 1;
         match opened {
             Ok(s) => {
-                c.stream = Some(s);
+                c.sock = Some(s);
                 c.state = State::Connecting;
             }
             Err(e) => {
@@ -139,6 +150,11 @@ impl Pool {
                 out.push(HttpOut::Reopen(format!("connect: {}", io_kind(&e))));
             }
         }
+    }
+
+    /// The origin pushes sent here are for.
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// Room for more PUTs right now.
@@ -161,6 +177,30 @@ impl Pool {
         );
         c.out.extend_from_slice(head.as_bytes());
         c.out.extend_from_slice(body.as_bytes());
+        c.inflight.push_back(id);
+        self.write(i, out);
+        true
+    }
+
+    /// Writes `POST path` with `headers` (each ending in CRLF) and a binary body on the least
+    /// busy open connection (a WebPush message). False when every connection is full or closed.
+    pub fn post(
+        &mut self,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+        id: u64,
+        out: &mut Vec<HttpOut>,
+    ) -> bool {
+        let Some(i) = self.pick() else { return false };
+        let c = &mut self.conns[i];
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: {}\r\n\r\n",
+            self.authority,
+            body.len()
+        );
+        c.out.extend_from_slice(head.as_bytes());
+        c.out.extend_from_slice(body);
         c.inflight.push_back(id);
         self.write(i, out);
         true
@@ -190,14 +230,24 @@ impl Pool {
             return;
         }
         if self.conns[i].state == State::Connecting {
-            let done = match &self.conns[i].stream {
+            let done = match &self.conns[i].sock {
                 Some(s) => net::connect_result(s),
                 None => return,
             };
             match done {
                 Ok(false) => return,
-                Ok(true) => self.conns[i].state = State::Open,
+                Ok(true) => {}
                 Err(e) => return self.broken(i, format!("connect: {}", io_kind(&e)), out),
+            }
+            let Some(sock) = self.conns[i].sock.take() else {
+                return;
+            };
+            match Stream::new(sock, self.tls.as_ref()) {
+                Ok(s) => {
+                    self.conns[i].stream = Some(s);
+                    self.conns[i].state = State::Open;
+                }
+                Err(e) => return self.broken(i, format!("tls: {e}"), out),
             }
         }
         self.write(i, out);
@@ -221,6 +271,12 @@ impl Pool {
         }
         c.out.clear();
         c.out_pos = 0;
+        // TLS records rustls could not hand to the socket yet (plain TCP: nothing to do).
+        match s.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => self.broken(i, format!("write: {}", io_kind(&e)), out),
+        }
     }
 
     fn read(&mut self, i: usize, token: Token, registry: &Registry, out: &mut Vec<HttpOut>) {
@@ -244,6 +300,7 @@ impl Pool {
             }
             if total >= READ_BUDGET {
                 if let Some(s) = self.conns[i].stream.as_mut() {
+                    let s = s.tcp_mut();
                     let _ = registry.reregister(s, token, Interest::READABLE | Interest::WRITABLE);
                 }
                 return;
@@ -273,6 +330,7 @@ impl Pool {
     fn broken(&mut self, i: usize, why: String, out: &mut Vec<HttpOut>) {
         let c = &mut self.conns[i];
         c.stream = None;
+        c.sock = None;
         c.state = State::Closed;
         c.out.clear();
         c.out_pos = 0;
@@ -286,6 +344,7 @@ impl Pool {
     pub fn shutdown(&mut self, out: &mut Vec<HttpOut>) {
         for c in &mut self.conns {
             c.stream = None;
+            c.sock = None;
             c.state = State::Closed;
             c.reopens = MAX_REOPENS + 1;
             out.extend(c.inflight.drain(..).map(HttpOut::Lost));

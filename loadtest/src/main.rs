@@ -1,12 +1,15 @@
-//! simplepush-loadtest: drives thousands of SimplePush devices (WebSockets) and app-server PUTs
-//! (keep-alive HTTP/1.1) against a simplepush server on this machine, from one mio event loop
-//! per process, and reports rates, latencies, losses and the server's memory and CPU.
+//! simplepush-loadtest: drives thousands of SimplePush or WebPush devices (WebSockets, plain or
+//! TLS) and app-server pushes (keep-alive HTTP/1.1) against a simplepush server (on this machine
+//! unless --allow-remote), from one mio event loop per process, and reports rates, latencies,
+//! losses and the server's memory and CPU (summary, JSON, HTML with charts).
 
 mod addrs;
 mod cli;
 mod client;
+mod config;
 mod control;
 mod driver;
+mod html;
 mod http;
 mod net;
 mod parent;
@@ -16,9 +19,15 @@ mod report;
 mod rng;
 mod rsslog;
 mod scenario;
+mod stream;
+mod svg;
 mod tally;
 mod target;
+mod timeline;
+mod tls;
 mod tracker;
+mod vapid;
+mod webpush;
 
 use std::process::ExitCode;
 
@@ -28,16 +37,9 @@ use crate::report::Report;
 
 fn main() -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
-        Ok(Command::Help) => {
-            print!("{}", cli::HELP);
-            ExitCode::SUCCESS
-        }
         Ok(Command::Run(cfg)) => run(cfg),
         Ok(Command::Child(spec)) => run_child(spec),
-        Err(e) => {
-            eprintln!("simplepush-loadtest: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => e.exit(),
     }
 }
 
@@ -74,6 +76,15 @@ fn preflight(cfg: &Config, budget: u64) -> Result<(), String> {
         procstat::sample(pid)
             .map_err(|e| format!("--server-pid {pid}: cannot read /proc/{pid}: {e}"))?;
     }
+    // A bad --ca (or a system without roots) is a usage error, found before anything connects.
+    let tls_urls = cfg.ws_urls.iter().chain(&cfg.endpoint_bases);
+    if cfg.ca.is_some()
+        || tls_urls
+            .clone()
+            .any(|u| u.starts_with("wss:") || u.starts_with("https:"))
+    {
+        tls::client_config(cfg.ca.as_deref(), cfg.insecure)?;
+    }
     Ok(())
 }
 
@@ -86,7 +97,7 @@ fn run(cfg: Config) -> ExitCode {
     let outcome = if cfg.procs > 1 {
         parent::run(&cfg)
     } else {
-        let control = Control::Solo(ServerSamples::new(cfg.server_pid));
+        let control = Control::Solo(ServerSamples::new(cfg.server_pid, cfg.html.is_some()));
         scenario::run(cfg.clone(), control)
             .map_err(|e| e.to_string())
             .map(|(tally, control)| match control {
@@ -105,6 +116,18 @@ fn run(cfg: Config) -> ExitCode {
     println!("{}", report.text());
     if let Some(path) = &cfg.json {
         if let Err(e) = std::fs::write(path, report.json() + "\n") {
+            eprintln!("simplepush-loadtest: writing {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = &cfg.html {
+        let page = html::render(
+            &report,
+            &tally.latency_hist,
+            &tally.connect_hist,
+            &samples.timeline,
+        );
+        if let Err(e) = std::fs::write(path, page) {
             eprintln!("simplepush-loadtest: writing {}: {e}", path.display());
             return ExitCode::from(1);
         }

@@ -53,6 +53,7 @@ pub fn share(cfg: &Config, i: usize, procs: usize, addrs: Option<&SourceAddrs>) 
     c.procs = 1;
     c.server_pid = None;
     c.json = None;
+    c.html = None;
     c.progress = false;
     c
 }
@@ -62,7 +63,7 @@ pub fn run(cfg: &Config) -> Result<(Tally, ServerSamples), String> {
     let addrs = cfg
         .source_addrs
         .as_deref()
-        .map(SourceAddrs::parse)
+        .map(|s| SourceAddrs::parse(s, cfg.allow_remote))
         .transpose()?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
     let (tx, rx) = mpsc::channel();
@@ -81,7 +82,7 @@ pub fn run(cfg: &Config) -> Result<(Tally, ServerSamples), String> {
         }
     }
     drop(tx);
-    let mut samples = ServerSamples::new(cfg.server_pid);
+    let mut samples = ServerSamples::new(cfg.server_pid, cfg.html.is_some());
     let mut log = match (&cfg.rss_csv, cfg.server_pid) {
         (Some(path), Some(pid)) => match RssLog::create(path, pid, cfg.sample_secs) {
             Ok(l) => Some(l),
@@ -175,7 +176,9 @@ fn supervise(
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
-            printer.print(&total(kids));
+            let t = total(kids);
+            printer.print(&t);
+            samples.timeline.record(&t);
         }
     }
     printer.done();
@@ -269,7 +272,7 @@ mod tests {
         let Ok(Command::Run(cfg)) = parse(args.split_whitespace().map(String::from)) else {
             panic!()
         };
-        let addrs = SourceAddrs::parse("127.0.0.2-127.0.0.20").unwrap();
+        let addrs = SourceAddrs::parse("127.0.0.2-127.0.0.20", false).unwrap();
         let shares: Vec<Config> = (0..3).map(|i| share(&cfg, i, 3, Some(&addrs))).collect();
         assert_eq!(shares.iter().map(|c| c.connections).sum::<u64>(), 19001);
         assert!((shares.iter().map(|c| c.rate).sum::<f64>() - 1000.0).abs() < 1e-9);

@@ -56,6 +56,10 @@ pub struct Notifications {
     pub unanswered: u64,
     pub unexpected: u64,
     pub misrouted: u64,
+    /// WebPush: delivered but not decryptable, or not the bytes sent.
+    pub corrupted: u64,
+    /// WebPush: delivered intact more than once.
+    pub duplicated: u64,
     /// PUT answers by HTTP status.
     pub responses: BTreeMap<String, u64>,
     /// Why HTTP connections to the endpoints failed or were closed (each is then reopened).
@@ -178,6 +182,7 @@ impl Report {
         let (kind, main) = match cfg.scenario {
             Scenario::Connect => ("connect_hello_register", connect),
             Scenario::Notify => ("put_to_notification", latency),
+            Scenario::Webpush => ("push_to_notification", latency),
             // With --devices, devices are often offline when a PUT comes: its latency includes
             // the wait for the device's next hello.
             Scenario::Churn if cfg.devices > 0 => ("put_to_notification_incl_offline", latency),
@@ -324,6 +329,12 @@ impl Report {
             n.misrouted,
             answers.join(", ")
         ));
+        if self.scenario == "webpush" {
+            out.push(format!(
+                "  webpush: {} corrupted, {} duplicated",
+                n.corrupted, n.duplicated
+            ));
+        }
     }
 
     fn text_scenario(&self, out: &mut Vec<String>) {
@@ -466,6 +477,8 @@ fn notifications(t: &Tally) -> Notifications {
         unanswered: t.unanswered,
         unexpected: t.unexpected,
         misrouted: t.misrouted,
+        corrupted: t.corrupted,
+        duplicated: t.duplicated,
         responses: t.statuses.clone(),
         http_errors: t.http_errors.clone(),
         put_phase_secs: t.put_secs,
@@ -541,7 +554,7 @@ fn server(scenario: Scenario, t: &Tally, s: &ServerSamples) -> Server {
         ..Server::default()
     };
     match scenario {
-        Scenario::Notify => {
+        Scenario::Notify | Scenario::Webpush => {
             out.cpu_us_per_notification = diff(b, e, cpu).and_then(|d| per(d, t.received))
         }
         Scenario::Churn => {

@@ -1,5 +1,6 @@
-//! A small, fast pseudo-random generator (splitmix64) for channel ids and target picks. Not for
-//! secrets: it only has to spread load and give each run fresh ids.
+//! A small, fast pseudo-random generator (splitmix64) for channel ids, target picks and the
+//! webpush scenario's test keys and salts. Not for secrets: it only has to spread load and give
+//! each run fresh ids and keys (which protect nothing but generated test payloads).
 
 use std::io::Read;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,6 +23,19 @@ impl Rng {
             }
         };
         Self(seed)
+    }
+
+    /// A generator whose output is fixed by `seed` (test payloads derived from a number).
+    pub fn from_seed(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// Fills `out` with pseudo-random bytes.
+    pub fn fill(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            let r = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -138,6 +138,11 @@ pub struct Tally {
     pub unexpected: u64,
     /// Notifications that arrived on another device than the one the PUT was for.
     pub misrouted: u64,
+    /// WebPush: messages that arrived but could not be decrypted or whose bytes were not the
+    /// ones sent (each also ends its push: corrupted is not counted lost as well).
+    pub corrupted: u64,
+    /// WebPush: messages that arrived intact a second (or later) time.
+    pub duplicated: u64,
     /// Duration of the PUT phase (merged: the longest).
     pub put_secs: f64,
     pub cycles_ok: u64,
@@ -216,9 +221,9 @@ impl Tally {
         *map.entry(key.to_string()).or_default() += 1;
     }
 
-    /// PUTs answered 200 or 202.
+    /// Pushes answered 200, 201 or 202.
     pub fn accepted(&self) -> u64 {
-        ["200", "202"]
+        ["200", "201", "202"]
             .iter()
             .filter_map(|k| self.statuses.get(*k))
             .sum()
@@ -259,6 +264,8 @@ impl Tally {
         self.lost += o.lost;
         self.unexpected += o.unexpected;
         self.misrouted += o.misrouted;
+        self.corrupted += o.corrupted;
+        self.duplicated += o.duplicated;
         self.put_secs = self.put_secs.max(o.put_secs);
         self.cycles_ok += o.cycles_ok;
         self.cycles_failed += o.cycles_failed;

@@ -15,10 +15,12 @@ struct Put {
 
 /// What a notification matched.
 pub enum Matched {
-    /// The PUT we waited on: when it was written, and whether it came to the right device.
+    /// The PUT we waited on: when it was written, whether it came to the right device, and
+    /// whether its HTTP answer is in (then the PUT is complete).
     Put {
         sent_at: Instant,
         right_client: bool,
+        answered: bool,
     },
     /// No PUT waits for this version (a duplicate or a redelivery).
     Unexpected,
@@ -34,8 +36,9 @@ pub struct Tracker {
     undelivered: usize,
 }
 
-fn accepted(status: u16) -> bool {
-    status == 200 || status == 202
+/// A 2xx a push service answers a push it will deliver with (SimplePush 200/202, WebPush 201).
+pub fn accepted(status: u16) -> bool {
+    matches!(status, 200..=202)
 }
 
 impl Tracker {
@@ -71,21 +74,23 @@ impl Tracker {
         }
     }
 
-    /// The PUT was answered. Returns the client and channel it was for.
-    pub fn answered(&mut self, version: u64, status: u16) -> Option<(u32, u16)> {
+    /// The PUT was answered. Returns the client and channel it was for, and whether the PUT
+    /// is complete (delivered already, or refused).
+    pub fn answered(&mut self, version: u64, status: u16) -> Option<(u32, u16, bool)> {
         let p = self.puts.get_mut(&version)?;
         if p.status != 0 {
-            return Some((p.client, p.chan));
+            return Some((p.client, p.chan, false));
         }
         p.status = status;
         self.unanswered -= 1;
         let client = (p.client, p.chan);
-        if p.delivered || !accepted(status) {
+        let done = p.delivered || !accepted(status);
+        if done {
             self.puts.remove(&version);
         } else {
             self.undelivered += 1;
         }
-        Some(client)
+        Some((client.0, client.1, done))
     }
 
     /// The PUT's connection failed before its answer: it is forgotten (a later notification for
@@ -112,6 +117,7 @@ impl Tracker {
         let m = Matched::Put {
             sent_at: p.sent_at,
             right_client: p.client == client,
+            answered: p.status != 0,
         };
         if p.status != 0 {
             self.undelivered -= 1;
@@ -159,9 +165,9 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(t.answered(a, 200), Some((1, 0)));
+        assert_eq!(t.answered(a, 200), Some((1, 0, true)));
         // b: answer, then notification on the wrong device.
-        t.answered(b, 202);
+        assert_eq!(t.answered(b, 201), Some((2, 0, false)));
         assert_eq!(t.undelivered(), 1);
         assert!(matches!(
             t.delivered(b, 9),

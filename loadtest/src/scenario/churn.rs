@@ -17,7 +17,7 @@ pub fn run(d: &mut Driver) {
     let mut free: Vec<usize> = (0..slots).rev().collect();
     d.barrier(Point::Start);
     d.on_up = OnUp::Close;
-    d.phase = "churn";
+    d.begin("churn", super::timed(d.cfg.duration));
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(d.cfg.duration);
     let mut pacer = Pacer::new(d.cfg.rate);
@@ -33,7 +33,7 @@ pub fn run(d: &mut Driver) {
         false
     });
     d.tally.churn_secs = start.elapsed().as_secs_f64();
-    d.phase = "drain";
+    d.begin("drain", crate::driver::Step::Open);
     let drain_until = Instant::now() + Duration::from_secs_f64(d.cfg.timeout) + DRAIN_EXTRA;
     d.run_until(drain_until, Duration::from_millis(5), |d| {
         reclaim(d, &mut free);

@@ -30,7 +30,7 @@ pub fn run(d: &mut Driver) {
 
 /// Sends `{}` on every open socket and waits for the `{}` answers.
 fn ping_all(d: &mut Driver) {
-    d.phase = "ping";
+    d.begin("ping", crate::driver::Step::Open);
     for i in open_clients(d) {
         d.ping_client(i);
     }

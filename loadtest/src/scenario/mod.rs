@@ -1,4 +1,4 @@
-//! The four scenarios, and the phases they share: connecting a set of devices, closing them.
+//! The scenarios, and the phases they share: connecting a set of devices, closing them.
 
 mod churn;
 mod connect;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::cli::{Config, Scenario};
 use crate::client::{Mode, Phase};
 use crate::control::Control;
-use crate::driver::Driver;
+use crate::driver::{Driver, Step};
 use crate::tally::Tally;
 
 /// Longest wait for every close handshake to finish in a small run, in seconds (scaled with
@@ -31,7 +31,8 @@ pub fn run(cfg: Config, control: Control) -> io::Result<(Tally, Control)> {
     let mut d = Driver::new(cfg, control, slots)?;
     match scenario {
         Scenario::Connect => connect::run(&mut d),
-        Scenario::Notify => notify::run(&mut d),
+        // The same phases; the driver pushes WebPush messages instead of PUTs.
+        Scenario::Notify | Scenario::Webpush => notify::run(&mut d),
         Scenario::Churn if d.cfg.devices > 0 => soak::run(&mut d),
         Scenario::Churn => churn::run(&mut d),
         Scenario::Offline => offline::run(&mut d),
@@ -80,11 +81,13 @@ impl Pacer {
 /// Sets up the clients in `list` (at --ramp, at most --max-handshakes at once); returns the
 /// phase's duration in seconds. Clients not set up by the end are counted failed.
 pub fn connect_list(d: &mut Driver, list: &[usize], mode: Mode) -> f64 {
-    d.phase = if mode == Mode::Fresh {
+    let phase = if mode == Mode::Fresh {
         "connect"
     } else {
         "reconnect"
     };
+    let step = d.devices_step(list.len());
+    d.begin(phase, step);
     let start = Instant::now();
     let mut pacer = Pacer::new(d.cfg.ramp);
     let max_inflight = d.cfg.max_handshakes as usize;
@@ -123,7 +126,7 @@ pub fn open_clients(d: &Driver) -> Vec<usize> {
 /// Closes every client (close frame, wait for the server's close and FIN), for at most
 /// CLOSE_WAIT; stragglers are dropped when the run ends.
 pub fn close_all(d: &mut Driver) {
-    d.phase = "close";
+    d.begin("close", Step::Open);
     for i in d.clients_where(|p| !settled(p)) {
         d.close_client(i);
     }
@@ -134,12 +137,21 @@ pub fn close_all(d: &mut Driver) {
     d.finished.clear();
 }
 
+/// A phase of `secs` seconds from now.
+pub fn timed(secs: f64) -> Step {
+    Step::Timed {
+        start: Instant::now(),
+        secs,
+    }
+}
+
 fn settled(p: Phase) -> bool {
     matches!(p, Phase::Idle | Phase::Done)
 }
 
 /// Lets events flow for `secs` seconds.
 pub fn hold(d: &mut Driver, secs: f64) {
+    d.step = timed(secs);
     let until = Instant::now() + Duration::from_secs_f64(secs);
     d.run_until(until, Duration::from_millis(100), |d| {
         d.finished.clear();

@@ -27,7 +27,7 @@ pub fn run(d: &mut Driver) {
 }
 
 fn put_phase(d: &mut Driver, targets: &[usize]) {
-    d.phase = "notify";
+    d.begin("notify", super::timed(d.cfg.duration));
     d.open_http(Duration::from_secs(2));
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(d.cfg.duration);
@@ -71,7 +71,7 @@ fn put_random(d: &mut Driver, targets: &[usize], channels: usize) -> bool {
 
 /// Waits up to --grace for answers and notifications still outstanding.
 fn grace(d: &mut Driver) {
-    d.phase = "grace";
+    d.begin("grace", super::timed(d.cfg.grace));
     let until = Instant::now() + Duration::from_secs_f64(d.cfg.grace);
     d.run_until(until, Duration::from_millis(5), |d| {
         d.tracker.unanswered() == 0 && d.tracker.undelivered() == 0

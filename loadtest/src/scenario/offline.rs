@@ -25,7 +25,7 @@ pub fn run(d: &mut Driver) {
     }
     d.latency_ref = LatencyRef::HelloSent;
     connect_list(d, &devices, Mode::Resume);
-    d.phase = "flush";
+    d.begin("flush", super::timed(d.cfg.grace));
     let until = Instant::now() + Duration::from_secs_f64(d.cfg.grace);
     d.run_until(until, Duration::from_millis(5), |d| {
         d.tracker.undelivered() == 0
@@ -36,7 +36,7 @@ pub fn run(d: &mut Driver) {
 
 /// PUTs one version to every channel of `devices`, and waits for every answer.
 fn put_all(d: &mut Driver, devices: &[usize]) {
-    d.phase = "put";
+    d.begin("put", crate::driver::Step::Open);
     d.open_http(Duration::from_secs(2));
     let targets: Vec<(usize, usize)> = devices
         .iter()

@@ -76,7 +76,7 @@ fn settle(d: &mut Driver) {
 
 /// One round of churn; returns its duration in seconds.
 fn churn(d: &mut Driver, pop: &[usize]) -> f64 {
-    d.phase = "churn";
+    d.begin("churn", super::timed(d.cfg.duration));
     d.on_up = OnUp::Report;
     d.finished.clear();
     d.came_up.clear();
@@ -215,7 +215,7 @@ fn put_any(d: &mut Driver, pop: &[usize]) -> bool {
 /// End of a round's churn: waits for PUT answers, setups and rotations in flight, then closes
 /// every device (each close ends its cycle).
 fn finish_cycles(d: &mut Driver) {
-    d.phase = "finish";
+    d.begin("finish", crate::driver::Step::Open);
     let until = Instant::now() + FINISH_WAIT;
     d.run_until(until, Duration::from_millis(5), |d| {
         d.came_up.clear();
@@ -238,7 +238,7 @@ fn check(d: &mut Driver, pop: &[usize]) {
     let batch = (d.cfg.connections as usize).max(1);
     for chunk in pop.chunks(batch) {
         connect_list(d, chunk, Mode::Resume);
-        d.phase = "check";
+        d.begin("check", crate::driver::Step::Open);
         let until = Instant::now() + Duration::from_secs_f64(d.cfg.grace);
         d.run_until(until, Duration::from_millis(5), |d| {
             chunk
