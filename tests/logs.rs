@@ -40,6 +40,12 @@ fn json_lines_carry_fields_and_ids_as_spelled() {
         c.hello_new();
     }
     assert!(s.wait_log("\"message\":\"ack\""), "{}", s.log());
+    // A hello's line is written after its reply went out: wait for all seventeen.
+    let hellos = |log: &str| log.matches("\"message\":\"hello\",").count();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while hellos(&s.log()) < 17 && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let log = s.log();
     let lines: Vec<Value> = log
         .lines()
