@@ -560,17 +560,23 @@ class Harness:
         return self.wait_until(what, fn)
 
     def wait_ack(self, version, log_offset):
-        pat = re.compile(r"ack uaid=(\S+) channel=(\S+) version=" + re.escape(str(version)) + r" code=(\S+)")
+        # The server's text log: `[... simplepush::server::websocket] ack channel=… code=… conn=… uaid=…
+        # version=…`, its fields in any order.
+        line_re = re.compile(r"\]\s+ack\s+(.*)$", re.M)
+        field_re = re.compile(r"(\w+)=(\S+)")
 
         def fn():
-            for m in pat.finditer(read_from(self.server_log, log_offset)):
-                if m.group(3) == "100":
-                    return m
-                raise Fail(f"server logged an ack for version {version} with code={m.group(3)} "
-                           f"(want 100): {m.group(0)!r}")
+            for line in line_re.finditer(read_from(self.server_log, log_offset)):
+                f = dict(field_re.findall(line.group(1)))
+                if f.get("version") != str(version):
+                    continue
+                if f.get("code") == "100" and "uaid" in f and "channel" in f:
+                    return f
+                raise Fail(f"server logged an ack for version {version} with code={f.get('code')} "
+                           f"(want 100): {line.group(0)!r}")
             return None
-        m = self.wait_until(f"the server log line 'ack uaid=... channel=... version={version} code=100'", fn)
-        return m.group(1), m.group(2)
+        f = self.wait_until(f"the server log line 'ack ... uaid=... channel=... version={version} code=100'", fn)
+        return f["uaid"], f["channel"]
 
     def firefox_ws_summary(self, n=6):
         """The last few WebSocket frames/events from the Firefox log, for failure messages."""
