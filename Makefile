@@ -23,14 +23,15 @@ lint:
 # The integration suites run three times: on the memory store, on the disk store (a data directory
 # per test) and on a real memcached that each test starts for itself (tests/memcached*.rs and
 # tests/cluster.rs always use memcached, tests/disk.rs the disk store).
+# `--workspace` on every run: the same feature set as the first, so nothing is built twice.
 SUITES = --test protocol --test endpoint --test concurrency --test webpush --test limits --test reliability --test broadcasts --test wake --test rate_limit
 unit:
 	$(CARGO) test --workspace
-	PUSH_TEST_BACKEND=disk $(CARGO) test $(SUITES)
-	PUSH_TEST_BACKEND=memcached $(CARGO) test $(SUITES)
+	PUSH_TEST_BACKEND=disk $(CARGO) test --workspace $(SUITES)
+	PUSH_TEST_BACKEND=memcached $(CARGO) test --workspace $(SUITES)
 
 firefox-test:
-	$(CARGO) build --bin simplepush
+	$(CARGO) build --workspace --bin simplepush
 	python3 tests/firefox/firefox_e2e.py --server-bin target/debug/simplepush
 
 ## Standard benchmarks (about 2 minutes per run; needs jq and curl): appends the figures to BENCHMARKS.md.
