@@ -12,8 +12,16 @@ fn node(mc: &[&Memcached]) -> Server {
     node_with(mc, "")
 }
 
-/// A node on these memcached servers, with more `[storage]` keys.
+/// A node on these memcached servers, with more `[storage]` keys, once it has reached them (until
+/// then a register answers 503, which a loaded machine showed).
 fn node_with(mc: &[&Memcached], storage_keys: &str) -> Server {
+    let s = start_node(mc, storage_keys);
+    assert!(s.wait_log("memcached reachable"), "{}", s.log());
+    s
+}
+
+/// A node on these memcached servers, not waiting for them.
+fn start_node(mc: &[&Memcached], storage_keys: &str) -> Server {
     let addrs: Vec<_> = mc.iter().map(|m| m.addr).collect();
     Server::start_with(
         "",
@@ -173,7 +181,7 @@ fn a_node_starts_while_memcached_is_down_and_serves_once_it_is_up() {
     let mut mc = Memcached::start();
     let port = mc.addr.port();
     mc.kill();
-    let s = node(&[&mc]);
+    let s = start_node(&[&mc], "");
     assert!(s.wait_log("memcached not reachable yet"));
     assert_eq!(request(s.addr, "GET", "/health", &[], "").status, 503);
     let _mc = Memcached::start_on(port).expect("memcached up");
