@@ -159,11 +159,15 @@ impl<'a, 't> Txn<'a, 't> {
     /// The channel's waiting version: the `versions` table's, else one an older file kept in
     /// the record.
     fn version(&self, uaid: &Uaid, channel: &Channel) -> Result<Option<u64>, Unavailable> {
-        let key = version_key(uaid, &channel.id);
+        Ok(self.stored_version(uaid, &channel.id)?.or(channel.pending))
+    }
+
+    /// The channel's live version in the `versions` table.
+    fn stored_version(&self, uaid: &Uaid, channel: &ChannelId) -> Result<Option<u64>, Unavailable> {
+        let key = version_key(uaid, channel);
         let t = self.tables.borrow();
         let raw = t.versions.get(key.as_slice()).map_err(|e| self.fail(e))?;
-        let stored = raw.and_then(|v| live_version(v.value(), now_secs()));
-        Ok(stored.or(channel.pending))
+        Ok(raw.and_then(|v| live_version(v.value(), now_secs())))
     }
 
     fn set_version(
@@ -431,13 +435,7 @@ impl Backend for Txn<'_, '_> {
                 continue;
             };
             // A newer version stored meanwhile stays pending.
-            let key = version_key(uaid, channel);
-            let stored = {
-                let t = self.tables.borrow();
-                let raw = t.versions.get(key.as_slice()).map_err(|e| self.fail(e))?;
-                raw.and_then(|v| live_version(v.value(), now))
-            };
-            if stored == Some(*version) {
+            if self.stored_version(uaid, channel)? == Some(*version) {
                 self.drop_version(uaid, channel)?;
             }
             if c.pending == Some(*version) {
