@@ -141,7 +141,7 @@ fn check_effects(session: &Session, effects: &[Effect]) {
             Effect::Send(text) => assert_json_object(text),
             Effect::Store(_) => assert_eq!(n + 1, effects.len(), "Store comes last"),
             Effect::Close => assert!(session.is_closed(), "Close leaves the session closed"),
-            Effect::Bind(uaid) => assert_eq!(session.uaid(), Some(*uaid), "Bind names the UAID"),
+            Effect::Bind(uaid, _) => assert_eq!(session.uaid(), Some(*uaid), "Bind names the UAID"),
             Effect::Refresh(uaid) => {
                 assert_eq!(session.uaid(), Some(*uaid), "Refresh names the UAID")
             }

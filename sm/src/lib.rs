@@ -14,5 +14,5 @@ pub mod webpush;
 
 pub use ids::{ChannelId, Id, IdForm, Uaid};
 pub use message::{parse, Inbound, Refused, Rejection, Request};
-pub use session::{Effect, EndpointKind, Limits, Session, StoreOp, StoreReply};
+pub use session::{Effect, EndpointKind, Limits, Origin, Session, StoreOp, StoreReply};
 pub use webpush::{AppKey, Message};

@@ -53,11 +53,21 @@ pub enum Effect {
     /// Run this storage operation and pass its answer to [`Session::on_store`].
     Store(StoreOp),
     /// This socket is now the UAID's live connection; close any older one.
-    Bind(Uaid),
+    Bind(Uaid, Origin),
     /// Store how the UAID's device can be woken (its hello said so).
     Wake(Uaid, Box<Wake>),
     /// Extend the lifetime of the UAID's registrations in storage (no answer is awaited).
     Refresh(Uaid),
+}
+
+/// Where the UAID a hello bound came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Minted by this hello just now: no store holds anything for it, and no other socket can
+    /// claim it, so its first writes need no read before them.
+    Minted,
+    /// Named by the client (known to the store or not): another node may hold or claim it.
+    Named,
 }
 
 /// Which endpoint a registration gets.
@@ -424,7 +434,7 @@ impl Session {
                 let uaid = Uaid(Id::fresh(fresh()));
                 self.state = State::Ready(uaid);
                 let mut out = vec![
-                    Effect::Bind(uaid),
+                    Effect::Bind(uaid, Origin::Minted),
                     Effect::Send(reply::hello(&uaid, told.as_ref())),
                 ];
                 out.extend(self.take_wake().map(|w| Effect::Wake(uaid, w)));
@@ -580,14 +590,14 @@ impl Session {
                 },
             ) => {
                 let reset = forget || (need_known && !known);
-                let (chosen, pending, messages) = if reset {
-                    (fresh, Vec::new(), Vec::new())
+                let (chosen, origin, pending, messages) = if reset {
+                    (fresh, Origin::Minted, Vec::new(), Vec::new())
                 } else {
-                    (requested, pending, messages)
+                    (requested, Origin::Named, pending, messages)
                 };
                 self.state = State::Ready(chosen);
                 let mut out = vec![
-                    Effect::Bind(chosen),
+                    Effect::Bind(chosen, origin),
                     Effect::Send(reply::hello(&chosen, told.as_ref())),
                 ];
                 out.extend(self.take_wake().map(|w| Effect::Wake(chosen, w)));

@@ -24,7 +24,8 @@ use sm::message::HelloUaid;
 use sm::update::Outcome;
 use sm::webpush::PushError;
 use sm::{
-    ChannelId, Effect, EndpointKind, Id, Inbound, Limits, Session, StoreOp, StoreReply, Uaid,
+    ChannelId, Effect, EndpointKind, Id, Inbound, Limits, Origin, Session, StoreOp, StoreReply,
+    Uaid,
 };
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -160,9 +161,21 @@ struct WsConn {
     known: known_channels::KnownChannels,
     /// Who the socket counts against for the rate limits (four bytes, in what was padding).
     source: Source,
-    /// Its hello got a UAID the store did not know: the first registration creates it there,
-    /// which takes a new-UAID token from the source too.
-    fresh: bool,
+    /// What the store knows of its UAID until the first registration.
+    novelty: Novelty,
+}
+
+/// What the store knows of a socket's UAID until its first registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Novelty {
+    /// Stored: a registration is only a registration.
+    Known,
+    /// Not stored: the first registration creates it there, which takes a new-UAID token from
+    /// the source too.
+    Unknown,
+    /// Minted on this socket: unknown, and its node record is not written either. Nothing can
+    /// reach a UAID before its first registration, which writes both in one round.
+    Minted,
 }
 
 /// The timer of a WebSocket after hello. One deadline per connection serves them all, so that an

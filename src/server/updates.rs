@@ -444,9 +444,12 @@ impl Server {
             (StoreOp::Hello { forget, .. }, StoreReply::Hello { known, .. })
                 if w.session.uaid().is_none() =>
             {
-                w.fresh = *forget || !*known;
+                w.novelty = match *forget || !*known {
+                    true => Novelty::Unknown,
+                    false => Novelty::Known,
+                };
             }
-            (StoreOp::Register { .. }, StoreReply::Registered { .. }) => w.fresh = false,
+            (StoreOp::Register { .. }, StoreReply::Registered { .. }) => w.novelty = Novelty::Known,
             _ => {}
         }
         if let (StoreOp::Register { channel, .. }, StoreReply::Registered { .. }) = (op, &reply) {

@@ -80,9 +80,9 @@ fn count_request(kind: &Inbound) {
 fn may_create(limiter: &Limiter, w: &WsConn, req: &sm::Request) -> bool {
     match &req.kind {
         Inbound::Register { .. } if w.session.uaid().is_some() => {
-            let wanted: &[What] = match w.fresh {
-                true => &[What::Register, What::Uaid],
-                false => &[What::Register],
+            let wanted: &[What] = match w.novelty {
+                Novelty::Unknown | Novelty::Minted => &[What::Register, What::Uaid],
+                Novelty::Known => &[What::Register],
             };
             allow(limiter, w, wanted)
         }
@@ -157,7 +157,7 @@ impl Server {
             watch: Watch::Idle,
             known: Default::default(),
             source,
-            fresh: false,
+            novelty: Novelty::Known,
         });
         let at = self.now_ms() + self.cfg.websocket.hello_timeout_ms;
         self.set_deadline(key, at);
@@ -410,7 +410,7 @@ impl Server {
                 if matches!(&req.kind, Inbound::Hello(h) if h.uaid == HelloUaid::Empty)
                     && w.session.uaid().is_none()
                 {
-                    w.fresh = true;
+                    w.novelty = Novelty::Unknown;
                 }
                 w.session
                     .handle_with(req, &self.limits, &self.broadcasts, now, &mut || {
@@ -437,6 +437,55 @@ impl Server {
         debug!("conn {key}: rate limited: {:?}", req.kind);
         let effects = w.session.throttled(req);
         self.apply(key, effects, None);
+    }
+
+    /// Makes socket `key` the UAID's live one here and, in a cluster, in its node record
+    /// (unless the hello job wrote it already, or the first register will).
+    fn bind_socket(&mut self, key: usize, uaid: Uaid, origin: Origin, claimed: Option<Uaid>) {
+        debug!(conn:% = ConnName(self.id, key), uaid:%; "hello");
+        // The hello timeout gives way to the ping timer (or to none).
+        let idle = self.idle_deadline(self.now_ms());
+        self.set_deadline(key, idle);
+        let mut owed = origin == Origin::Minted;
+        if let Some(Conn {
+            state: State::Ws(w),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            w.bound = Some(uaid);
+            w.watch = Watch::Idle;
+            if owed {
+                w.novelty = Novelty::Minted;
+            }
+            // A repeated hello before the first registration: the node record is still owed.
+            owed = w.novelty == Novelty::Minted;
+        }
+        let replaced = self.registry.bind(uaid, key);
+        self.peers.clients[self.id].store(self.registry.len(), Ordering::Relaxed);
+        if let Some(old) = replaced {
+            if self.bound_to(old) == Some(uaid) {
+                debug!(
+                    conn:% = ConnName(self.id, old), by:% = ConnName(self.id, key), uaid:%;
+                    "replaced by a newer connection"
+                );
+                self.begin_close(old, CloseCode::Normal, "replaced by a newer connection");
+            }
+        }
+        let node = self.conn_ref(key).and_then(|r| self.node_id(key, r.gen));
+        if let Some(node) = node.filter(|_| claimed != Some(uaid) && !owed) {
+            self.store.submit(Job::Bound { uaid, node });
+        }
+    }
+
+    /// What the store knows of socket `key`'s UAID (`Known` for anything but a WebSocket).
+    fn novelty(&self, key: usize) -> Novelty {
+        match self.conns.get(key) {
+            Some(Conn {
+                state: State::Ws(w),
+                ..
+            }) => w.novelty,
+            _ => Novelty::Known,
+        }
     }
 
     /// Carries out the session's effects in order. `claimed`: a UAID whose node record the hello
@@ -468,6 +517,9 @@ impl Server {
                     if let Some(conn) = self.conn_ref(key) {
                         let node = match op {
                             StoreOp::Hello { .. } => self.node_id(key, conn.gen),
+                            StoreOp::Register { .. } if self.novelty(key) == Novelty::Minted => {
+                                self.node_id(key, conn.gen)
+                            }
                             _ => None,
                         };
                         self.store.submit(Job::Session { conn, op, node });
@@ -485,39 +537,7 @@ impl Server {
                         wake: wake.to_json(),
                     });
                 }
-                Effect::Bind(uaid) => {
-                    debug!(conn:% = ConnName(self.id, key), uaid:%; "hello");
-                    // The hello timeout gives way to the ping timer (or to none).
-                    let idle = self.idle_deadline(self.now_ms());
-                    self.set_deadline(key, idle);
-                    if let Some(Conn {
-                        state: State::Ws(w),
-                        ..
-                    }) = self.conns.get_mut(key)
-                    {
-                        w.bound = Some(uaid);
-                        w.watch = Watch::Idle;
-                    }
-                    let replaced = self.registry.bind(uaid, key);
-                    self.peers.clients[self.id].store(self.registry.len(), Ordering::Relaxed);
-                    if let Some(old) = replaced {
-                        if self.bound_to(old) == Some(uaid) {
-                            debug!(
-                                conn:% = ConnName(self.id, old), by:% = ConnName(self.id, key), uaid:%;
-                                "replaced by a newer connection"
-                            );
-                            self.begin_close(
-                                old,
-                                CloseCode::Normal,
-                                "replaced by a newer connection",
-                            );
-                        }
-                    }
-                    let node = self.conn_ref(key).and_then(|r| self.node_id(key, r.gen));
-                    if let Some(node) = node.filter(|_| claimed != Some(uaid)) {
-                        self.store.submit(Job::Bound { uaid, node });
-                    }
-                }
+                Effect::Bind(uaid, origin) => self.bind_socket(key, uaid, origin, claimed),
             }
         }
     }

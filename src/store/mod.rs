@@ -108,6 +108,18 @@ pub trait Backend {
     /// Records a channel; an existing one keeps its pending version. `false` (nothing recorded)
     /// when the channel is new and the UAID already has `max` channels.
     fn register(&self, uaid: &Uaid, channel: &ChannelId, max: usize) -> Result<bool, Unavailable>;
+    /// The first `register` of a UAID minted on this node's socket, with `bind_node` for `node`:
+    /// no record can name that UAID yet, so a backend may write both at once with no read first.
+    fn register_minted(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max: usize,
+        node: &str,
+    ) -> Result<bool, Unavailable> {
+        self.bind_node(uaid, node)?;
+        self.register(uaid, channel, max)
+    }
     /// Forgets a channel, its pending version and its messages.
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), Unavailable>;
     /// Drops each pending version that equals the acked one, and each acked message.
@@ -246,7 +258,8 @@ pub enum Job {
         conn: ConnRef,
         /// What it asked.
         op: StoreOp,
-        /// Cluster: this socket's node record, set by a hello of a known UAID.
+        /// Cluster: this socket's node record, set by a hello of a known UAID, or by the first
+        /// register of a UAID minted on this socket (see `Backend::register_minted`).
         node: Option<String>,
     },
     /// Cluster: is this version still the one pending (not acked, not unregistered)?
@@ -578,7 +591,10 @@ fn session_op(
             channel,
             max_channels,
             ..
-        } => match backend.register(uaid, channel, *max_channels) {
+        } => match node.map_or_else(
+            || backend.register(uaid, channel, *max_channels),
+            |n| backend.register_minted(uaid, channel, *max_channels, n),
+        ) {
             Ok(true) => StoreReply::Registered {
                 endpoint: String::new(),
             },

@@ -596,7 +596,17 @@ impl Memcached {
 
     /// Starts memcached on this port with extra arguments. `-M` (no eviction) as production needs.
     pub fn start_on_with(port: u16, extra: &[&str]) -> Option<Memcached> {
-        Memcached::launch(port, extra, true)
+        Memcached::launch(port, extra, true, None)
+    }
+
+    /// Starts memcached with every command it gets written to `log` (`-vv`).
+    pub fn start_logged(log: &std::path::Path) -> Memcached {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Memcached::launch(port, &["-vv"], true, Some(log)).expect("memcached started")
     }
 
     /// Starts memcached as it runs by default: evicting items when full (no `-M`).
@@ -606,10 +616,15 @@ impl Memcached {
             .local_addr()
             .unwrap()
             .port();
-        Memcached::launch(port, &[], false).expect("memcached started")
+        Memcached::launch(port, &[], false, None).expect("memcached started")
     }
 
-    fn launch(port: u16, extra: &[&str], no_evict: bool) -> Option<Memcached> {
+    fn launch(
+        port: u16,
+        extra: &[&str],
+        no_evict: bool,
+        log: Option<&std::path::Path>,
+    ) -> Option<Memcached> {
         let port_text = port.to_string();
         let mut args = vec![
             "-l",
@@ -630,7 +645,10 @@ impl Memcached {
         let child = Command::new("memcached")
             .args(&args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).ok()?),
+                None => Stdio::null(),
+            })
             .spawn()
             .ok()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

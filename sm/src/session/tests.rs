@@ -160,7 +160,7 @@ fn hello_with_empty_uaid_gets_a_fresh_one_at_once() {
     let mut t = T::new();
     let eff = t.send(r#"{"messageType":"HELLO","uaid":"","channelIDs":[]}"#);
     let fresh = uaid(FRESH_STR);
-    assert_eq!(eff[0], Effect::Bind(fresh));
+    assert_eq!(eff[0], Effect::Bind(fresh, Origin::Minted));
     assert_eq!(
         sent(&eff)[0],
         json!({"messageType":"hello","uaid":FRESH_STR,"status":200})
@@ -197,6 +197,8 @@ fn unknown_uaid_with_empty_list_is_kept_verbatim() {
         pending: vec![],
         messages: vec![],
     });
+    // Kept, not minted: another node may be given the same UAID, so its binding reads first.
+    assert_eq!(eff[0], Effect::Bind(uaid(dashed), Origin::Named));
     assert_eq!(sent(&eff)[0]["uaid"], dashed);
 }
 
@@ -211,7 +213,7 @@ fn unknown_uaid_with_channels_gets_a_new_one() {
         pending: vec![(chid(C1), 3)],
         messages: vec![],
     });
-    assert_eq!(eff[0], Effect::Bind(uaid(FRESH_STR)));
+    assert_eq!(eff[0], Effect::Bind(uaid(FRESH_STR), Origin::Minted));
     assert_eq!(sent(&eff).len(), 1, "nothing of the old UAID is flushed");
     assert_eq!(sent(&eff)[0]["uaid"], FRESH_STR);
 }
@@ -241,7 +243,7 @@ fn known_uaid_is_kept_bound_and_flushed() {
         pending: vec![(chid(C1), 3), (chid(C2), 4)],
         messages: vec![],
     });
-    assert_eq!(eff[0], Effect::Bind(uaid(U1)));
+    assert_eq!(eff[0], Effect::Bind(uaid(U1), Origin::Named));
     let msgs = sent(&eff);
     assert_eq!(
         msgs[0],

@@ -353,6 +353,30 @@ impl Cluster {
         Ok((out, read))
     }
 
+    /// An item of a key nobody has written yet (one of a UAID minted a moment ago): its first
+    /// write adds every copy, with no read before it. An add that finds the key written is a
+    /// conflict, which the caller handles as any other: read, then redo.
+    pub fn unwritten(&self, key: &str) -> Result<Item, Fail> {
+        let (targets, primary) = self.targets(key);
+        if targets.is_empty() {
+            return Err(Fail::Unavailable);
+        }
+        let slots = targets
+            .into_iter()
+            .map(|server| Slot {
+                server,
+                cas: None,
+                stamp: None,
+            })
+            .collect();
+        Ok(Item {
+            key: key.to_string(),
+            slots,
+            newest: None,
+            primary,
+        })
+    }
+
     /// Takes the item as this node last wrote it, if it is remembered: a change to it can then be
     /// written at once, with no read first (its CAS tells whether anyone changed it since).
     pub fn cached(&self, key: &str) -> Option<Item> {
