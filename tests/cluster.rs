@@ -13,14 +13,9 @@ use common::{
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
 const SECRET: &str = "cluster-secret-0123456789";
 
+/// A cluster node on `mc`, once it has reached it.
 fn node(mc: &Memcached) -> Server {
-    Server::start_with(
-        "",
-        &format!(
-            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntimeout_ms = 500\n",
-            memcached_section(&[mc.addr])
-        ),
-    )
+    node_with_peers(mc, "")
 }
 
 fn router(s: &Server) -> SocketAddr {
@@ -479,14 +474,18 @@ fn a_rolling_restart_under_load_loses_no_stored_version() {
 }
 
 /// A node whose router requests may go only to `peers`.
+/// A node with these `[cluster]` peers, once it has reached memcached (a register before that is
+/// a 503, which a loaded machine made happen).
 fn node_with_peers(mc: &Memcached, peers: &str) -> Server {
-    Server::start_with(
+    let s = Server::start_with(
         "",
         &format!(
             "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntimeout_ms = 500\n{peers}\n",
             memcached_section(&[mc.addr])
         ),
-    )
+    );
+    assert!(s.wait_log("memcached reachable"), "{}", s.log());
+    s
 }
 
 /// A registered device gone offline whose node record names `listener` (as a forged
