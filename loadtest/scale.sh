@@ -9,10 +9,13 @@
 #
 # Usage: loadtest/scale.sh [FILE]   appends a markdown section to FILE (default BENCHMARKS.md).
 # Environment: SCALE_CONNECTIONS or SCALE_DEVICES (default 200000), SCALE_NODES (default: enough
-# for 19,000 devices each, at least 11), SCALE_SAMPLE (devices that get updates, default 1000),
-# SCALE_RATE (updates per second, default 500: 10,000 in the sample), SCALE_HOLD (seconds of updates, default 20),
-# SCALE_MIN_AVAILABLE_MIB (abort when MemAvailable falls below it, default 3072).
-# At 1,000,000: `make scale SCALE_CONNECTIONS=1000000` (53 nodes, 56 tester processes; the kernel
+# for 18,500 devices each, at least 11; a node takes at most 18,620), SCALE_SAMPLE (devices that get updates, default 1000),
+# SCALE_RATE (updates per second, default 500), SCALE_HOLD (seconds of updates, default 22: 11,000 in the sample),
+# SCALE_MIN_AVAILABLE_MIB (abort when MemAvailable falls below it, default 3072), SCALE_RAMP (new
+# connections per second, all tester processes together; default 0: as fast as they complete) and
+# SCALE_MAX_HANDSHAKES (connections in their handshake at once, all processes together; default
+# 3000: enough to keep two cores busy, few enough that each finishes well within the tester's 15 s).
+# At 1,000,000: `make scale SCALE_CONNECTIONS=1000000` (55 nodes, 56 tester processes; the kernel
 # must allow 2 million descriptors and, where connection tracking is on, 1.1 million entries: the
 # script checks both and says which sysctl to raise).
 set -euo pipefail
@@ -21,12 +24,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${1:-$ROOT/BENCHMARKS.md}"
 DEVICES="${SCALE_CONNECTIONS:-${SCALE_DEVICES:-200000}}"
-AUTO_NODES=$(( (DEVICES + 18999) / 19000 ))
+# A node may hold 18,620 devices here: 19,000 descriptors (RLIMIT_NOFILE 20,000 less the
+# server's reserve of 1,000) less the 2 % kept for app-server requests and cluster forwards.
+NODE_MAX=18620
+AUTO_NODES=$(( (DEVICES + 18499) / 18500 ))
 [ "$AUTO_NODES" -lt 11 ] && AUTO_NODES=11
 NODES="${SCALE_NODES:-$AUTO_NODES}"
 SAMPLE="${SCALE_SAMPLE:-1000}"
 RATE="${SCALE_RATE:-500}"
-HOLD="${SCALE_HOLD:-20}"
+HOLD="${SCALE_HOLD:-22}"
+RAMP="${SCALE_RAMP:-0}"
+MAX_HANDSHAKES="${SCALE_MAX_HANDSHAKES:-3000}"
 PER=$(( (DEVICES + NODES - 1) / NODES ))
 SERVER_BIN="$ROOT/target/release/simplepush"
 TESTER_BIN="$ROOT/target/release/simplepush-loadtest"
@@ -43,8 +51,8 @@ trap cleanup EXIT
 
 command -v memcached >/dev/null || { echo "scale.sh: needs memcached" >&2; exit 2; }
 command -v jq >/dev/null || { echo "scale.sh: needs jq" >&2; exit 2; }
-if [ "$PER" -gt 19000 ]; then
-    echo "scale.sh: $PER devices per node is over the 19,000 a process can hold here; raise SCALE_NODES" >&2
+if [ "$PER" -gt "$NODE_MAX" ]; then
+    echo "scale.sh: $PER devices per node is over the $NODE_MAX a process can hold here; raise SCALE_NODES" >&2
     exit 2
 fi
 
@@ -99,6 +107,8 @@ for i in $(seq 0 $((NODES - 1))); do
 listen = "127.0.0.1:$port"
 workers = 1
 max_connections = 19000
+# 380 kept for the sample's requests and forwards between nodes: 18,620 for devices.
+reserved_percent = 2
 
 [websocket]
 min_ping_interval_ms = 0
@@ -118,7 +128,9 @@ listen = ""
 [storage]
 backend = "memcached"
 servers = ["127.0.0.1:$MC_PORT"]
-pool_size = 2
+# One storage thread: a node sees under a hundred devices a second here, and every thread
+# more is more context switches on two cores shared by 53 nodes.
+pool_size = 1
 
 [cluster]
 router_listen = "127.0.0.1:$rport"
@@ -146,7 +158,7 @@ start=$(date +%s)
 # sample that starts once all are connected; then every device is pinged and closed.
 "$TESTER_BIN" connect --no-progress --ws-url "$WS_URLS" --procs "$PROCS" \
     --connections "$DEVICES" --channels 1 --duration $(( HOLD + 100 )) \
-    --max-handshakes $(( NODES * 500 )) --source-addrs "127.0.1.1-127.0.1.$(( PROCS * 2 ))" \
+    --ramp "$RAMP" --max-handshakes "$MAX_HANDSHAKES" --source-addrs "127.0.1.1-127.0.1.$(( PROCS * 2 ))" \
     --max-seconds 900 --json "$WORK/holders.json" >"$WORK/holders.log" 2>&1 &
 PIDS+=($!)
 HOLDERS=$!
@@ -167,22 +179,15 @@ HOLDERS=$!
 PIDS+=($!)
 echo "$avail_before" >"$WORK/mem_low"
 
-# Wait until every device is connected (or 240 s, 360 s from 500,000 on), then sample memory.
-peak_clients=0
+# Wait until every device is connected (or 240 s, 360 s from 500,000 on, or no growth for 30 s),
+# then sample memory.
 WAIT_CONNECT=240
 [ "$DEVICES" -ge 500000 ] && WAIT_CONNECT=360
-while [ $(( $(date +%s) - start )) -lt "$WAIT_CONNECT" ] && [ ! -e "$WORK/aborted" ]; do
-    clients=0
-    for s in "${SERVERS[@]}"; do
-        c="$(curl -s -m 2 "http://127.0.0.1:${s##*:}/status" | jq -r '.clients // 0' 2>/dev/null || echo 0)"
-        clients=$(( clients + c ))
-    done
-    [ "$clients" -gt "$peak_clients" ] && peak_clients=$clients
-    echo "   $(( $(date +%s) - start )) s: $clients devices connected"
-    [ "$clients" -ge "$DEVICES" ] && break
-    sleep 3
-done
-connected_after=$(( $(date +%s) - start ))
+PORTS=()
+for s in "${SERVERS[@]}"; do PORTS+=("${s##*:}"); done
+python3 loadtest/wait_connected.py --devices "$DEVICES" --start "$start" --timeout "$WAIT_CONNECT" \
+    --abort "$WORK/aborted" "${PORTS[@]}" | tee "$WORK/wait.log"
+read -r peak_clients connected_after < <(tail -1 "$WORK/wait.log")
 rss_after=0
 for s in "${SERVERS[@]}"; do rss_after=$(( rss_after + $(rss_kib "${s%%:*}") )); done
 sock_after="$(sockstat_mem_pages)"
@@ -230,7 +235,7 @@ per_conn() { awk -v k="$1" -v n="$ok" 'BEGIN { if (k !~ /^[0-9]+$/ || n + 0 == 0
     echo "## $DEVICES connections: a $NODES-node cluster on one machine — $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
     echo
     echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/^Mem:/ {print $2}') GiB."
-    echo "\`SCALE_DEVICES=$DEVICES SCALE_NODES=$NODES SCALE_RATE=$RATE SCALE_HOLD=$HOLD loadtest/scale.sh\` (\`make scale\`):"
+    echo "\`SCALE_DEVICES=$DEVICES SCALE_NODES=$NODES SCALE_RATE=$RATE SCALE_HOLD=$HOLD SCALE_RAMP=$RAMP SCALE_MAX_HANDSHAKES=$MAX_HANDSHAKES loadtest/scale.sh\` (\`make scale\`):"
     echo "$NODES simplepush processes (1 event loop each, memcached backend, cluster routing) sharing one memcached;"
     echo "one \`simplepush-loadtest connect\` run of $PROCS processes over all $NODES nodes (--ws-url lists them; device i"
     echo "on node i mod $NODES, $PER per node) holding $DEVICES devices × 1 channel, then pinging and closing them in shared"
