@@ -40,6 +40,7 @@ bench:
 	bash loadtest/bench.sh BENCHMARKS.md
 
 ## 200,000 connections: 11 cluster nodes sharing memcached on this machine; appends to BENCHMARKS.md.
+## SCALE_CONNECTIONS=1000000 make scale: 55 nodes, a million devices (loadtest/scale.sh says what else).
 scale:
 	bash loadtest/scale.sh BENCHMARKS.md
 
