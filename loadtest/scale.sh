@@ -4,7 +4,9 @@
 # here), held by one `connect` tester run over every node (--ws-url lists them all; its child
 # processes share the phases and it writes one report). Once all are connected, a sample of
 # devices spread over the nodes gets updates, each sent through the next node (--endpoint-base in
-# the same order), so every one is stored in memcached and routed between nodes. Loopback only;
+# the same order), so every one is stored in memcached and routed between nodes; when the holders
+# are still there 310 s in (at a million devices: they stay 100 s + HOLD after the last connected),
+# the same sample runs again while the nodes ping every device for the first time. Loopback only;
 # everything started is stopped (trap).
 #
 # Usage: loadtest/scale.sh [FILE]   appends a markdown section to FILE (default BENCHMARKS.md).
@@ -197,12 +199,30 @@ tester_kib=0
 for p in $HOLDERS $(pgrep -P "$HOLDERS" || true); do tester_kib=$(( tester_kib + $(rss_kib "$p") )); done
 mc_kib="$(rss_kib "$MC_PID")"
 
+# The sample: SAMPLE more devices over the nodes, RATE updates a second for HOLD s to them.
+sample_run() {
+    "$TESTER_BIN" notify --no-progress --ws-url "$WS_URLS" \
+        --endpoint-base "$BASES" --connections "$SAMPLE" --channels 1 \
+        --rate "$RATE" --duration "$HOLD" --source-addrs "$1" --max-seconds 300 \
+        --json "$WORK/$2.json" >"$WORK/$2.log" 2>&1 || true
+    cat "$WORK/$2.log"
+}
 echo "== sample: $SAMPLE more devices over the nodes, $RATE updates/s for $HOLD s, each through the next node"
-"$TESTER_BIN" notify --no-progress --ws-url "$WS_URLS" \
-    --endpoint-base "$BASES" --connections "$SAMPLE" --channels 1 \
-    --rate "$RATE" --duration "$HOLD" --source-addrs "127.0.200.1" --max-seconds 300 \
-    --json "$WORK/sample.json" >"$WORK/sample.log" 2>&1 || true
-cat "$WORK/sample.log"
+sample_run 127.0.200.1 sample
+
+# A node pings each device 300 s after it was last heard (websocket.auto_ping_interval_secs):
+# from then on, a million devices connected over about 250 s are pinged about 4,000 a second,
+# as a host holding them would be all day. A second sample runs in that round if the holders
+# are still there (they leave HOLD + 100 s after the last device connected).
+PING_AT=310
+ping_sample="not run: the holders left before the first ping round (${PING_AT} s)"
+if [ $(( connected_after + 100 )) -gt $(( PING_AT + 15 )) ]; then
+    wait_s=$(( start + PING_AT - $(date +%s) ))
+    [ "$wait_s" -gt 0 ] && sleep "$wait_s"
+    echo "== sample in the first ping round, from $(( $(date +%s) - start )) s"
+    sample_run 127.0.202.1 ping_sample
+    ping_sample="ran"
+fi
 
 echo "== waiting for the holders to finish"
 wait "$HOLDERS" || true
@@ -224,6 +244,9 @@ received="$(jq -r '.notifications.received // 0' "$sample" 2>/dev/null || echo 0
 lost="$(jq -r '.notifications.lost // 0' "$sample" 2>/dev/null || echo 0)"
 unanswered="$(jq -r '.notifications.unanswered // 0' "$sample" 2>/dev/null || echo 0)"
 lat="$(jq -r '.latency_us | "\(.p50/1000) / \(.p99/1000) / \(.p99_9/1000) / \(.max/1000) ms"' "$sample" 2>/dev/null || echo "?")"
+if [ "$ping_sample" = ran ]; then
+    ping_sample="$(jq -r '"\(.notifications.sent) / \(.notifications.received) / \(.notifications.lost) / \(.notifications.unanswered); " + (.latency_us | "\(.p50/1000) / \(.p99/1000) / \(.p99_9/1000) / \(.max/1000) ms")' "$WORK/ping_sample.json" 2>/dev/null || echo "? (see $WORK/ping_sample.log)")"
+fi
 
 page_kib=$(( $(getconf PAGESIZE) / 1024 ))
 user_mib=$(( (rss_after - rss_before) / 1024 ))
@@ -248,6 +271,7 @@ per_conn() { awk -v k="$1" -v n="$ok" 'BEGIN { if (k !~ /^[0-9]+$/ || n + 0 == 0
     echo "| devices connected (hello + register) / failed | $ok / $failed (peak seen in /status: $peak_clients, after $connected_after s) |"
     echo "| sample updates sent / received / lost / unanswered | $sent / $received / $lost / $unanswered |"
     echo "| sample latency update → notification p50 / p99 / p99.9 / max | $lat |"
+    echo "| the same sample again in the first ping round (from ${PING_AT} s): sent / received / lost / unanswered; p50 / p99 / p99.9 / max | $ping_sample |"
     echo "| servers' RSS, all $NODES processes, growth | $user_mib MiB ($(( user_mib * 1048576 / (ok > 0 ? ok : 1) )) bytes per connection) |"
     echo "| kernel TCP buffer memory (/proc/net/sockstat mem), growth | $sock_mib MiB |"
     echo "| kernel socket objects (slab: TCP, inodes, dentries, files, epoll, kmalloc), peak growth, both ends | $(( slab_kib_grown / 1024 )) MiB ($(per_conn "$slab_kib_grown") bytes per connection) |"
