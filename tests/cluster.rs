@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    chid, have_memcached, memcached_section, now_secs, put, raw_http, split_url, Got, Memcached,
-    Server,
+    chid, have_memcached, memcached_node, memcached_section, now_secs, put, raw_http, split_url,
+    Got, Memcached, Server,
 };
 
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
@@ -473,19 +473,14 @@ fn a_rolling_restart_under_load_loses_no_stored_version() {
     assert!(connects >= 2 * devices.len() as u64, "{connects} connects");
 }
 
-/// A node whose router requests may go only to `peers`.
-/// A node with these `[cluster]` peers, once it has reached memcached (a register before that is
-/// a 503, which a loaded machine made happen).
+/// A node whose router requests may go only to `peers` (more `[cluster]` keys), once it has
+/// reached memcached.
 fn node_with_peers(mc: &Memcached, peers: &str) -> Server {
-    let s = Server::start_with(
-        "",
-        &format!(
-            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntimeout_ms = 500\n{peers}\n",
-            memcached_section(&[mc.addr])
-        ),
-    );
-    assert!(s.wait_log("memcached reachable"), "{}", s.log());
-    s
+    memcached_node(
+        mc,
+        KEY,
+        &format!("[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntimeout_ms = 500\n{peers}"),
+    )
 }
 
 /// A registered device gone offline whose node record names `listener` (as a forged

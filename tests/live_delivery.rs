@@ -8,7 +8,7 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{chid, have_memcached, memcached_section, put, Client, Got, Memcached, Server};
+use common::{chid, have_memcached, memcached_node, put, Client, Got, Memcached, Server};
 use serde_json::Value;
 
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
@@ -16,15 +16,7 @@ const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
 const HOLD: Duration = Duration::from_millis(250);
 
 fn node(mc: &Memcached) -> Server {
-    let s = Server::start_with(
-        "",
-        &format!(
-            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}",
-            memcached_section(&[mc.addr])
-        ),
-    );
-    assert!(s.wait_log("memcached reachable"), "{}", s.log());
-    s
+    memcached_node(mc, KEY, "")
 }
 
 /// The PUT of `body`, answered on another thread: its status comes through the receiver.

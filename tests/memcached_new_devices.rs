@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chid, have_memcached, memcached_section, put, split_url, Memcached, Server};
+use common::{chid, have_memcached, memcached_node, put, split_url, Memcached, Server};
 use simplepush::store::memcached::{MemcachedStore, Settings};
 use simplepush::store::{Backend, PutResult};
 use sm::{ChannelId, Id, Uaid};
@@ -16,15 +16,8 @@ use sm::{ChannelId, Id, Uaid};
 const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
 
 fn node(mc: &Memcached) -> Server {
-    let s = Server::start_with(
-        "",
-        &format!(
-            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"new-devices-secret-0123456789\"\ntimeout_ms = 500\n",
-            memcached_section(&[mc.addr])
-        ),
-    );
-    assert!(s.wait_log("memcached reachable"), "{}", s.log());
-    s
+    let cluster = "[cluster]\nrouter_listen = \"127.0.0.1:0\"\nsecret = \"new-devices-secret-0123456789\"\ntimeout_ms = 500";
+    memcached_node(mc, KEY, cluster)
 }
 
 /// memcached's log lines (`-vv`) of commands on this UAID's keys.

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{
-    chid, have_memcached, memcached_section, request, split_url, Client, Memcached, Server,
-};
+use common::{chid, have_memcached, memcached_node, request, split_url, Client, Memcached, Server};
 use serde_json::{json, Value};
 
 /// Fixed, so that endpoints and message URLs stay valid across node restarts and between nodes.
@@ -18,15 +16,7 @@ const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
 
 /// A node on this memcached, with more config sections.
 fn node_with(mc: &Memcached, sections: &str) -> Server {
-    let s = Server::start_with(
-        "",
-        &format!(
-            "[endpoint]\ntoken_keys = [\"{KEY}\"]\n{}\n{sections}\n",
-            memcached_section(&[mc.addr])
-        ),
-    );
-    assert!(s.wait_log("memcached reachable"), "{}", s.log());
-    s
+    memcached_node(mc, KEY, sections)
 }
 
 fn node(mc: &Memcached) -> Server {

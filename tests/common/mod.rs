@@ -708,6 +708,20 @@ impl Drop for Memcached {
     }
 }
 
+/// A server on memcached `mc` with endpoint token key `key` and more config `sections`, once it
+/// has reached memcached (a register before that is a 503, which a loaded machine made happen).
+pub fn memcached_node(mc: &Memcached, key: &str, sections: &str) -> Server {
+    let s = Server::start_with(
+        "",
+        &format!(
+            "[endpoint]\ntoken_keys = [\"{key}\"]\n{}\n{sections}\n",
+            memcached_section(&[mc.addr])
+        ),
+    );
+    assert!(s.wait_log("memcached reachable"), "{}", s.log());
+    s
+}
+
 /// The `[storage]` section for these memcached servers.
 pub fn memcached_section(servers: &[SocketAddr]) -> String {
     let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
